@@ -1,0 +1,410 @@
+"""The constraint engine: keep chosen weights on norm spheres around any ``torch.optim.Optimizer``.
+
+``NormConstraint(base, params, ...)`` wraps ``base`` and, once *frozen*, does at every step::
+
+    g ← g − (⟨g, w⟩ / ‖w‖²) · w        (tangent projection, optional)
+    base.step()
+    w ← w · (target / ‖w‖)              (retraction onto the sphere)
+
+for each selected weight ``w`` (per tensor, or per row = per output unit). Before the switch it changes
+nothing. Targets are either the norms recorded at the switch (LAWN) or a fixed value (WRS), times
+``target_scale``. :class:`lawn.LAWN` is this engine with recorded targets.
+
+Checkpoint layout (standard ``Optimizer.state_dict`` format, so schedulers, DCP and frameworks see a plain
+optimizer): scalars (``lawn_steps``, ``lawn_frozen`` and the options) live in every entry of
+``param_groups``; the fp32 target norms live in ``state[p]["lawn_target_norm"]`` from the first step on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from lawn import constraint
+from lawn.constraint import GRANULARITIES, Granularity
+from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
+
+TARGET_KEY = "lawn_target_norm"
+_OWN_STATE_KEYS = frozenset({TARGET_KEY})
+_COUNTERS = ("lawn_steps", "lawn_frozen")
+
+NamedParams = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+
+def _require(condition: bool, message: str, error: type[Exception] = ValueError) -> None:
+    if not condition:
+        raise error(message)
+
+
+def _named(params: NamedParams, base: Optimizer) -> list[tuple[str, torch.Tensor]]:
+    """``params`` as ``(name, tensor)`` pairs; unnamed tensors are named by their place in ``base``."""
+    place = {
+        id(p): f"param_groups[{i}]['params'][{j}]"
+        for i, group in enumerate(base.param_groups)
+        for j, p in enumerate(group["params"])
+    }
+    _require(
+        not isinstance(params, torch.Tensor), "params: pass an iterable of tensors, not one tensor", TypeError
+    )
+    named: list[tuple[str, torch.Tensor]] = []
+    for k, item in enumerate(params):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            name, tensor = item
+        else:
+            name, tensor = None, item
+        _require(
+            isinstance(tensor, torch.Tensor),
+            f"params[{k}]: expected a tensor or a (name, tensor) pair, got {type(item).__name__}",
+            TypeError,
+        )
+        named.append((name or place.get(id(tensor), f"params[{k}]"), tensor))
+    return named
+
+
+class NormConstraint(Optimizer):
+    """Wrap ``base`` so that the tensors in ``params`` keep a fixed norm after the switch.
+
+    Args:
+        base: any ``torch.optim.Optimizer`` that holds every tensor of ``params``.
+        params: the constrained tensors, plain or as ``(name, tensor)`` pairs (names appear in errors).
+        free_steps: applied steps before the switch; 0 switches now.
+        granularity: ``"tensor"`` (one norm per tensor) or ``"row"`` (one per output unit, dims 1.. reduced).
+        project_gradient: project gradients onto the sphere's tangent space before ``base.step()``.
+        target_norm: ``None`` records the norms at the switch; a number fixes every target to it.
+        target_scale: targets are multiplied by this (< 1 attenuates further).
+        foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
+    """
+
+    def __init__(
+        self,
+        base: Optimizer,
+        params: NamedParams,
+        *,
+        free_steps: int,
+        granularity: Granularity = "tensor",
+        project_gradient: bool = True,
+        target_norm: float | None = None,
+        target_scale: float = 1.0,
+        foreach: bool | None = None,
+    ) -> None:
+        _require(
+            isinstance(base, Optimizer),
+            f"base: expected a torch.optim.Optimizer, got {type(base).__name__}",
+            TypeError,
+        )
+        _require(not isinstance(base, NormConstraint), "base: is already wrapped by LAWN/NormConstraint")
+        _require(
+            isinstance(free_steps, int) and not isinstance(free_steps, bool),
+            f"free_steps: expected an int, got {free_steps!r}",
+            TypeError,
+        )
+        _require(free_steps >= 0, f"free_steps: must be >= 0, got {free_steps}")
+        _require(
+            granularity in GRANULARITIES, f"granularity: expected one of {GRANULARITIES}, got {granularity!r}"
+        )
+        _require(
+            isinstance(project_gradient, bool),
+            f"project_gradient: expected a bool, got {project_gradient!r}",
+            TypeError,
+        )
+        _require(
+            _positive_finite(target_scale), f"target_scale: must be a finite number > 0, got {target_scale!r}"
+        )
+        _require(
+            target_norm is None or _positive_finite(target_norm),
+            f"target_norm: must be None or a finite number > 0, got {target_norm!r}",
+        )
+        _require(
+            foreach is None or isinstance(foreach, bool),
+            f"foreach: expected None or a bool, got {foreach!r}",
+            TypeError,
+        )
+
+        named = _named(params, base)
+        _require(len(named) > 0, "params: no tensors to constrain")
+        group_of = {id(p): i for i, group in enumerate(base.param_groups) for p in group["params"]}
+        seen: dict[int, str] = {}
+        for name, p in named:
+            _require(id(p) in group_of, f"params: '{name}' is not held by the base optimizer")
+            _require(id(p) not in seen, f"params: '{name}' is listed twice (also as '{seen.get(id(p))}')")
+            seen[id(p)] = name
+            _require(not p.is_sparse, f"params: '{name}' is sparse; LAWN constrains dense tensors only")
+            _require(
+                granularity != "row" or p.dim() >= 2,
+                f"params: '{name}' has {p.dim()} dim(s); granularity='row' needs >= 2 (use 'tensor')",
+            )
+
+        self.base = base
+        self.defaults = base.defaults
+        self._names: dict[int, str] = seen
+        self._constrained: list[list[torch.Tensor]] = [
+            [p for p in group["params"] if id(p) in seen] for group in base.param_groups
+        ]
+        self._foreach = True if foreach is None else foreach
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._warned_capturable_if_run_uncaptured = True
+        self._patch_step_function()
+
+        options = {
+            "lawn_free_steps": free_steps,
+            "lawn_granularity": granularity,
+            "lawn_project_gradient": project_gradient,
+            "lawn_fixed_target": target_norm,
+            "lawn_target_scale": float(target_scale),
+            "lawn_steps": 0,
+            "lawn_frozen": False,
+        }
+        for key, value in options.items():
+            self.defaults.setdefault(key, value)
+            for group in base.param_groups:
+                group[key] = value
+        if free_steps == 0:
+            self.freeze()
+
+    # ----------------------------------------------------------------- the shared optimizer contract
+    @property
+    def state(self) -> dict[torch.Tensor, Any]:  # type: ignore[override]
+        return self.base.state
+
+    @state.setter
+    def state(self, value: dict[torch.Tensor, Any]) -> None:
+        self.base.state = value
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.base.param_groups = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.phase}, {len(self._names)} constrained tensors, base={self.base!r})"
+        )
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add an (unconstrained) group to the base optimizer; it inherits LAWN's counters and options."""
+        first = self.param_groups[0]
+        self.base.add_param_group(param_group)
+        for key in first:
+            if key.startswith("lawn_"):
+                self.param_groups[-1][key] = first[key]
+        self._constrained.append([])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint of this optimizer (or of the bare base one, keeping LAWN's current settings).
+
+        Target norms are restored in fp32 even for low-precision parameters; everything is validated before
+        anything is changed.
+        """
+        saved_groups = state_dict["param_groups"]
+        _require(
+            len(saved_groups) == len(self.param_groups),
+            f"load_state_dict: the checkpoint has {len(saved_groups)} param groups, this optimizer has "
+            f"{len(self.param_groups)}",
+        )
+        param_of_id = {
+            saved_id: p
+            for saved, group in zip(saved_groups, self.param_groups)
+            for saved_id, p in zip(saved["params"], group["params"])
+        }
+        targets: dict[int, torch.Tensor] = {}
+        base_state: dict[Any, Any] = {}
+        for saved_id, entry in state_dict["state"].items():
+            entry = dict(entry)
+            target = entry.pop(TARGET_KEY, None)
+            p = param_of_id.get(saved_id)
+            if target is not None and p is not None and id(p) in self._names:
+                group = saved_groups[self._group_index(p)]
+                granularity = group.get("lawn_granularity", self.param_groups[0]["lawn_granularity"])
+                expected = () if granularity == "tensor" else (p.shape[0],)
+                _require(
+                    tuple(target.shape) == expected,
+                    f"load_state_dict: target of '{self._names[id(p)]}' has shape {tuple(target.shape)}, "
+                    f"expected {expected} for granularity={granularity!r}",
+                )
+                targets[id(p)] = target
+            if entry:
+                base_state[saved_id] = entry
+        if any(group.get("lawn_frozen", False) for group in saved_groups):
+            missing = [
+                self._names[id(p)] for group in self._constrained for p in group if id(p) not in targets
+            ]
+            _require(
+                not missing,
+                f"load_state_dict: the checkpoint is past the switch but has no target norm for {missing}",
+            )
+
+        current = {key: value for key, value in self.param_groups[0].items() if key.startswith("lawn_")}
+        self.base.load_state_dict({**state_dict, "state": base_state})
+        for group in self.param_groups:
+            for key, value in current.items():
+                group.setdefault(key, value)
+        for group in self._constrained:
+            for p in group:
+                if id(p) in targets:
+                    self.state[p][TARGET_KEY] = targets[id(p)].to(
+                        device=p.device, dtype=torch.float32, copy=True
+                    )
+
+    # ----------------------------------------------------------------- LAWN's own API
+    @property
+    def phase(self) -> str:
+        """``"free"`` before the switch, ``"constrained"`` after it."""
+        return "constrained" if self.param_groups[0]["lawn_frozen"] else "free"
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps applied so far (steps skipped by GradScaler are not counted)."""
+        return self.param_groups[0]["lawn_steps"]
+
+    @property
+    def constrained_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """The constrained tensors with their names, in the base optimizer's order."""
+        return [(self._names[id(p)], p) for group in self._constrained for p in group]
+
+    @property
+    def target_norms(self) -> dict[str, torch.Tensor]:
+        """``name → target norm`` (fp32; empty before the switch)."""
+        if self.phase == "free":
+            return {}
+        return {name: self.state[p][TARGET_KEY] for name, p in self.constrained_parameters}
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Switch to the constrained phase now: record each target norm, then keep it.
+
+        Raises ``ValueError`` naming the tensor (and row) whose norm is zero or not finite; nothing is changed
+        then.
+        """
+        new_targets: dict[int, torch.Tensor] = {}
+        for group, constrained in zip(self.param_groups, self._constrained):
+            granularity = group["lawn_granularity"]
+            for p in constrained:
+                current = constraint.norms(p, granularity)
+                bad = ~(torch.isfinite(current) & (current > 0))
+                if bool(bad.any()):
+                    where = "" if current.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
+                    raise ValueError(
+                        f"freeze: '{self._names[id(p)]}'{where} has norm {current[bad].flatten()[0]}; "
+                        "a zero or non-finite norm cannot be kept fixed"
+                    )
+                fixed = group["lawn_fixed_target"]
+                target = current if fixed is None else torch.full_like(current, float(fixed))
+                new_targets[id(p)] = target * group["lawn_target_scale"]
+        for group, constrained in zip(self.param_groups, self._constrained):
+            for p in constrained:
+                self.state[p][TARGET_KEY] = new_targets[id(p)]
+            if group["lawn_fixed_target"] is not None or group["lawn_target_scale"] != 1.0:
+                self._retract(group, constrained)
+        for group in self.param_groups:
+            group["lawn_frozen"] = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Project (if constrained), ``base.step()``, retract (if constrained); return the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for constrained in self._constrained:
+            for p in constrained:
+                _require(
+                    p.grad is None or not p.grad.is_sparse,
+                    f"step: '{self._names[id(p)]}' has a sparse gradient; LAWN needs dense gradients",
+                )
+        frozen = self.param_groups[0]["lawn_frozen"]
+        if frozen:
+            for group, constrained in zip(self.param_groups, self._constrained):
+                if group["lawn_project_gradient"]:
+                    self._project(group, constrained)
+        self._base_step()
+        if frozen:
+            for group, constrained in zip(self.param_groups, self._constrained):
+                self._retract(group, constrained, only_with_grad=True)
+        self._count_step()
+        return loss
+
+    # ----------------------------------------------------------------- internals
+    def _group_index(self, p: torch.Tensor) -> int:
+        return next(i for i, group in enumerate(self._constrained) if any(q is p for q in group))
+
+    def _project(self, group: dict[str, Any], constrained: list[torch.Tensor]) -> None:
+        with_grad = [p for p in constrained if p.grad is not None]
+        granularity = group["lawn_granularity"]
+        if self._foreach:
+            foreach_project_onto_tangent_([p.grad for p in with_grad], with_grad, granularity)
+        else:
+            for p in with_grad:
+                p.grad.copy_(constraint.project_onto_tangent(p.grad, p, granularity))
+
+    def _retract(
+        self, group: dict[str, Any], constrained: list[torch.Tensor], only_with_grad: bool = False
+    ) -> None:
+        params = [p for p in constrained if p.grad is not None] if only_with_grad else constrained
+        granularity = group["lawn_granularity"]
+        targets = [self.state[p][TARGET_KEY] for p in params]
+        if self._foreach:
+            foreach_retract_(params, targets, granularity)
+        else:
+            for p, target in zip(params, targets):
+                p.copy_(constraint.retract(p, target, granularity))
+
+    def _base_step(self) -> None:
+        """``base.step()``, hiding LAWN's own state from optimizers whose state for a tensor is still empty.
+
+        Optimizers initialise a tensor's state lazily when ``len(state[p]) == 0``; a LAWN key there would make
+        them skip that and fail (``KeyError: 'exp_avg'``).
+        """
+        hidden = {
+            id(p): (p, self.state.pop(p))
+            for constrained in self._constrained
+            for p in constrained
+            if p in self.state and self.state[p].keys() <= _OWN_STATE_KEYS
+        }
+        try:
+            self.base.step()
+        finally:
+            for p, own in hidden.values():
+                self.state[p].update(own)
+
+    def _count_step(self) -> None:
+        steps = self.param_groups[0]["lawn_steps"] + 1
+        for group in self.param_groups:
+            group["lawn_steps"] = steps
+        if self.param_groups[0]["lawn_frozen"]:
+            return
+        for group, constrained in zip(self.param_groups, self._constrained):
+            shape_of = (lambda p: ()) if group["lawn_granularity"] == "tensor" else (lambda p: (p.shape[0],))
+            for p in constrained:
+                if TARGET_KEY not in self.state[p]:
+                    self.state[p][TARGET_KEY] = torch.zeros(shape_of(p), dtype=torch.float32, device=p.device)
+        if steps >= self.param_groups[0]["lawn_free_steps"]:
+            self.freeze()
+
+
+def _positive_finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
