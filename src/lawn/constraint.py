@@ -38,9 +38,7 @@ def norms(w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     return out.reshape(_shape_of_norms(w, granularity))
 
 
-def project_onto_tangent(
-    g: torch.Tensor, w: torch.Tensor, granularity: Granularity = "tensor"
-) -> torch.Tensor:
+def project_onto_tangent(g: torch.Tensor, w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``g − (⟨g, w⟩ / ‖w‖²) · w`` (per row when ``granularity == "row"``), in ``g``'s dtype."""
     g32, w32 = _rows(g, granularity), _rows(w, granularity)
     coefficient = (g32 * w32).sum(dim=1, keepdim=True) / (w32 * w32).sum(dim=1, keepdim=True)

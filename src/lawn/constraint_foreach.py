@@ -53,9 +53,7 @@ def foreach_project_onto_tangent_(
             g.addcmul_(w.detach(), _broadcastable(c, w).to(g.dtype), value=-1.0)
 
 
-def foreach_retract_(
-    params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity
-) -> None:
+def foreach_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
     """In place: ``w ← w · (target / ‖w‖)`` for each pair."""
     if not params:
         return

@@ -48,9 +48,7 @@ def _named(params: NamedParams, base: Optimizer) -> list[tuple[str, torch.Tensor
         for i, group in enumerate(base.param_groups)
         for j, p in enumerate(group["params"])
     }
-    _require(
-        not isinstance(params, torch.Tensor), "params: pass an iterable of tensors, not one tensor", TypeError
-    )
+    _require(not isinstance(params, torch.Tensor), "params: pass an iterable of tensors, not one tensor", TypeError)
     named: list[tuple[str, torch.Tensor]] = []
     for k, item in enumerate(params):
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -104,17 +102,13 @@ class NormConstraint(Optimizer):
             TypeError,
         )
         _require(free_steps >= 0, f"free_steps: must be >= 0, got {free_steps}")
-        _require(
-            granularity in GRANULARITIES, f"granularity: expected one of {GRANULARITIES}, got {granularity!r}"
-        )
+        _require(granularity in GRANULARITIES, f"granularity: expected one of {GRANULARITIES}, got {granularity!r}")
         _require(
             isinstance(project_gradient, bool),
             f"project_gradient: expected a bool, got {project_gradient!r}",
             TypeError,
         )
-        _require(
-            _positive_finite(target_scale), f"target_scale: must be a finite number > 0, got {target_scale!r}"
-        )
+        _require(_positive_finite(target_scale), f"target_scale: must be a finite number > 0, got {target_scale!r}")
         _require(
             target_norm is None or _positive_finite(target_norm),
             f"target_norm: must be None or a finite number > 0, got {target_norm!r}",
@@ -138,13 +132,15 @@ class NormConstraint(Optimizer):
                 granularity != "row" or p.dim() >= 2,
                 f"params: '{name}' has {p.dim()} dim(s); granularity='row' needs >= 2 (use 'tensor')",
             )
+            if free_steps == 0:  # we freeze below: refuse bad norms before anything is written
+                _checked_norms(name, p, granularity)
 
         self.base = base
         self.defaults = base.defaults
-        self._names: dict[int, str] = seen
         self._constrained: list[list[torch.Tensor]] = [
             [p for p in group["params"] if id(p) in seen] for group in base.param_groups
         ]
+        self._names: dict[torch.Tensor, str] = {p: seen[id(p)] for group in self._constrained for p in group}
         self._foreach = True if foreach is None else foreach
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
@@ -195,9 +191,7 @@ class NormConstraint(Optimizer):
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.phase}, {len(self._names)} constrained tensors, base={self.base!r})"
-        )
+        return f"{type(self).__name__}({self.phase}, {len(self._names)} constrained tensors, base={self.base!r})"
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -237,22 +231,20 @@ class NormConstraint(Optimizer):
             entry = dict(entry)
             target = entry.pop(TARGET_KEY, None)
             p = param_of_id.get(saved_id)
-            if target is not None and p is not None and id(p) in self._names:
+            if target is not None and p is not None and p in self._names:
                 group = saved_groups[self._group_index(p)]
                 granularity = group.get("lawn_granularity", self.param_groups[0]["lawn_granularity"])
                 expected = () if granularity == "tensor" else (p.shape[0],)
                 _require(
                     tuple(target.shape) == expected,
-                    f"load_state_dict: target of '{self._names[id(p)]}' has shape {tuple(target.shape)}, "
+                    f"load_state_dict: target of '{self._names[p]}' has shape {tuple(target.shape)}, "
                     f"expected {expected} for granularity={granularity!r}",
                 )
                 targets[id(p)] = target
             if entry:
                 base_state[saved_id] = entry
         if any(group.get("lawn_frozen", False) for group in saved_groups):
-            missing = [
-                self._names[id(p)] for group in self._constrained for p in group if id(p) not in targets
-            ]
+            missing = [self._names[p] for group in self._constrained for p in group if id(p) not in targets]
             _require(
                 not missing,
                 f"load_state_dict: the checkpoint is past the switch but has no target norm for {missing}",
@@ -266,9 +258,7 @@ class NormConstraint(Optimizer):
         for group in self._constrained:
             for p in group:
                 if id(p) in targets:
-                    self.state[p][TARGET_KEY] = targets[id(p)].to(
-                        device=p.device, dtype=torch.float32, copy=True
-                    )
+                    self.state[p][TARGET_KEY] = targets[id(p)].to(device=p.device, dtype=torch.float32, copy=True)
 
     # ----------------------------------------------------------------- LAWN's own API
     @property
@@ -284,7 +274,7 @@ class NormConstraint(Optimizer):
     @property
     def constrained_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """The constrained tensors with their names, in the base optimizer's order."""
-        return [(self._names[id(p)], p) for group in self._constrained for p in group]
+        return [(self._names[p], p) for group in self._constrained for p in group]
 
     @property
     def target_norms(self) -> dict[str, torch.Tensor]:
@@ -302,16 +292,8 @@ class NormConstraint(Optimizer):
         """
         new_targets: dict[int, torch.Tensor] = {}
         for group, constrained in zip(self.param_groups, self._constrained):
-            granularity = group["lawn_granularity"]
             for p in constrained:
-                current = constraint.norms(p, granularity)
-                bad = ~(torch.isfinite(current) & (current > 0))
-                if bool(bad.any()):
-                    where = "" if current.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
-                    raise ValueError(
-                        f"freeze: '{self._names[id(p)]}'{where} has norm {current[bad].flatten()[0]}; "
-                        "a zero or non-finite norm cannot be kept fixed"
-                    )
+                current = _checked_norms(self._names[p], p, group["lawn_granularity"])
                 fixed = group["lawn_fixed_target"]
                 target = current if fixed is None else torch.full_like(current, float(fixed))
                 new_targets[id(p)] = target * group["lawn_target_scale"]
@@ -334,7 +316,7 @@ class NormConstraint(Optimizer):
             for p in constrained:
                 _require(
                     p.grad is None or not p.grad.is_sparse,
-                    f"step: '{self._names[id(p)]}' has a sparse gradient; LAWN needs dense gradients",
+                    f"step: '{self._names[p]}' has a sparse gradient; LAWN needs dense gradients",
                 )
         frozen = self.param_groups[0]["lawn_frozen"]
         if frozen:
@@ -361,9 +343,7 @@ class NormConstraint(Optimizer):
             for p in with_grad:
                 p.grad.copy_(constraint.project_onto_tangent(p.grad, p, granularity))
 
-    def _retract(
-        self, group: dict[str, Any], constrained: list[torch.Tensor], only_with_grad: bool = False
-    ) -> None:
+    def _retract(self, group: dict[str, Any], constrained: list[torch.Tensor], only_with_grad: bool = False) -> None:
         params = [p for p in constrained if p.grad is not None] if only_with_grad else constrained
         granularity = group["lawn_granularity"]
         targets = [self.state[p][TARGET_KEY] for p in params]
@@ -404,6 +384,19 @@ class NormConstraint(Optimizer):
                     self.state[p][TARGET_KEY] = torch.zeros(shape_of(p), dtype=torch.float32, device=p.device)
         if steps >= self.param_groups[0]["lawn_free_steps"]:
             self.freeze()
+
+
+def _checked_norms(name: str, p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite."""
+    current = constraint.norms(p, granularity)
+    bad = ~(torch.isfinite(current) & (current > 0))
+    if bool(bad.any()):
+        where = "" if current.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
+        raise ValueError(
+            f"freeze: '{name}'{where} has norm {current[bad].flatten()[0]}; "
+            "a zero or non-finite norm cannot be kept fixed"
+        )
+    return current
 
 
 def _positive_finite(x: Any) -> bool:

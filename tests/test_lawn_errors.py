@@ -1,0 +1,137 @@
+"""Bad input: a clear error naming the culprit, raised before anything is modified."""
+
+import pytest
+import torch
+
+import lawn
+from lawn_helpers import BNNet, assert_same_tree, batches, snapshot, train_step
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return BNNet()
+
+
+def adam(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"free_steps": -1}, ValueError, "free_steps"),
+        ({"free_steps": 2.5}, TypeError, "free_steps"),
+        ({"free_steps": True}, TypeError, "free_steps"),
+        ({"granularity": "column"}, ValueError, "granularity"),
+        ({"project_gradient": "yes"}, TypeError, "project_gradient"),
+        ({"target_scale": 0.0}, ValueError, "target_scale"),
+        ({"target_scale": float("nan")}, ValueError, "target_scale"),
+        ({"foreach": "fast"}, TypeError, "foreach"),
+    ],
+)
+def test_bad_options_are_named(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lawn.LAWN(adam(model), model.tail(), **kwargs)
+
+
+def test_base_must_be_an_optimizer(model):
+    with pytest.raises(TypeError, match="base"):
+        lawn.LAWN(model, model.tail())
+
+
+def test_param_not_held_by_base_is_named(model):
+    base = torch.optim.Adam(model.stem.parameters())
+    with pytest.raises(ValueError, match="'hidden.weight' is not held by the base optimizer"):
+        lawn.LAWN(base, model.tail())
+
+
+def test_duplicate_param_is_named(model):
+    with pytest.raises(ValueError, match="'again' is listed twice"):
+        lawn.LAWN(adam(model), [("head.weight", model.head.weight), ("again", model.head.weight)])
+
+
+def test_unnamed_params_are_named_by_their_place_in_the_base(model):
+    stray = torch.nn.Parameter(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"params\[1\]"):
+        lawn.LAWN(adam(model), [model.head.weight, stray])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        lawn.LAWN(adam(model), [model.stem.bias, model.stem.bias])
+
+
+@pytest.mark.parametrize("name", ["head.bias", "bn.weight"])
+def test_row_granularity_rejects_vectors(model, name):
+    p = dict(model.named_parameters())[name]
+    with pytest.raises(ValueError, match=f"'{name}' has 1 dim"):
+        lawn.LAWN(adam(model), [(name, p)], granularity="row")
+
+
+def test_non_tensors_and_empty_selections(model):
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        lawn.LAWN(adam(model), ["head.weight"])
+    with pytest.raises(TypeError, match="not one tensor"):
+        lawn.LAWN(adam(model), model.head.weight)
+    with pytest.raises(ValueError, match="no tensors"):
+        lawn.LAWN(adam(model), [])
+
+
+def test_wrapping_twice_is_refused(model):
+    opt = lawn.LAWN(adam(model), model.tail())
+    with pytest.raises(ValueError, match="already wrapped"):
+        lawn.LAWN(opt, model.tail())
+
+
+def test_zero_norm_at_the_switch_names_the_tensor_and_changes_nothing(model):
+    with torch.no_grad():
+        model.head.weight.zero_()
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=10)
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match="'head.weight' has norm 0"):
+        opt.freeze()
+    assert opt.phase == "free"
+    assert_same_tree(before, snapshot(model, opt))
+
+
+def test_zero_row_is_named_with_its_row(model):
+    with torch.no_grad():
+        model.head.weight[2].zero_()
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=10, granularity="row")
+    with pytest.raises(ValueError, match=r"'head.weight' \(row 2\)"):
+        opt.freeze()
+
+
+def test_non_finite_norm_at_construction(model):
+    with torch.no_grad():
+        model.hidden.weight[0, 0] = float("inf")
+    base = adam(model)
+    with pytest.raises(ValueError, match="'hidden.weight' has norm inf"):
+        lawn.LAWN(base, model.tail(), free_steps=0)
+    assert len(base.state) == 0
+    assert not any(key.startswith("lawn_") for key in [*base.param_groups[0], *base.defaults])
+
+
+def test_sparse_gradient_is_refused_before_anything_moves():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = lawn.LAWN(torch.optim.SGD(emb.parameters(), lr=0.1), [("emb.weight", emb.weight)], free_steps=0)
+    emb(torch.tensor([1, 2])).sum().backward()
+    weight_before = emb.weight.detach().clone()
+    with pytest.raises(ValueError, match="'emb.weight' has a sparse gradient"):
+        opt.step()
+    assert torch.equal(emb.weight, weight_before) and opt.steps == 0
+
+
+def test_bad_checkpoint_is_refused_before_loading(model):
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=1)
+    train_step(model, opt, *batches(1)[0])
+    sd = opt.state_dict()
+    head_id = [i for i, p in enumerate(model.parameters()) if p is model.head.weight][0]
+    sd["state"][head_id]["lawn_target_norm"] = torch.ones(3)
+    other = lawn.LAWN(adam(model), model.tail(), free_steps=1)
+    before = snapshot(model, other)
+    with pytest.raises(ValueError, match="target of 'head.weight' has shape"):
+        other.load_state_dict(sd)
+    assert_same_tree(before, snapshot(model, other))
+    del sd["state"][head_id]["lawn_target_norm"]
+    with pytest.raises(ValueError, match="no target norm for \\['head.weight'\\]"):
+        other.load_state_dict(sd)
