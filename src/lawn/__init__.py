@@ -1,15 +1,23 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
 from lawn.constraint import norms, project_onto_tangent, retract
+from lawn.eman import EMAN, EMATeacher
 from lawn.lawn import LAWN
+from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
 from lawn.norm_constraint import NormConstraint
 from lawn.normalized_params import params_feeding_normalization
 from lawn.wrs import WRS
 
 __all__ = [
+    "EMAN",
+    "EMATeacher",
     "LAWN",
     "NormConstraint",
     "WRS",
+    "center_filters_",
+    "center_filters_after_step",
+    "convert_to_mimicnorm",
+    "mimicnorm_filters",
     "norms",
     "params_feeding_normalization",
     "project_onto_tangent",
