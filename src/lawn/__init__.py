@@ -6,6 +6,7 @@ from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
 from lawn.norm_constraint import NormConstraint
 from lawn.normalized_params import params_feeding_normalization
+from lawn.ssi_regularizer import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "EMATeacher",
     "LAWN",
     "NormConstraint",
+    "ResidualBranch",
     "WRS",
     "center_filters_",
     "center_filters_after_step",
@@ -22,5 +24,6 @@ __all__ = [
     "params_feeding_normalization",
     "project_onto_tangent",
     "retract",
+    "scale_shift_invariant_penalty",
 ]
 __version__ = "0.1.0"
