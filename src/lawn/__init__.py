@@ -2,20 +2,35 @@
 
 from lawn.constraint import norms, project_onto_tangent, retract
 from lawn.discovery import final_homogeneous_params
+from lawn.eman import EMAN, EMATeacher
 from lawn.explain import explain
 from lawn.homogeneity_check import HomogeneityReport, check_homogeneity
 from lawn.lawn import LAWN
+from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
 from lawn.norm_constraint import NormConstraint
+from lawn.normalized_params import params_feeding_normalization
+from lawn.ssi_regularizer import ResidualBranch, scale_shift_invariant_penalty
+from lawn.wrs import WRS
 
 __all__ = [
-    "LAWN",
+    "EMAN",
+    "EMATeacher",
     "HomogeneityReport",
+    "LAWN",
     "NormConstraint",
+    "ResidualBranch",
+    "WRS",
+    "center_filters_",
+    "center_filters_after_step",
     "check_homogeneity",
+    "convert_to_mimicnorm",
     "explain",
     "final_homogeneous_params",
+    "mimicnorm_filters",
     "norms",
+    "params_feeding_normalization",
     "project_onto_tangent",
     "retract",
+    "scale_shift_invariant_penalty",
 ]
 __version__ = "0.1.0"
