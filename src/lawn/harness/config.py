@@ -12,6 +12,7 @@ Batch-size scaling rule (explicit, field ``lr_scaling``): the learning rate used
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -141,6 +142,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------------- checking
+@functools.cache
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
 

@@ -143,7 +143,9 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
     metric = group[0].metric
     by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
 
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(4.2 * len(optimizers), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(optimizers), figsize=(max(6.0, 4.2 * len(optimizers)), 3.6), squeeze=False
+    )
     for ax, o in zip(axes[0], optimizers):
         for m in methods:
             points = [(b, by[(o, m, b)]) for b in batches if (o, m, b) in by]
@@ -174,7 +176,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
     fig, axes = plt.subplots(
         len(TRAJECTORIES),
         len(optimizers),
-        figsize=(4.2 * len(optimizers), 2.6 * len(TRAJECTORIES)),
+        figsize=(max(6.0, 4.2 * len(optimizers)), 2.6 * len(TRAJECTORIES)),
         squeeze=False,
     )
     for col, o in enumerate(optimizers):
@@ -205,7 +207,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                 ax.legend(fontsize=7)
             if row_index == len(TRAJECTORIES) - 1:
                 ax.set_xlabel("epoch")
-    fig.suptitle(f"{title}: trajectories at the chosen grid points (mean over seeds)")
+    fig.suptitle(f"{title}\ntrajectories at the chosen grid points (mean over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(norms_path, dpi=110)
     plt.close(fig)
