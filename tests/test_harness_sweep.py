@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -193,3 +194,18 @@ def test_diverged_seeds_count_as_zero() -> None:
     assert s.chosen == {"lr": 0.1} and s.diverged == 0
     (s,) = select(rows[:2])
     assert s.diverged == 1 and s.test_mean == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((SRC.parent / "docs" / "sweeps").glob("*.toml")), ids=lambda p: p.name
+)
+def test_documented_sweep_specs_are_valid(path: Path) -> None:
+    spec = SweepSpec.load(path)
+    sizes = {
+        (o, m): len(list(itertools.product(*spec.tuned_axes(o, m).values())))
+        for o in spec.optimizers
+        for m in spec.methods
+    }
+    for o in spec.optimizers:  # the regularising methods get grids of the same size
+        assert sizes[(o, "wd")] == sizes[(o, "lawn")]
+    assert len(spec.expand()) > 0
