@@ -118,18 +118,25 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
+        blew_up = False
         for inputs, targets in task.epoch(config.batch_size, generator):
             logits = model(inputs)
             loss = task.loss(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
+                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise
+                blew_up = True
+                break
             scheduler.step()
             loss_sum += loss.detach() * len(targets)
             correct += task.correct(logits.detach(), targets)
             seen += len(targets)
             bar.update(1)
-        train_loss = float(loss_sum) / max(1, seen)
+        train_loss = math.nan if blew_up else float(loss_sum) / max(1, seen)
         history.append(record(epoch, train_loss, float(correct) / max(1, seen)))
         bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
         if not math.isfinite(train_loss):
