@@ -1,0 +1,257 @@
+"""``RunConfig``: everything that determines one training run, as plain data.
+
+Configs are read from JSON or TOML (never evaluated as code), checked field by field, and identified by
+``key()``: a hash of every field except ``device``. The key is what a sweep uses to skip runs whose row is
+already in the results file.
+
+Batch-size scaling rule (explicit, field ``lr_scaling``): the learning rate used is
+``lr × (batch_size / base_batch_size)^p`` with ``p = 0`` (``"none"``), ``1`` (``"linear"``) or ``1/2``
+(``"sqrt"``). LAWN's free phase lasts ``round(free_fraction × total_steps)`` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LR_SCALINGS = ("none", "linear", "sqrt")
+SCHEDULES = ("cosine", "step", "constant")
+GRANULARITIES = ("tensor", "row")
+KEY_IGNORES = ("device",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. Every field is data; ``RunConfig.from_dict`` checks types and names."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    # model
+    model: str = "auto"
+    width: int = 32
+    # optimizer and method
+    optimizer: str = "adam"
+    method: str = "plain"
+    lr: float = 1e-3
+    lr_scaling: str = "none"
+    base_batch_size: int = 128
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    # schedule
+    batch_size: int = 128
+    epochs: int = 5
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    step_gamma: float = 0.1
+    # LAWN
+    free_fraction: float = 0.2
+    granularity: str = "tensor"
+    project_gradient: bool = True
+    target_scale: float = 1.0
+    # ranking task: sampled negatives per observed (user, item) pair, redrawn every epoch
+    negatives_per_positive: int = 4
+    # run
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------------ construction and identity
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a mapping, naming any unknown field or wrongly typed value."""
+        if not isinstance(data, dict):
+            raise TypeError(f"run config: expected a mapping of fields, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"run config: unknown field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**{name: coerce_field(name, value) for name, value in data.items()})
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied (checked like ``from_dict``)."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["step_milestones"] = list(self.step_milestones)
+        out["data_options"] = dict(sorted(self.data_options.items()))
+        return out
+
+    def key(self) -> str:
+        """Stable identity of the run: sha256 of the canonical JSON of every field but ``device``."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in KEY_IGNORES}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------- reading configs from files
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a JSON (``.json``) or TOML (``.toml``) file into a dict; nothing in it is executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise ValueError(f"{path}: unknown config format {suffix!r}; use .json or .toml")
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError as err:  # Python 3.10
+            raise ValueError(f"{path}: reading TOML needs Python >= 3.11; use JSON instead") from err
+    text = path.read_text()
+    try:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot parse: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a table/object of fields")
+    return data
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(load_mapping(path))
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"key=value"`` → ``(key, value)``; the value is read as JSON when it parses, else kept a string."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+# ---------------------------------------------------------------------- checking
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def coerce_field(name: str, value: Any) -> Any:
+    """Check ``value`` against the type of field ``name``; ints are accepted for floats, lists for tuples."""
+    hints = _hints()
+    if name not in hints:
+        raise ValueError(f"unknown run config field {name!r}; known fields: {sorted(hints)}")
+    return _coerce(name, hints[name], value)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(name, inner[0], value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name}: expected a list of numbers, got {value!r}")
+        return tuple(_coerce(name, float, v) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{name}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _validate(c: RunConfig) -> None:
+    from lawn.harness import datasets, methods, models, optimizers  # registries; imported late (no cycles)
+
+    for name, hint in _hints().items():
+        _coerce(name, hint, getattr(c, name))
+    _check(
+        c.dataset in datasets.DATASETS,
+        f"dataset: unknown {c.dataset!r}; choose from {sorted(datasets.DATASETS)}",
+    )
+    datasets.check_config(c)
+    if c.model == "auto":
+        object.__setattr__(c, "model", datasets.DATASETS[c.dataset].default_model)
+    _check(c.model in models.MODELS, f"model: unknown {c.model!r}; choose from {sorted(models.MODELS)}")
+    models.check_compatible(c.model, c.dataset)
+    _check(
+        c.optimizer in optimizers.OPTIMIZERS,
+        f"optimizer: unknown {c.optimizer!r}; choose from {sorted(optimizers.OPTIMIZERS)}",
+    )
+    _check(
+        c.method in methods.METHODS, f"method: unknown {c.method!r}; choose from {sorted(methods.METHODS)}"
+    )
+    _check(
+        c.weight_decay == 0.0 or methods.METHODS[c.method].uses_weight_decay,
+        f"weight_decay: method {c.method!r} trains without weight decay, got weight_decay={c.weight_decay}",
+    )
+    for name in ("width", "epochs", "batch_size", "base_batch_size", "negatives_per_positive"):
+        _check(getattr(c, name) >= 1, f"{name}: must be >= 1, got {getattr(c, name)}")
+    for name in ("train_limit", "test_limit"):
+        value = getattr(c, name)
+        _check(value is None or value >= 2, f"{name}: must be None or >= 2, got {value}")
+    _check(0.0 < c.val_fraction < 1.0, f"val_fraction: must be in (0, 1), got {c.val_fraction}")
+    _check(math.isfinite(c.lr) and c.lr > 0, f"lr: must be a finite number > 0, got {c.lr}")
+    _check(
+        math.isfinite(c.weight_decay) and c.weight_decay >= 0,
+        f"weight_decay: must be >= 0, got {c.weight_decay}",
+    )
+    _check(0.0 <= c.momentum < 1.0, f"momentum: must be in [0, 1), got {c.momentum}")
+    _check(c.lr_scaling in LR_SCALINGS, f"lr_scaling: expected one of {LR_SCALINGS}, got {c.lr_scaling!r}")
+    _check(c.schedule in SCHEDULES, f"schedule: expected one of {SCHEDULES}, got {c.schedule!r}")
+    _check(0.0 <= c.warmup_fraction < 1.0, f"warmup_fraction: must be in [0, 1), got {c.warmup_fraction}")
+    _check(
+        all(0.0 < m < 1.0 for m in c.step_milestones)
+        and list(c.step_milestones) == sorted(c.step_milestones),
+        f"step_milestones: increasing fractions of training in (0, 1), got {list(c.step_milestones)}",
+    )
+    _check(0.0 < c.step_gamma <= 1.0, f"step_gamma: must be in (0, 1], got {c.step_gamma}")
+    _check(0.0 <= c.free_fraction <= 1.0, f"free_fraction: must be in [0, 1], got {c.free_fraction}")
+    _check(
+        c.granularity in GRANULARITIES,
+        f"granularity: expected one of {GRANULARITIES}, got {c.granularity!r}",
+    )
+    _check(
+        math.isfinite(c.target_scale) and c.target_scale > 0,
+        f"target_scale: must be > 0, got {c.target_scale}",
+    )
+    _check(c.seed >= 0 and c.data_seed >= 0, f"seed/data_seed: must be >= 0, got {c.seed}/{c.data_seed}")
+    _check(
+        c.device == "cpu" or c.device == "cuda" or c.device.startswith("cuda:") or c.device == "mps",
+        f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}",
+    )

@@ -1,0 +1,54 @@
+"""Base optimizers by name. LAMB and LARS come from ``pytorch_optimizer`` (not rewritten here).
+
+Weight decay means what each optimizer's own ``weight_decay`` means: L2 added to the gradient for SGD, Adam
+and LARS; decoupled decay for AdamW and LAMB. With ``weight_decay = 0`` AdamW is Adam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+
+def _sgd(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _adam(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _adamw(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _lamb(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    from pytorch_optimizer import Lamb
+
+    return Lamb(params, lr=lr, weight_decay=weight_decay)
+
+
+def _lars(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    from pytorch_optimizer import LARS
+
+    return LARS(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable, float, float, float], Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+    "lamb": _lamb,
+    "lars": _lars,
+}
+
+
+def build_base_optimizer(
+    name: str, params: Iterable[torch.Tensor], *, lr: float, weight_decay: float, momentum: float
+) -> Optimizer:
+    """``name`` ∈ ``OPTIMIZERS`` over ``params`` (momentum is used by SGD and LARS only)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: unknown {name!r}; choose from {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr, weight_decay, momentum)

@@ -1,0 +1,233 @@
+"""Reports from result rows: a markdown table and PNG plots (matplotlib, Agg backend).
+
+For each *panel* (rows sharing everything but optimizer, method, batch size, seed and tuned axes — usually
+one data set and model): a table of the selected test metric (mean ± std over seeds, see
+:mod:`lawn.harness.selection`) per optimizer × method × batch size, a detailed table with the chosen grid
+points, a plot of the test metric against batch size per optimizer (one line per method), and a plot of
+the trajectories (test metric, logit norm, norm of the constrained weights, norm of all weights) per epoch
+at the chosen grid points, averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lawn.harness.selection import Selection, select
+
+PANEL_IGNORES = ("optimizer", "method", "batch_size")
+METHOD_COLORS = {"plain": "tab:blue", "wd": "tab:orange", "lawn": "tab:green"}
+TRAJECTORIES = (
+    ("test_metric", "test {metric}"),
+    ("logit_norm", "mean ‖logits‖ (test)"),
+    ("constrained_norm", "‖final homogeneous weights‖"),
+    ("weight_norm", "‖all weights‖"),
+)
+
+
+def panels(selections: list[Selection]) -> list[tuple[dict[str, Any], list[Selection]]]:
+    """Group selections by their setting minus optimizer/method/batch size and any tuned axis."""
+    tuned_anywhere = {t for s in selections for t in s.tuned}
+    groups: dict[str, list[Selection]] = defaultdict(list)
+    identity: dict[str, dict[str, Any]] = {}
+    for s in selections:
+        panel = {k: v for k, v in s.setting.items() if k not in PANEL_IGNORES and k not in tuned_anywhere}
+        key = json.dumps(panel, sort_keys=True)
+        groups[key].append(s)
+        identity[key] = panel
+    return [(identity[k], groups[k]) for k in sorted(groups)]
+
+
+def _order(values: list[str], preferred: tuple[str, ...]) -> list[str]:
+    return sorted(set(values), key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
+
+
+def _cell(s: Selection) -> str:
+    text = f"{s.test_mean:.4f} ± {s.test_std:.4f} ({s.seeds})"
+    return text + (f" ⚠{s.diverged} diverged" if s.diverged else "")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _varying(panel_list: list[tuple[dict[str, Any], list[Selection]]]) -> list[str]:
+    keys = sorted({k for panel, _ in panel_list for k in panel})
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p, _ in panel_list}) > 1]
+
+
+def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> str:
+    """The report's markdown text."""
+    selections = select(rows)
+    panel_list = panels(selections)
+    varying = _varying(panel_list)
+    lines = ["# LAWN study report", ""]
+    if sources:
+        lines += [f"Results: {', '.join(f'`{s}`' for s in sources)} ({len(rows)} runs).", ""]
+    lines += [
+        "Each cell: test metric at the grid point chosen by mean validation metric (last epoch), "
+        "mean ± sample std over seeds (number of seeds); diverged seeds count as 0.",
+        "",
+    ]
+    for index, (panel, group) in enumerate(panel_list):
+        title = f"{panel.get('dataset')} / {panel.get('model')}"
+        extra = ", ".join(f"{k}={_fmt(panel.get(k))}" for k in varying if k not in ("dataset", "model"))
+        lines += [f"## {index + 1}. {title}" + (f" ({extra})" if extra else ""), ""]
+        metric = group[0].metric
+        batches = sorted({s.setting["batch_size"] for s in group})
+        lines += [
+            f"Test {metric} by batch size. Epochs: {panel.get('epochs')}, schedule: {panel.get('schedule')}, "
+            f"lr scaling: {panel.get('lr_scaling')} (base batch {panel.get('base_batch_size')}).",
+            "",
+            "| optimizer | method | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "|---|---|" + "---|" * len(batches),
+        ]
+        by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
+        optimizers = _order([s.setting["optimizer"] for s in group], ("sgd", "adam", "adamw", "lamb", "lars"))
+        methods = _order([s.setting["method"] for s in group], ("plain", "wd", "lawn"))
+        for o in optimizers:
+            for m in methods:
+                if not any((o, m, b) in by for b in batches):
+                    continue
+                cells = [_cell(by[(o, m, b)]) if (o, m, b) in by else "–" for b in batches]
+                lines.append(f"| {o} | {m} | " + " | ".join(cells) + " |")
+        has_auc = any(s.test_auc_mean is not None for s in group)
+        lines += [
+            "",
+            "| optimizer | method | batch | grid points | chosen | val (mean) | test | seeds | diverged |"
+            + (" test AUC |" if has_auc else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if has_auc else ""),
+        ]
+        for o in optimizers:
+            for m in methods:
+                for b in batches:
+                    s = by.get((o, m, b))
+                    if s is None:
+                        continue
+                    chosen = ", ".join(f"{k}={_fmt(v)}" for k, v in s.chosen.items())
+                    auc = f" {s.test_auc_mean:.4f} ± {s.test_auc_std:.4f} |" if has_auc else ""
+                    lines.append(
+                        f"| {o} | {m} | {b} | {s.grid_size} | {chosen} | {s.val_mean:.4f} | "
+                        f"{s.test_mean:.4f} ± {s.test_std:.4f} | {s.seeds} | {s.diverged} |" + auc
+                    )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _suffix(index: int, panel: dict[str, Any], count: int) -> str:
+    return "" if count == 1 else f"_{index + 1}_{panel.get('dataset')}_{panel.get('model')}"
+
+
+def _mean_curve(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    by_epoch: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        for entry in row.get("history", []):
+            if entry.get(key) is not None:
+                by_epoch[entry["epoch"]].append(float(entry[key]))
+    epochs = sorted(by_epoch)
+    return epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+
+
+def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
+    optimizers = _order([s.setting["optimizer"] for s in group], ("sgd", "adam", "adamw", "lamb", "lars"))
+    methods = _order([s.setting["method"] for s in group], ("plain", "wd", "lawn"))
+    batches = sorted({s.setting["batch_size"] for s in group})
+    metric = group[0].metric
+    by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
+
+    fig, axes = plt.subplots(
+        1, len(optimizers), figsize=(max(6.0, 4.2 * len(optimizers)), 3.6), squeeze=False
+    )
+    for ax, o in zip(axes[0], optimizers):
+        for m in methods:
+            points = [(b, by[(o, m, b)]) for b in batches if (o, m, b) in by]
+            if not points:
+                continue
+            ax.errorbar(
+                [b for b, _ in points],
+                [s.test_mean for _, s in points],
+                yerr=[s.test_std for _, s in points],
+                marker="o",
+                capsize=3,
+                label=m,
+                color=METHOD_COLORS.get(m),
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_title(o)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(batch_path, dpi=110)
+    plt.close(fig)
+
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(
+        len(TRAJECTORIES),
+        len(optimizers),
+        figsize=(max(6.0, 4.2 * len(optimizers)), 2.6 * len(TRAJECTORIES)),
+        squeeze=False,
+    )
+    for col, o in enumerate(optimizers):
+        for row_index, (key, label) in enumerate(TRAJECTORIES):
+            ax = axes[row_index][col]
+            for m in methods:
+                for bi, b in enumerate(batches):
+                    s = by.get((o, m, b))
+                    if s is None:
+                        continue
+                    epochs, values = _mean_curve(s.rows, key)
+                    ax.plot(
+                        epochs,
+                        values,
+                        styles[bi % len(styles)],
+                        color=METHOD_COLORS.get(m),
+                        label=f"{m} bs={b}",
+                    )
+            ax.set_ylabel(label.format(metric=metric))
+            if key == "logit_norm":
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if row_index == 0:
+                ax.set_title(o)
+                ax.legend(fontsize=7)
+            if row_index == len(TRAJECTORIES) - 1:
+                ax.set_xlabel("epoch")
+    fig.suptitle(f"{title}\ntrajectories at the chosen grid points (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(norms_path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    rows: list[dict[str, Any]], out_dir: str | Path, sources: list[str] | None = None
+) -> list[Path]:
+    """Write ``report.md`` and the plots into ``out_dir``; return the paths written."""
+    if not rows:
+        raise ValueError("report: no result rows to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.md"]
+    written[0].write_text(markdown(rows, sources))
+    panel_list = panels(select(rows))
+    for index, (panel, group) in enumerate(panel_list):
+        suffix = _suffix(index, panel, len(panel_list))
+        batch_path = out / f"accuracy_vs_batch{suffix}.png"
+        norms_path = out / f"norms{suffix}.png"
+        plot_panel(group, f"{panel.get('dataset')} / {panel.get('model')}", batch_path, norms_path)
+        written += [batch_path, norms_path]
+    return written

@@ -1,0 +1,191 @@
+"""Sweeps: a grid of runs, expanded from a ``SweepSpec`` and appended to a results file, resumably.
+
+The grid is ``seeds × optimizers × batch sizes × methods × (that method's tuning grid)``. A method's tuning
+grid is the optimizer's learning-rate list, times its weight-decay list if the method trains with weight
+decay, times any extra axes given for the method in ``grids`` (e.g. ``{"lawn": {"free_fraction": [...]}}``).
+So every method of an optimizer gets the same learning-rate grid and every weight-decay method the same
+weight-decay grid; each row records its tuned axes (``tuned``) and the report shows each method's grid size.
+Seeds are the outer loop, so a sweep stopped early has covered the whole grid for its first seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lawn.harness.config import RunConfig, coerce_field, load_mapping
+from lawn.harness.methods import METHODS
+from lawn.harness.results import append_row, completed_keys
+from lawn.harness.train import train
+
+SWEPT = ("optimizer", "method", "batch_size", "lr", "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of runs. ``lrs`` / ``weight_decays``: one list for all optimizers, or ``{optimizer: list}``."""
+
+    base: dict[str, Any] = field(default_factory=dict)
+    optimizers: tuple[str, ...] = ("adam",)
+    methods: tuple[str, ...] = ("plain", "wd", "lawn")
+    batch_sizes: tuple[int, ...] = (128,)
+    lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    weight_decays: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepSpec:
+        """Build and check a spec; errors name the offending key."""
+        if not isinstance(data, dict):
+            raise TypeError(f"sweep spec: expected a mapping, got {type(data).__name__}")
+        known = {"base", "optimizers", "methods", "batch_sizes", "lrs", "weight_decays", "seeds", "grids"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"sweep spec: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        base = data.get("base", {})
+        if not isinstance(base, dict):
+            raise TypeError("sweep spec: 'base' must be a mapping of run config fields")
+        clash = sorted(set(base) & set(SWEPT))
+        if clash:
+            raise ValueError(f"sweep spec: base sets {clash}, which the sweep itself varies; remove them")
+        RunConfig.from_dict(base)  # field names and values
+        optimizers = _names(data.get("optimizers", ["adam"]), "optimizers")
+        methods = _names(data.get("methods", ["plain", "wd", "lawn"]), "methods")
+        for m in methods:
+            if m not in METHODS:
+                raise ValueError(f"sweep spec: methods: unknown {m!r}; choose from {sorted(METHODS)}")
+        wd_needed = any(METHODS[m].uses_weight_decay for m in methods)
+        grids = data.get("grids", {})
+        if not isinstance(grids, dict):
+            raise TypeError("sweep spec: 'grids' must map a method to {field: [values]}")
+        checked: dict[str, dict[str, tuple[Any, ...]]] = {}
+        for method, axes in grids.items():
+            if method not in methods:
+                raise ValueError(f"sweep spec: grids: method {method!r} is not in methods {list(methods)}")
+            if not isinstance(axes, dict):
+                raise TypeError(f"sweep spec: grids.{method} must map fields to lists of values")
+            for name in axes:
+                if name in SWEPT or name in base:
+                    raise ValueError(f"sweep spec: grids.{method}.{name}: already set by the sweep or base")
+            checked[method] = {
+                name: tuple(coerce_field(name, v) for v in _values(values, f"grids.{method}.{name}"))
+                for name, values in axes.items()
+            }
+        spec = cls(
+            base=dict(base),
+            optimizers=optimizers,
+            methods=methods,
+            batch_sizes=tuple(
+                coerce_field("batch_size", v) for v in _values(data.get("batch_sizes", [128]), "batch_sizes")
+            ),
+            lrs=_per_optimizer(data.get("lrs"), "lrs", optimizers, "lr", required=True),
+            weight_decays=_per_optimizer(
+                data.get("weight_decays"), "weight_decays", optimizers, "weight_decay", wd_needed
+            ),
+            seeds=tuple(coerce_field("seed", v) for v in _values(data.get("seeds", [0, 1, 2]), "seeds")),
+            grids=checked,
+        )
+        spec.expand()  # every run config of the grid is valid
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSpec:
+        return cls.from_dict(load_mapping(path))
+
+    def tuned_axes(self, optimizer: str, method: str) -> dict[str, tuple[Any, ...]]:
+        """The tuning grid of ``method`` with ``optimizer``: axis name → values."""
+        axes: dict[str, tuple[Any, ...]] = {"lr": self.lrs[optimizer]}
+        if METHODS[method].uses_weight_decay:
+            axes["weight_decay"] = self.weight_decays[optimizer]
+        axes.update(self.grids.get(method, {}))
+        return axes
+
+    def expand(self) -> list[tuple[RunConfig, list[str]]]:
+        """Every run of the grid in execution order, with the names of its tuned axes (no duplicates)."""
+        runs: list[tuple[RunConfig, list[str]]] = []
+        seen: set[str] = set()
+        for seed, optimizer, batch_size, method in itertools.product(
+            self.seeds, self.optimizers, self.batch_sizes, self.methods
+        ):
+            axes = self.tuned_axes(optimizer, method)
+            for point in itertools.product(*axes.values()):
+                fields = {**self.base, "optimizer": optimizer, "method": method, "batch_size": batch_size}
+                fields.update(zip(axes, point))
+                config = RunConfig.from_dict({**fields, "seed": seed})
+                if config.key() not in seen:
+                    seen.add(config.key())
+                    runs.append((config, list(axes)))
+        return runs
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    values = _values(value, what)
+    if not all(isinstance(v, str) for v in values):
+        raise TypeError(f"sweep spec: {what}: expected a list of names, got {value!r}")
+    return tuple(values)
+
+
+def _values(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise ValueError(f"sweep spec: {what}: expected a non-empty list, got {value!r}")
+    return list(value)
+
+
+def _per_optimizer(
+    value: Any, what: str, optimizers: tuple[str, ...], field_name: str, required: bool
+) -> dict[str, tuple[Any, ...]]:
+    if value is None:
+        if required:
+            raise ValueError(f"sweep spec: {what}: required (a list, or {{optimizer: list}})")
+        return {}
+    if isinstance(value, dict):
+        missing = [o for o in optimizers if o not in value]
+        if missing:
+            raise ValueError(f"sweep spec: {what}: no list for optimizer(s) {missing}")
+        extra = sorted(set(value) - set(optimizers))
+        if extra:
+            raise ValueError(f"sweep spec: {what}: optimizer(s) {extra} are not in optimizers")
+        return {
+            o: tuple(coerce_field(field_name, v) for v in _values(value[o], f"{what}.{o}"))
+            for o in optimizers
+        }
+    values = tuple(coerce_field(field_name, v) for v in _values(value, what))
+    return {o: values for o in optimizers}
+
+
+def run_sweep(
+    spec: SweepSpec,
+    results: str | Path,
+    *,
+    device: str | None = None,
+    progress: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Run every configuration of ``spec`` whose key is not yet in ``results``; append each row as it ends.
+
+    ``device`` overrides the configs' device (it is not part of a run's key). Returns counts of runs
+    ``done`` now, ``skipped`` (already present) and ``total``.
+    """
+    runs = spec.expand()
+    done_keys = completed_keys(results)
+    todo = [(c, t) for c, t in runs if c.key() not in done_keys]
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", disable=not progress, unit="run")
+    done = 0
+    for config, tuned in todo:
+        if device is not None:
+            config = config.replace(device=device)
+        row = train(config, progress=progress)
+        row["tuned"] = tuned
+        append_row(results, row)
+        done += 1
+        bar.update(1)
+        if on_row is not None:
+            on_row(row)
+    bar.close()
+    return {"done": done, "skipped": len(runs) - len(todo), "total": len(runs)}

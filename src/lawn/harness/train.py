@@ -1,0 +1,173 @@
+"""One training run: ``train(config) → result row`` (plain JSON data), deterministic given the config.
+
+Per epoch (and once before training, epoch 0) the row's ``history`` records: train loss and accuracy
+(averaged over the epoch's batches), validation and test loss and metric, ``logit_norm`` (mean ‖logits‖ on
+the test set), ``constrained_norm`` (``sqrt(Σ‖W‖²)`` over the final homogeneous weights, recorded for every
+method so trajectories compare), ``constrained_norms`` (each such ``‖W‖``), ``weight_norm`` (all
+parameters), the learning rate and LAWN's phase. The row's ``val_metric`` / ``test_metric`` are those of
+the last epoch; a run whose training loss stops being finite is marked ``diverged`` and has ``None`` there.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import lawn
+from lawn.harness.config import RunConfig
+from lawn.harness.datasets import load_data
+from lawn.harness.methods import METHODS, build_optimizer, constrained_params, free_steps
+from lawn.harness.models import build_model
+from lawn.harness.schedule import build_scheduler, scaled_lr
+from lawn.harness.tasks import batch_starts, make_task
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; an unavailable device is a ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available (use --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device: 'mps' requested but it is not available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device: {err}") from err
+
+
+def _seed_everything(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+@torch.no_grad()
+def _norms(model: torch.nn.Module, constrained: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
+    each = {name: float(p.detach().float().norm()) for name, p in constrained}
+    total = sum(float(p.detach().float().norm()) ** 2 for p in model.parameters())
+    return {
+        "constrained_norm": math.sqrt(sum(v * v for v in each.values())),
+        "constrained_norms": each,
+        "weight_norm": math.sqrt(total),
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Train ``config`` and return its result row (see the module docstring)."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data = load_data(config) if data is None else data
+    task = make_task(data, device, config.negatives_per_positive)
+    if task.train_size < 2:
+        raise ValueError(f"{config.dataset}: the training split has {task.train_size} example(s)")
+    _seed_everything(config.seed, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_model(config.model, data, config.width).to(device)
+
+    snapshot = copy.deepcopy(model.state_dict())  # discovery may run forward passes (BN running stats)
+    constrained = constrained_params(model, task.example_inputs())
+    model.load_state_dict(snapshot)
+
+    steps_per_epoch = len(batch_starts(task.train_size, config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    lr = scaled_lr(config)
+    optimizer = build_optimizer(config, model, constrained, lr, total_steps)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    is_lawn = isinstance(optimizer, lawn.NormConstraint)
+
+    def record(epoch: int, train_loss: float | None, train_acc: float | None) -> dict[str, Any]:
+        model.eval()
+        val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
+        model.train()
+        row = {
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "phase": optimizer.phase if is_lawn else None,
+            "train_loss": _finite(train_loss),
+            "train_accuracy": train_acc,
+            "val_loss": _finite(val["loss"]),
+            "val_metric": val["metric"],
+            "test_loss": _finite(test["loss"]),
+            "test_metric": test["metric"],
+            "logit_norm": _finite(test["logit_norm"]),
+            **_norms(model, constrained),
+        }
+        if "auc" in test:
+            row["val_auc"], row["test_auc"] = val["auc"], test["auc"]
+        return row
+
+    history = [record(0, None, None)]
+    diverged = False
+    bar = tqdm(total=total_steps, desc=_label(config), disable=not progress, leave=False, dynamic_ncols=True)
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        blew_up = False
+        for inputs, targets in task.epoch(config.batch_size, generator):
+            logits = model(inputs)
+            loss = task.loss(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            try:
+                optimizer.step()
+            except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
+                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise
+                blew_up = True
+                break
+            scheduler.step()
+            loss_sum += loss.detach() * len(targets)
+            correct += task.correct(logits.detach(), targets)
+            seen += len(targets)
+            bar.update(1)
+        train_loss = math.nan if blew_up else float(loss_sum) / max(1, seen)
+        history.append(record(epoch, train_loss, float(correct) / max(1, seen)))
+        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
+        if not math.isfinite(train_loss):
+            diverged = True
+            break
+    bar.close()
+
+    last = history[-1]
+    result: dict[str, Any] = {
+        "key": config.key(),
+        "config": config.to_dict(),
+        "metric": task.metric,
+        "val_metric": None if diverged else last["val_metric"],
+        "test_metric": None if diverged else last["test_metric"],
+        "diverged": diverged,
+        "epochs_run": len(history) - 1,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "scaled_lr": lr,
+        "free_steps": free_steps(config, total_steps) if is_lawn else None,
+        "constrained": [name for name, _ in constrained],
+        "uses_weight_decay": METHODS[config.method].uses_weight_decay,
+        "history": history,
+        "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
+        "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(device)},
+    }
+    if "test_auc" in last:
+        result["val_auc"] = None if diverged else last["val_auc"]
+        result["test_auc"] = None if diverged else last["test_auc"]
+    return result
+
+
+def _label(config: RunConfig) -> str:
+    return f"{config.optimizer}/{config.method} bs={config.batch_size} lr={config.lr:g} seed={config.seed}"

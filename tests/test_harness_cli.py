@@ -1,0 +1,141 @@
+"""The ``lawn`` command: each subcommand on tiny data, and clear errors for bad options and files."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lawn.harness.cli import main
+from lawn.harness.results import read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "train_limit=120", "--set", "test_limit=60", "--set", "width=4"]
+QUIET = ["--threads", "1", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_console_script_is_declared() -> None:
+    if sys.version_info < (3, 11):
+        pytest.importorskip("tomllib")
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["lawn"] == "lawn.harness.cli:main"
+
+
+def test_run_prints_history_and_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results, row_file = tmp_path / "r.jsonl", tmp_path / "row.json"
+    argv = ["run", "--dataset", "digits", "--method", "lawn", "--epochs", "2", "--batch-size", "32", *TINY]
+    assert main([*argv, *QUIET, "--results", str(results), "--json", str(row_file)]) == 0
+    out = capsys.readouterr().out
+    assert "val_accuracy" in out and "final: val accuracy" in out and "constrained" in out
+    (row,) = read_rows(results)
+    assert row["config"]["method"] == "lawn" and len(row["history"]) == 3
+    assert json.loads(row_file.read_text())["key"] == row["key"]
+
+
+def test_run_reads_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('dataset = "mnist1d"\ndata_options = { num_samples = 200 }\nwidth = 4\nepochs = 1\n')
+    assert main(["run", "--config", str(config), *QUIET]) == 0
+    assert "final: val accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["run", "--dataset", "digits", "--method", "lawnn"], "method: unknown 'lawnn'"),
+        (["run", "--dataset", "digits", "--set", "epochs=many"], "epochs: expected an integer"),
+        (["run", "--dataset", "digits", "--set", "speed=9"], r"unknown field\(s\) \['speed'\]"),
+        (["run", "--config", "nowhere.json"], "config file not found: nowhere.json"),
+        (["run", "--dataset", "fashion_mnist", "--data-dir", "/no/such/dir"], "data directory not found"),
+        (["run", "--dataset", "digits", "--threads", "0"], "--threads: must be >= 1"),
+        (["run", "--dataset", "digits", "--device", "tpu"], "device"),
+        (["report", "missing.jsonl"], "results file not found: missing.jsonl"),
+        (["sweep", "nospec.json", "--results", "r.jsonl"], "config file not found: nospec.json"),
+        (["demo", "--epochs", "0"], "--epochs: must be >= 1"),
+    ],
+)
+def test_errors_name_the_culprit(
+    argv: list[str],
+    match: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lawn {argv[0]}: error:")
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "--bogus"], ["demo", "--dataset", "imagenet"], ["frobnicate"], [], ["run", "--lr", "fast"]],
+)
+def test_bad_options_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: lawn" in capsys.readouterr().err
+
+
+def test_sweep_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "base": {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1},
+                "optimizers": ["adam"],
+                "methods": ["plain", "lawn"],
+                "batch_sizes": [32, 64],
+                "lrs": [1e-3],
+                "seeds": [0, 1],
+            }
+        )
+    )
+    results, out = tmp_path / "r.jsonl", tmp_path / "report"
+    assert main(["sweep", str(spec), "--results", str(results), "--dry-run"]) == 0
+    assert "8 runs, 0 already" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--results", str(results), *QUIET]) == 0
+    assert "8 run(s) done now" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--results", str(results), *QUIET]) == 0
+    assert "0 run(s) done now, 8 already" in capsys.readouterr().out
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    assert "| adam | lawn |" in capsys.readouterr().out
+    assert (out / "report.md").is_file() and (out / "accuracy_vs_batch.png").is_file()
+    assert main(["sweep", str(spec), "--results", str(results), "--set", "epochz=1"]) == 2
+    assert "spec.json" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["demo", "--dataset", "digits", "--epochs", "1", "--seeds", "1", "--batch-sizes", "32", "128"]
+    argv += ["--lrs", "0.001", "--train-limit", "200", "--test-limit", "100", "--out", str(tmp_path), *QUIET]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| adam | plain |" in out and "| adam | lawn |" in out
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "results.jsonl",
+        "report.md",
+        "accuracy_vs_batch.png",
+        "norms.png",
+    }
+    assert len(read_rows(tmp_path / "results.jsonl")) == 4
+    assert main([*argv, "--seeds", "2"]) == 0  # resumes: only seed 1 is new; the report covers both seeds
+    assert "4 run(s) trained, 4 reused" in capsys.readouterr().out
+    assert main([*argv, "--epochs", "2", "--batch-sizes", "64"]) == 0  # other options: report only those
+    assert (
+        "batch 64 |" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
+    )

@@ -1,0 +1,135 @@
+"""Models, optimizers, methods and one training run (tiny data, one or two epochs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lawn
+from lawn.harness import methods
+from lawn.harness.config import RunConfig
+from lawn.harness.methods import build_optimizer, constrained_params
+from lawn.harness.models import CNN1D, MLP, NCF, VGG, ResNet
+from lawn.harness.train import train
+
+TINY = {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 2, "batch_size": 32}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "shape", "tail"),
+    [
+        (MLP((1, 8, 8), 10, 4), torch.randn(4, 1, 8, 8), (4, 10), ["head.weight"]),
+        (ResNet((1, 28, 28), 10, 4), torch.randn(4, 1, 28, 28), (4, 10), ["fc.weight"]),
+        (
+            VGG((3, 32, 32), 10, 4),
+            torch.randn(4, 3, 32, 32),
+            (4, 10),
+            ["classifier.0.weight", "classifier.2.weight"],
+        ),
+        (CNN1D((40,), 10, 4), torch.randn(4, 40), (4, 10), ["fc.weight"]),
+        (NCF(7, 9, 4), torch.tensor([[0, 1], [6, 8], [3, 3], [1, 0]]), (4,), ["head.weight"]),
+    ],
+)
+def test_models_and_their_final_homogeneous_weights(model: nn.Module, inputs, shape, tail) -> None:
+    assert model(inputs).shape == shape
+    names = [name for name, _ in constrained_params(model, inputs)]
+    if getattr(lawn, "final_homogeneous_params", None) is None:  # the harness's fallback rule
+        assert names == tail
+    else:
+        assert set(tail) <= set(names)
+
+
+def test_fallback_rule_needs_a_linear_after_the_last_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(lawn, "final_homogeneous_params", raising=False)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match="no nn.Linear layer after the last normalization"):
+        constrained_params(model, torch.randn(2, 3))
+
+
+def test_constrained_params_uses_discovery_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = MLP((4,), 3, 2)
+    chosen = [("body.1.weight", model.body[1].weight)]
+    monkeypatch.setattr(lawn, "final_homogeneous_params", lambda m, x: chosen, raising=False)
+    assert constrained_params(model, torch.randn(2, 4)) == chosen
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "lamb", "lars"])
+@pytest.mark.parametrize("method", ["plain", "wd", "lawn"])
+def test_every_optimizer_and_method_builds_and_steps(optimizer: str, method: str) -> None:
+    config = RunConfig(
+        dataset="digits", optimizer=optimizer, method=method, weight_decay=0.1 if method == "wd" else 0.0
+    )
+    model = MLP((4,), 3, 2)
+    tail = constrained_params(model, torch.randn(2, 4))
+    opt = build_optimizer(config.replace(free_fraction=0.0), model, tail, lr=0.05, total_steps=10)
+    assert isinstance(opt, lawn.LAWN) == (method == "lawn")
+    assert opt.param_groups[0]["weight_decay"] == (0.1 if method == "wd" else 0.0)
+    before = model.head.weight.norm().item()
+    for _ in range(3):
+        loss = model(torch.randn(8, 4)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if method == "lawn":
+        assert opt.phase == "constrained"
+        assert model.head.weight.norm().item() == pytest.approx(before, rel=1e-5)
+
+
+def test_lawn_free_steps_follow_free_fraction() -> None:
+    config = RunConfig(**TINY, method="lawn", free_fraction=0.25)
+    assert methods.free_steps(config, 40) == 10
+    row = train(config)
+    # 108 training examples, batch 32 → 4 steps per epoch (last batch 12), 2 epochs
+    assert row["steps_per_epoch"] == 4 and row["total_steps"] == 8 and row["free_steps"] == 2
+    norms = [h["constrained_norm"] for h in row["history"]]
+    assert norms[1] == pytest.approx(norms[2], rel=1e-5)  # frozen after step 2
+    assert [h["phase"] for h in row["history"]] == ["free", "constrained", "constrained"]
+
+
+def test_train_is_deterministic_and_logs_diagnostics() -> None:
+    config = RunConfig(**TINY, method="wd", weight_decay=1e-3)
+    a, b = train(config), train(config)
+    strip = lambda r: {k: v for k, v in r.items() if k != "timing"}
+    assert strip(a) == strip(b)
+    assert a["key"] == config.key() and a["metric"] == "accuracy" and len(a["history"]) == 3
+    entry = a["history"][-1]
+    for name in ("train_loss", "train_accuracy", "val_metric", "test_metric", "test_loss", "logit_norm"):
+        assert isinstance(entry[name], float), name
+    assert entry["constrained_norms"].keys() == {"head.weight"}
+    assert entry["weight_norm"] > entry["constrained_norm"] > 0
+    assert train(config.replace(seed=1))["history"][-1]["train_loss"] != entry["train_loss"]
+
+
+def test_ranking_run_reports_hit_rate_and_auc() -> None:
+    options = {"users": 40, "items": 60, "positives_per_user": 6, "eval_negatives": 20}
+    row = train(
+        RunConfig(dataset="ranking", data_options=options, width=4, epochs=1, batch_size=64, method="lawn")
+    )
+    assert row["metric"] == "hr@10" and 0.0 <= row["test_metric"] <= 1.0 and 0.0 <= row["test_auc"] <= 1.0
+    assert row["constrained"] == ["head.weight"] or getattr(lawn, "final_homogeneous_params", None)
+
+
+@pytest.mark.parametrize("method", ["plain", "lawn"])
+def test_diverging_run_is_marked(method: str) -> None:
+    # LAWN's switch comes after the blow-up here: it refuses to freeze a NaN norm, which ends the run too
+    config = RunConfig(
+        **TINY, optimizer="sgd", lr=1e10, warmup_fraction=0.0, schedule="constant", method=method
+    )
+    row = train(config.replace(free_fraction=0.5))
+    assert row["diverged"] and row["val_metric"] is None and row["test_metric"] is None
+    assert row["epochs_run"] == 1 and row["history"][-1]["train_loss"] is None
+
+
+def test_unavailable_device_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train(RunConfig(**TINY, device="cuda"))
