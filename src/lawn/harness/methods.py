@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from lawn.harness.config import RunConfig
 
 NamedParams = list[tuple[str, torch.Tensor]]
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def constrained_params(model: nn.Module, example_inputs: Any) -> NamedParams:
@@ -32,17 +31,7 @@ def constrained_params(model: nn.Module, example_inputs: Any) -> NamedParams:
 
     This is the harness's only point of contact with discovery.
     """
-    discover = getattr(lawn, "final_homogeneous_params", None)
-    if discover is not None:
-        return list(discover(model, example_inputs))
-    # FALLBACK (delete once `lawn.final_homogeneous_params` is merged): the weights of the nn.Linear layers
-    # that come after the last normalization module in module registration order.
-    modules = list(model.named_modules())
-    last_norm = max((i for i, (_, m) in enumerate(modules) if isinstance(m, _NORMS)), default=-1)
-    tail = [(f"{name}.weight", m.weight) for name, m in modules[last_norm + 1 :] if isinstance(m, nn.Linear)]
-    if not tail:
-        raise ValueError(f"{type(model).__name__}: no nn.Linear layer after the last normalization module")
-    return tail
+    return list(lawn.final_homogeneous_params(model, example_inputs))
 
 
 def _lawn(base: Optimizer, constrained: NamedParams, config: RunConfig, total_steps: int) -> Optimizer:
