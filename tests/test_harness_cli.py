@@ -136,6 +136,38 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.Capture
     assert main([*argv, "--seeds", "2"]) == 0  # resumes: only seed 1 is new; the report covers both seeds
     assert "4 run(s) trained, 4 reused" in capsys.readouterr().out
     assert main([*argv, "--epochs", "2", "--batch-sizes", "64"]) == 0  # other options: report only those
-    assert (
-        "batch 64 |" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
+    assert "batch 64 |" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
+
+
+def test_report_only_and_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "base": {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1},
+                "optimizers": ["adam"],
+                "methods": ["plain", "lawn"],
+                "batch_sizes": [32],
+                "lrs": [1e-3],
+                "seeds": [0],
+                "grids": {"lawn": {"free_fraction": [0.1, 0.5]}},
+            }
+        )
     )
+    results = tmp_path / "r.jsonl"
+    assert main(["sweep", str(spec), "--results", str(results), *QUIET]) == 0
+    capsys.readouterr()
+    assert main(["report", str(results), "--out", str(tmp_path / "a"), "--only", "method=lawn"]) == 0
+    selected = capsys.readouterr().out
+    assert "| adam | lawn |" in selected and "| adam | plain |" not in selected
+    assert "free_fraction=" in selected  # tuned over: the chosen value is shown
+    assert (
+        main(
+            ["report", str(results), "--out", str(tmp_path / "b"), "--only", "method=lawn", "--split", "free_fraction"]
+        )
+        == 0
+    )
+    split = capsys.readouterr().out
+    assert "(free_fraction=0.1)" in split and "(free_fraction=0.5)" in split
+    assert main(["report", str(results), "--out", str(tmp_path / "c"), "--only", "nope=1"]) == 2
+    assert "--only 'nope=1'" in capsys.readouterr().err

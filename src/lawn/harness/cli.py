@@ -27,9 +27,7 @@ RUN_FLAGS = {
 
 
 def _add_runtime(p: argparse.ArgumentParser, threads: int | None = None) -> None:
-    p.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (CUDA if present; default)"
-    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (CUDA if present; default)")
     p.add_argument(
         "--threads",
         type=int,
@@ -72,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of configurations (resumable)")
     sweep.add_argument("spec", help="sweep spec file (.json or .toml)")
     sweep.add_argument("--results", required=True, help="JSONL file the rows are appended to")
-    sweep.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field"
-    )
+    sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
     sweep.add_argument("--data-dir", help="override the base data_dir")
     sweep.add_argument("--dry-run", action="store_true", help="list the grid, run nothing")
     _add_runtime(sweep)
@@ -82,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="markdown table and plots from result files")
     report.add_argument("results", nargs="+", help="JSONL results file(s)")
     report.add_argument("--out", default="lawn-report", help="output directory")
+    report.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="report each value of a tuned FIELD separately instead of selecting over it (ablations)",
+    )
+    report.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep only rows whose config FIELD equals VALUE (read as JSON if it parses)",
+    )
     return parser
 
 
@@ -135,10 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if row["diverged"]:
         print(f"diverged (training loss not finite) after {row['epochs_run']} epoch(s)")
     else:
-        print(
-            f"final: val {row['metric']} {row['val_metric']:.4f}, "
-            f"test {row['metric']} {row['test_metric']:.4f}"
-        )
+        print(f"final: val {row['metric']} {row['val_metric']:.4f}, test {row['metric']} {row['test_metric']:.4f}")
     print(f"constrained (final homogeneous) weights: {', '.join(row['constrained'])}")
     if args.results:
         append_row(args.results, row)
@@ -201,10 +208,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lawn.harness.results import read_rows
 
     rows = [row for path in args.results for row in read_rows(path)]
+    rows = _only(rows, args.only)
+    from lawn.harness.selection import DEFAULT_TUNED
+
+    for row in rows:  # a split field becomes part of the setting, so each of its values is reported
+        row["tuned"] = [t for t in row.get("tuned") or DEFAULT_TUNED if t not in args.split]
     written = write_report(rows, args.out, sources=list(args.results))
     print(written[0].read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _only(rows: list[dict[str, Any]], conditions: list[str]) -> list[dict[str, Any]]:
+    """The rows whose config matches every ``FIELD=VALUE`` of ``--only``."""
+    import dataclasses
+
+    from lawn.harness.config import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    for condition in conditions:
+        name, sep, text = condition.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--only {condition!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        rows = [row for row in rows if row["config"].get(name) == value]
+    return rows
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
