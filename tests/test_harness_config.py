@@ -26,6 +26,25 @@ def test_key_ignores_only_the_device() -> None:
     assert a.key() == RunConfig(dataset="digits", lr=0.01, model="auto").key()
 
 
+def test_fields_added_later_keep_earlier_keys_at_their_default() -> None:
+    # keys computed before normalization / wrs_every / ssi_lambda existed (commit 4fc2b93)
+    assert RunConfig(dataset="digits", lr=0.01).key() == "4d62fa55b0335e2504a3"
+    study = RunConfig(
+        dataset="mnist1d",
+        method="lawn",
+        optimizer="sgd",
+        lr=0.03,
+        free_fraction=0.1,
+        batch_size=64,
+        epochs=20,
+        data_options={"num_samples": 10000},
+    )
+    assert study.key() == "6e67af157abb745403e7"
+    plain = study.replace(method="plain")  # away from its default, a new field is in the key
+    for change in ({"normalization": "mimicnorm"}, {"wrs_every": 2}, {"ssi_lambda": 0.0}):
+        assert plain.replace(**change).key() != plain.key()
+
+
 @pytest.mark.parametrize(
     ("fields", "error", "match"),
     [

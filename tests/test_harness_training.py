@@ -52,8 +52,11 @@ def test_every_optimizer_and_method_builds_and_steps(optimizer: str, method: str
         dataset="digits", optimizer=optimizer, method=method, weight_decay=0.1 if method == "wd" else 0.0
     )
     model = MLP((4,), 3, 2)
-    tail = constrained_params(model, torch.randn(2, 4))
-    opt = build_optimizer(config.replace(free_fraction=0.0), model, tail, lr=0.05, total_steps=10)
+    inputs = torch.randn(2, 4)
+    tail = constrained_params(model, inputs)
+    opt = build_optimizer(
+        config.replace(free_fraction=0.0), model, tail, lr=0.05, total_steps=10, example_inputs=inputs
+    )
     assert isinstance(opt, lawn.LAWN) == (method == "lawn")
     assert opt.param_groups[0]["weight_decay"] == (0.1 if method == "wd" else 0.0)
     before = model.head.weight.norm().item()

@@ -145,8 +145,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if row["diverged"]:
         print(f"diverged (training loss not finite) after {row['epochs_run']} epoch(s)")
     else:
-        print(f"final: val {row['metric']} {row['val_metric']:.4f}, test {row['metric']} {row['test_metric']:.4f}")
-    print(f"constrained (final homogeneous) weights: {', '.join(row['constrained'])}")
+        print(
+            f"final: val {row['metric']} {row['val_metric']:.4f}, "
+            f"test {row['metric']} {row['test_metric']:.4f}"
+        )
+    print(f"constrained (final homogeneous) weights: {', '.join(row['constrained']) or 'none'}")
     if args.results:
         append_row(args.results, row)
         print(f"appended to {args.results}")
@@ -184,6 +187,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         done = completed_keys(args.results) if Path(args.results).exists() else set()
         print(f"{len(runs)} runs, {sum(c.key() in done for c, _ in runs)} already in {args.results}")
+        if spec.vary:
+            varied = " × ".join(f"{k}{list(v)}" for k, v in spec.vary.items())
+            print(f"  each grid below is run for every combination of {varied}")
         for optimizer in spec.optimizers:
             for method in spec.methods:
                 axes = spec.tuned_axes(optimizer, method)

@@ -7,6 +7,10 @@ already in the results file.
 Batch-size scaling rule (explicit, field ``lr_scaling``): the learning rate used is
 ``lr × (batch_size / base_batch_size)^p`` with ``p = 0`` (``"none"``), ``1`` (``"linear"``) or ``1/2``
 (``"sqrt"``). LAWN's free phase lasts ``round(free_fraction × total_steps)`` optimizer steps.
+
+Fields added after results files existed (``LATE_FIELDS``) are left out of ``key()`` while they hold their
+default, so the keys of earlier runs stay valid (an earlier sweep resumes, its rows are reused), and
+:func:`with_late_defaults` fills them in when an earlier row is read.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("cosine", "step", "constant")
 GRANULARITIES = ("tensor", "row")
 KEY_IGNORES = ("device",)
+LATE_FIELDS = ("normalization", "wrs_every", "ssi_lambda")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class RunConfig:
     # model
     model: str = "auto"
     width: int = 32
+    normalization: str = "bn"  # "bn": the models as written; "mimicnorm": lawn.convert_to_mimicnorm
     # optimizer and method
     optimizer: str = "adam"
     method: str = "plain"
@@ -63,6 +69,10 @@ class RunConfig:
     granularity: str = "tensor"
     project_gradient: bool = True
     target_scale: float = 1.0
+    # WRS: rescale the weights feeding a normalization to norm 1 after every wrs_every-th step
+    wrs_every: int = 1
+    # SSI: the training loss gets + ssi_lambda × lawn.scale_shift_invariant_penalty (weight decay's scale)
+    ssi_lambda: float = 1e-4
     # ranking task: sampled negatives per observed (user, item) pair, redrawn every epoch
     negatives_per_positive: int = 4
     # run
@@ -95,10 +105,26 @@ class RunConfig:
         return out
 
     def key(self) -> str:
-        """Stable identity of the run: sha256 of the canonical JSON of every field but ``device``."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in KEY_IGNORES}
+        """Stable identity of the run: sha256 of the canonical JSON of every field but ``device`` (and but
+        the ``LATE_FIELDS`` that hold their default)."""
+        defaults = _late_defaults()
+        payload = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in KEY_IGNORES and not (k in defaults and v == defaults[k])
+        }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@functools.cache
+def _late_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in LATE_FIELDS}
+
+
+def with_late_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A row's config with the ``LATE_FIELDS`` it predates filled in with their defaults."""
+    return {**_late_defaults(), **config}
 
 
 # ---------------------------------------------------------------------- reading configs from files
@@ -196,7 +222,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    from lawn.harness import datasets, methods, models, optimizers  # registries; imported late (no cycles)
+    from lawn.harness import datasets, methods, models, normalization, optimizers  # imported late: no cycles
 
     for name, hint in _hints().items():
         _coerce(name, hint, getattr(c, name))
@@ -220,7 +246,8 @@ def _validate(c: RunConfig) -> None:
         c.weight_decay == 0.0 or methods.METHODS[c.method].uses_weight_decay,
         f"weight_decay: method {c.method!r} trains without weight decay, got weight_decay={c.weight_decay}",
     )
-    for name in ("width", "epochs", "batch_size", "base_batch_size", "negatives_per_positive"):
+    normalization.check_config(c)
+    for name in ("width", "epochs", "batch_size", "base_batch_size", "negatives_per_positive", "wrs_every"):
         _check(getattr(c, name) >= 1, f"{name}: must be >= 1, got {getattr(c, name)}")
     for name in ("train_limit", "test_limit"):
         value = getattr(c, name)
@@ -249,6 +276,10 @@ def _validate(c: RunConfig) -> None:
     _check(
         math.isfinite(c.target_scale) and c.target_scale > 0,
         f"target_scale: must be > 0, got {c.target_scale}",
+    )
+    _check(
+        math.isfinite(c.ssi_lambda) and c.ssi_lambda >= 0,
+        f"ssi_lambda: must be a finite number >= 0, got {c.ssi_lambda}",
     )
     _check(c.seed >= 0 and c.data_seed >= 0, f"seed/data_seed: must be >= 0, got {c.seed}/{c.data_seed}")
     _check(

@@ -4,7 +4,8 @@ Each ends in a *final homogeneous sub-network*: the layers after the last normal
 (ReLU, pooling, bias-free-in-spirit Linear layers), whose weights LAWN constrains.
 
 - ``mlp``: flatten → [Linear → BN → ReLU] × 2 → Linear.
-- ``resnet``: a 3-stage BN ResNet (basic blocks, widths w, 2w, 4w) → global average pool → Linear.
+- ``resnet``: a 3-stage BN ResNet (basic blocks, widths w, 2w, 4w) → global average pool → Linear. It
+  gives its residual structure to the scale-shift-invariant penalty (:meth:`ResNet.ssi_layers`).
 - ``vgg``: [conv-BN-ReLU ×2, max-pool] × 2 → adaptive average pool 2×2 → Linear → ReLU → Linear (no BN in
   the classifier, so its final homogeneous part has two Linear layers).
 - ``cnn1d``: three conv1d-BN-ReLU layers (stride 2) on a length-L signal → flatten → Linear.
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+import lawn
 
 
 class MLP(nn.Module):
@@ -72,6 +75,18 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.stages(self.stem(x))))
+
+    def ssi_layers(self) -> list[nn.Module | lawn.ResidualBranch]:
+        """Structure for ``lawn.scale_shift_invariant_penalty``: stem conv, one
+        ``ResidualBranch([conv1, conv2])`` per block (factor ``1 + ‖W₁‖‖W₂‖``), fc.
+
+        A downsampling block's 1×1 shortcut conv is left out and its shortcut counts as the branch's
+        ``1``: that conv feeds a BatchNorm, so its scale is invisible to the function and its norm is no
+        factor of the product (the library's ``ResidualBranch`` has no slot for a weighted shortcut either).
+        Read as a plain chain instead, the shortcut convs would multiply in as extra layers.
+        """
+        blocks = [lawn.ResidualBranch([block.conv1, block.conv2]) for block in self.stages]
+        return [self.stem[0], *blocks, self.fc]
 
 
 class VGG(nn.Module):

@@ -1,7 +1,7 @@
 """Reports from result rows: a markdown table and PNG plots (matplotlib, Agg backend).
 
 For each *panel* (rows sharing everything but optimizer, method, batch size, seed and tuned axes — usually
-one data set and model): a table of the selected test metric (mean ± std over seeds, see
+one data set, model and normalization): a table of the selected test metric (mean ± std over seeds, see
 :mod:`lawn.harness.selection`) per optimizer × method × batch size, a detailed table with the chosen grid
 points, a plot of the test metric against batch size per optimizer (one line per method), and a plot of
 the trajectories (test metric, logit norm, norm of the constrained weights, norm of all weights) per epoch
@@ -18,7 +18,16 @@ from typing import Any
 from lawn.harness.selection import Selection, select
 
 PANEL_IGNORES = ("optimizer", "method", "batch_size")
-METHOD_COLORS = {"plain": "tab:blue", "wd": "tab:orange", "lawn": "tab:green"}
+METHOD_ORDER = ("plain", "wd", "wrs", "ssi", "lawn")
+METHOD_COLORS = {
+    "plain": "tab:blue",
+    "wd": "tab:orange",
+    "wrs": "tab:red",
+    "ssi": "tab:purple",
+    "lawn": "tab:green",
+}
+OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+OPTIMIZER_ORDER = ("sgd", "adam", "adamw", "lamb", "lars")
 TRAJECTORIES = (
     ("test_metric", "test {metric}"),
     ("logit_norm", "mean ‖logits‖ (test)"),
@@ -42,6 +51,12 @@ def panels(selections: list[Selection]) -> list[tuple[dict[str, Any], list[Selec
 
 def _order(values: list[str], preferred: tuple[str, ...]) -> list[str]:
     return sorted(set(values), key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
+
+
+def _colors(methods: list[str]) -> dict[str, str]:
+    """A fixed colour per known method; methods registered elsewhere get the remaining ones in turn."""
+    others = [m for m in methods if m not in METHOD_COLORS]
+    return {**METHOD_COLORS, **{m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}}
 
 
 def _cell(s: Selection) -> str:
@@ -85,8 +100,8 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
             "|---|---|" + "---|" * len(batches),
         ]
         by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
-        optimizers = _order([s.setting["optimizer"] for s in group], ("sgd", "adam", "adamw", "lamb", "lars"))
-        methods = _order([s.setting["method"] for s in group], ("plain", "wd", "lawn"))
+        optimizers = _order([s.setting["optimizer"] for s in group], OPTIMIZER_ORDER)
+        methods = _order([s.setting["method"] for s in group], METHOD_ORDER)
         for o in optimizers:
             for m in methods:
                 if not any((o, m, b) in by for b in batches):
@@ -137,8 +152,9 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
-    optimizers = _order([s.setting["optimizer"] for s in group], ("sgd", "adam", "adamw", "lamb", "lars"))
-    methods = _order([s.setting["method"] for s in group], ("plain", "wd", "lawn"))
+    optimizers = _order([s.setting["optimizer"] for s in group], OPTIMIZER_ORDER)
+    methods = _order([s.setting["method"] for s in group], METHOD_ORDER)
+    colors = _colors(methods)
     batches = sorted({s.setting["batch_size"] for s in group})
     metric = group[0].metric
     by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
@@ -158,7 +174,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                 marker="o",
                 capsize=3,
                 label=m,
-                color=METHOD_COLORS.get(m),
+                color=colors[m],
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -192,7 +208,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                         epochs,
                         values,
                         styles[bi % len(styles)],
-                        color=METHOD_COLORS.get(m),
+                        color=colors[m],
                         label=f"{m} bs={b}",
                     )
             ax.set_ylabel(label.format(metric=metric))

@@ -1,9 +1,11 @@
 """Validation-based selection: one reported number per (setting, method), chosen fairly.
 
 Rows are grouped into *settings* by their config without ``seed``, ``device`` and the row's tuned axes
-(``tuned``, e.g. ``lr`` and ``weight_decay``). Within a setting, each grid point's score is the mean over
-seeds of the last-epoch validation metric; the point with the best score is chosen (ties: the first in
-sorted order), and the reported number is the test metric at that point: mean ± sample std over its seeds.
+(``tuned``, e.g. ``lr`` and ``weight_decay``); a row written before a field existed counts as having its
+default (:func:`lawn.harness.config.with_late_defaults`), so old and new ``normalization="bn"`` rows agree.
+Within a setting, each grid point's score is the mean over seeds of the last-epoch validation metric; the
+point with the best score is chosen (ties: the first in sorted order), and the reported number is the test
+metric at that point: mean ± sample std over its seeds.
 A diverged seed counts as metric 0 in both the score and the reported mean (and is counted in
 ``diverged``), so instability is penalised rather than hidden.
 """
@@ -15,6 +17,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
+
+from lawn.harness.config import with_late_defaults
 
 DEFAULT_TUNED = ("lr", "weight_decay")
 NOT_SETTING = ("seed", "device")
@@ -52,7 +56,7 @@ def select(rows: list[dict[str, Any]]) -> list[Selection]:
     shared: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for row in rows:
         tuned = list(row.get("tuned") or DEFAULT_TUNED)
-        config = row["config"]
+        config = with_late_defaults(row["config"])
         setting = {k: v for k, v in config.items() if k not in NOT_SETTING and k not in tuned}
         setting_key = json.dumps(setting, sort_keys=True)
         point_key = json.dumps({k: config.get(k) for k in tuned}, sort_keys=True)

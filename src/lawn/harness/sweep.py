@@ -1,11 +1,14 @@
 """Sweeps: a grid of runs, expanded from a ``SweepSpec`` and appended to a results file, resumably.
 
-The grid is ``seeds × optimizers × batch sizes × methods × (that method's tuning grid)``. A method's tuning
-grid is the optimizer's learning-rate list, times its weight-decay list if the method trains with weight
-decay, times any extra axes given for the method in ``grids`` (e.g. ``{"lawn": {"free_fraction": [...]}}``).
-So every method of an optimizer gets the same learning-rate grid and every weight-decay method the same
-weight-decay grid; each row records its tuned axes (``tuned``) and the report shows each method's grid size.
-Seeds are the outer loop, so a sweep stopped early has covered the whole grid for its first seeds.
+The grid is ``seeds × vary × optimizers × batch sizes × methods × (that method's tuning grid)``. A method's
+tuning grid is the optimizer's learning-rate list, times its weight-decay list if the method trains with
+weight decay, times any extra axes given for the method in ``grids`` (e.g. ``{"lawn": {"free_fraction":
+[...]}}``; an axis is one list, or ``{optimizer: list}`` like ``lrs``). So every method of an optimizer
+gets the same learning-rate grid and every weight-decay method the same weight-decay grid; each row records
+its tuned axes (``tuned``) and the report shows each method's grid size. ``vary`` (``{field: [values]}``)
+repeats the whole grid for each combination of values of other fields (e.g. ``normalization``): these are
+not tuned, so each value is a setting of its own in the report. Seeds are the outer loop, so a sweep
+stopped early has covered the whole grid for its first seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ SWEPT = ("optimizer", "method", "batch_size", "lr", "weight_decay", "seed")
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A grid of runs. ``lrs`` / ``weight_decays``: one list for all optimizers, or ``{optimizer: list}``."""
+    """A grid of runs. ``lrs`` / ``weight_decays`` / each axis of ``grids``: one list for all optimizers, or
+    ``{optimizer: list}`` (stored per optimizer: ``grids[method][field][optimizer]``)."""
 
     base: dict[str, Any] = field(default_factory=dict)
     optimizers: tuple[str, ...] = ("adam",)
@@ -37,14 +41,25 @@ class SweepSpec:
     lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)
     weight_decays: dict[str, tuple[float, ...]] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
-    grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    grids: dict[str, dict[str, dict[str, tuple[Any, ...]]]] = field(default_factory=dict)
+    vary: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepSpec:
         """Build and check a spec; errors name the offending key."""
         if not isinstance(data, dict):
             raise TypeError(f"sweep spec: expected a mapping, got {type(data).__name__}")
-        known = {"base", "optimizers", "methods", "batch_sizes", "lrs", "weight_decays", "seeds", "grids"}
+        known = {
+            "base",
+            "optimizers",
+            "methods",
+            "batch_sizes",
+            "lrs",
+            "weight_decays",
+            "seeds",
+            "grids",
+            "vary",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"sweep spec: unknown key(s) {unknown}; known keys: {sorted(known)}")
@@ -61,20 +76,32 @@ class SweepSpec:
             if m not in METHODS:
                 raise ValueError(f"sweep spec: methods: unknown {m!r}; choose from {sorted(METHODS)}")
         wd_needed = any(METHODS[m].uses_weight_decay for m in methods)
+        vary = data.get("vary", {})
+        if not isinstance(vary, dict):
+            raise TypeError("sweep spec: 'vary' must map a run config field to a list of values")
+        for name in vary:
+            if name in SWEPT or name in base:
+                raise ValueError(f"sweep spec: vary.{name}: already set by the sweep or base")
+        varied = {
+            name: tuple(coerce_field(name, v) for v in _values(vs, f"vary.{name}"))
+            for name, vs in vary.items()
+        }
         grids = data.get("grids", {})
         if not isinstance(grids, dict):
             raise TypeError("sweep spec: 'grids' must map a method to {field: [values]}")
-        checked: dict[str, dict[str, tuple[Any, ...]]] = {}
+        checked: dict[str, dict[str, dict[str, tuple[Any, ...]]]] = {}
         for method, axes in grids.items():
             if method not in methods:
                 raise ValueError(f"sweep spec: grids: method {method!r} is not in methods {list(methods)}")
             if not isinstance(axes, dict):
                 raise TypeError(f"sweep spec: grids.{method} must map fields to lists of values")
             for name in axes:
-                if name in SWEPT or name in base:
-                    raise ValueError(f"sweep spec: grids.{method}.{name}: already set by the sweep or base")
+                if name in SWEPT or name in base or name in varied:
+                    raise ValueError(
+                        f"sweep spec: grids.{method}.{name}: already set by the sweep, base or vary"
+                    )
             checked[method] = {
-                name: tuple(coerce_field(name, v) for v in _values(values, f"grids.{method}.{name}"))
+                name: _per_optimizer(values, f"grids.{method}.{name}", optimizers, name, required=True)
                 for name, values in axes.items()
             }
         spec = cls(
@@ -90,6 +117,7 @@ class SweepSpec:
             ),
             seeds=tuple(coerce_field("seed", v) for v in _values(data.get("seeds", [0, 1, 2]), "seeds")),
             grids=checked,
+            vary=varied,
         )
         spec.expand()  # every run config of the grid is valid
         return spec
@@ -103,19 +131,25 @@ class SweepSpec:
         axes: dict[str, tuple[Any, ...]] = {"lr": self.lrs[optimizer]}
         if METHODS[method].uses_weight_decay:
             axes["weight_decay"] = self.weight_decays[optimizer]
-        axes.update(self.grids.get(method, {}))
+        for name, per_optimizer in self.grids.get(method, {}).items():
+            axes[name] = per_optimizer[optimizer]
         return axes
+
+    def varied_settings(self) -> list[dict[str, Any]]:
+        """Every combination of the ``vary`` values (one empty setting when nothing is varied)."""
+        return [dict(zip(self.vary, values)) for values in itertools.product(*self.vary.values())]
 
     def expand(self) -> list[tuple[RunConfig, list[str]]]:
         """Every run of the grid in execution order, with the names of its tuned axes (no duplicates)."""
         runs: list[tuple[RunConfig, list[str]]] = []
         seen: set[str] = set()
-        for seed, optimizer, batch_size, method in itertools.product(
-            self.seeds, self.optimizers, self.batch_sizes, self.methods
+        for seed, varied, optimizer, batch_size, method in itertools.product(
+            self.seeds, self.varied_settings(), self.optimizers, self.batch_sizes, self.methods
         ):
             axes = self.tuned_axes(optimizer, method)
             for point in itertools.product(*axes.values()):
-                fields = {**self.base, "optimizer": optimizer, "method": method, "batch_size": batch_size}
+                fields = {**self.base, **varied}
+                fields.update(optimizer=optimizer, method=method, batch_size=batch_size)
                 fields.update(zip(axes, point))
                 config = RunConfig.from_dict({**fields, "seed": seed})
                 if config.key() not in seen:

@@ -3,9 +3,11 @@
 Per epoch (and once before training, epoch 0) the row's ``history`` records: train loss and accuracy
 (averaged over the epoch's batches), validation and test loss and metric, ``logit_norm`` (mean ‖logits‖ on
 the test set), ``constrained_norm`` (``sqrt(Σ‖W‖²)`` over the final homogeneous weights, recorded for every
-method so trajectories compare), ``constrained_norms`` (each such ``‖W‖``), ``weight_norm`` (all
-parameters), the learning rate and LAWN's phase. The row's ``val_metric`` / ``test_metric`` are those of
-the last epoch; a run whose training loss stops being finite is marked ``diverged`` and has ``None`` there.
+method so trajectories compare; ``None`` under MimicNorm, which has none), ``constrained_norms`` (each such
+``‖W‖``), ``weight_norm`` (all parameters), the learning rate and LAWN's phase. ``train_loss`` is the data
+loss: a method's penalty (``ssi``) is trained on but not included. The row's ``val_metric`` /
+``test_metric`` are those of the last epoch; a run whose training loss stops being finite is marked
+``diverged`` and has ``None`` there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lawn.harness.config import RunConfig
 from lawn.harness.datasets import load_data
 from lawn.harness.methods import METHODS, build_optimizer, constrained_params, free_steps
 from lawn.harness.models import build_model
+from lawn.harness.normalization import attach, convert, has_final_homogeneous
 from lawn.harness.schedule import build_scheduler, scaled_lr
 from lawn.harness.tasks import batch_starts, make_task
 
@@ -55,7 +58,7 @@ def _norms(model: torch.nn.Module, constrained: list[tuple[str, torch.Tensor]]) 
     each = {name: float(p.detach().float().norm()) for name, p in constrained}
     total = sum(float(p.detach().float().norm()) ** 2 for p in model.parameters())
     return {
-        "constrained_norm": math.sqrt(sum(v * v for v in each.values())),
+        "constrained_norm": math.sqrt(sum(v * v for v in each.values())) if each else None,
         "constrained_norms": each,
         "weight_norm": math.sqrt(total),
     }
@@ -75,18 +78,23 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         raise ValueError(f"{config.dataset}: the training split has {task.train_size} example(s)")
     _seed_everything(config.seed, device)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(config.model, data, config.width).to(device)
+    model = convert(build_model(config.model, data, config.width), config, data).to(device)
+    example_inputs = task.example_inputs()
 
-    snapshot = copy.deepcopy(model.state_dict())  # discovery may run forward passes (BN running stats)
-    constrained = constrained_params(model, task.example_inputs())
-    model.load_state_dict(snapshot)
+    constrained: list[tuple[str, torch.Tensor]] = []
+    if has_final_homogeneous(config):
+        snapshot = copy.deepcopy(model.state_dict())  # discovery may run forward passes (BN running stats)
+        constrained = constrained_params(model, example_inputs)
+        model.load_state_dict(snapshot)
 
     steps_per_epoch = len(batch_starts(task.train_size, config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     lr = scaled_lr(config)
-    optimizer = build_optimizer(config, model, constrained, lr, total_steps)
+    method = METHODS[config.method]
+    optimizer = build_optimizer(config, model, constrained, lr, total_steps, example_inputs=example_inputs)
+    attach(optimizer, model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
-    is_lawn = isinstance(optimizer, lawn.NormConstraint)
+    is_lawn = isinstance(optimizer, lawn.LAWN)
 
     def record(epoch: int, train_loss: float | None, train_acc: float | None) -> dict[str, Any]:
         model.eval()
@@ -122,8 +130,9 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         for inputs, targets in task.epoch(config.batch_size, generator):
             logits = model(inputs)
             loss = task.loss(logits, targets)
+            penalty = None if method.penalty is None else method.penalty(model, config)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty).backward()
             try:
                 optimizer.step()
             except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
@@ -158,7 +167,7 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         "scaled_lr": lr,
         "free_steps": free_steps(config, total_steps) if is_lawn else None,
         "constrained": [name for name, _ in constrained],
-        "uses_weight_decay": METHODS[config.method].uses_weight_decay,
+        "uses_weight_decay": method.uses_weight_decay,
         "history": history,
         "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
         "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(device)},
