@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from lawn import constraint
+from lawn._dtensor import full, is_dtensor
 from lawn.constraint import GRANULARITIES, Granularity
 from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
 
@@ -378,22 +379,37 @@ class NormConstraint(Optimizer):
         if self.param_groups[0]["lawn_frozen"]:
             return
         for group, constrained in zip(self.param_groups, self._constrained):
-            shape_of = (lambda p: ()) if group["lawn_granularity"] == "tensor" else (lambda p: (p.shape[0],))
             for p in constrained:
                 if TARGET_KEY not in self.state[p]:
-                    self.state[p][TARGET_KEY] = torch.zeros(shape_of(p), dtype=torch.float32, device=p.device)
+                    self.state[p][TARGET_KEY] = _placeholder_target(p, group["lawn_granularity"])
         if steps >= self.param_groups[0]["lawn_free_steps"]:
             self.freeze()
 
 
+def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """Zeros shaped, typed and (for a ``DTensor``) placed like the target ``freeze()`` will record for ``p``.
+
+    Plain tensors get plain zeros; a sharded ``p`` gets zeros laid out like its norms (replicated per tensor,
+    sharded like dim 0 per row), so that DCP can save a checkpoint and load one before or after the switch.
+    """
+    if is_dtensor(p):
+        return torch.zeros_like(constraint.norms(p, granularity))
+    shape = () if granularity == "tensor" else (p.shape[0],)
+    return torch.zeros(shape, dtype=torch.float32, device=p.device)
+
+
 def _checked_norms(name: str, p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite."""
+    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite.
+
+    The check looks at the global norms on every rank (``full``), so all ranks raise or none does.
+    """
     current = constraint.norms(p, granularity)
-    bad = ~(torch.isfinite(current) & (current > 0))
+    global_norms = full(current)
+    bad = ~(torch.isfinite(global_norms) & (global_norms > 0))
     if bool(bad.any()):
-        where = "" if current.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
+        where = "" if global_norms.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
         raise ValueError(
-            f"freeze: '{name}'{where} has norm {current[bad].flatten()[0]}; "
+            f"freeze: '{name}'{where} has norm {global_norms[bad].flatten()[0]}; "
             "a zero or non-finite norm cannot be kept fixed"
         )
     return current
