@@ -313,25 +313,35 @@ class NormConstraint(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for constrained in self._constrained:
-            for p in constrained:
-                _require(
-                    p.grad is None or not p.grad.is_sparse,
-                    f"step: '{self._names[p]}' has a sparse gradient; LAWN needs dense gradients",
-                )
-        frozen = self.param_groups[0]["lawn_frozen"]
-        if frozen:
-            for group, constrained in zip(self.param_groups, self._constrained):
-                if group["lawn_project_gradient"]:
-                    self._project(group, constrained)
+        self._refuse_sparse_gradients()
+        # Under torch.compile, the code after base.step() is a separate resume function. Reading the phase from
+        # param_groups there (base.step() does not change it) and keeping loop variables out of this frame make it
+        # one function in both phases that has seen the step counter change before the switch: the switch then
+        # recompiles each compiled function once, and the counter never again.
+        if self.param_groups[0]["lawn_frozen"]:
+            self._project_all()
         self._base_step()
-        if frozen:
-            for group, constrained in zip(self.param_groups, self._constrained):
-                self._retract(group, constrained, only_with_grad=True)
+        if self.param_groups[0]["lawn_frozen"]:
+            self._retract_all()
         self._count_step()
         return loss
 
     # ----------------------------------------------------------------- internals
+    def _refuse_sparse_gradients(self) -> None:
+        for constrained in self._constrained:
+            for p in constrained:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise ValueError(f"step: '{self._names[p]}' has a sparse gradient; LAWN needs dense gradients")
+
+    def _project_all(self) -> None:
+        for group, constrained in zip(self.param_groups, self._constrained):
+            if group["lawn_project_gradient"]:
+                self._project(group, constrained)
+
+    def _retract_all(self) -> None:
+        for group, constrained in zip(self.param_groups, self._constrained):
+            self._retract(group, constrained, only_with_grad=True)
+
     def _group_index(self, p: torch.Tensor) -> int:
         return next(i for i, group in enumerate(self._constrained) if any(q is p for q in group))
 
@@ -372,6 +382,7 @@ class NormConstraint(Optimizer):
             for p, own in hidden.values():
                 self.state[p].update(own)
 
+    @torch.compiler.disable
     def _count_step(self) -> None:
         steps = self.param_groups[0]["lawn_steps"] + 1
         for group in self.param_groups:
