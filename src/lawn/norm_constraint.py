@@ -384,6 +384,11 @@ class NormConstraint(Optimizer):
 
     @torch.compiler.disable
     def _count_step(self) -> None:
+        """Count an applied step; give new tensors their (placeholder) target; switch after ``free_steps``.
+
+        Plain Python bookkeeping on a counter that changes every step: under ``torch.compile`` it runs eagerly
+        (``torch.compiler.disable``) so that the compiled step does not depend on the counter's value.
+        """
         steps = self.param_groups[0]["lawn_steps"] + 1
         for group in self.param_groups:
             group["lawn_steps"] = steps
