@@ -64,9 +64,21 @@ def make_model(seed: int = 0) -> TinyNet:
     return TinyNet()
 
 
-def make_lawn(model: TinyNet, granularity: str = "tensor") -> lawn.LAWN:
+def make_lawn(model: TinyNet, granularity: str = "tensor", free_steps: int = FREE_STEPS) -> lawn.LAWN:
     base = torch.optim.Adam(model.parameters(), lr=0.05)
-    return lawn.LAWN(base, model.tail(), free_steps=FREE_STEPS, granularity=granularity)
+    return lawn.LAWN(base, model.tail(), free_steps=free_steps, granularity=granularity)
+
+
+def make_lawn_to_load_with_dcp(model: nn.Module, granularity: str, free_steps: int) -> lawn.LAWN:
+    """A fresh LAWN whose state dict is a complete template for ``dcp.load``.
+
+    DCP builds the template by one zero-lr step, but only while the optimizer's state is empty. With
+    ``free_steps=0`` LAWN records its targets at construction, so let DCP initialise the base's state first.
+    """
+    base = torch.optim.Adam(model.parameters(), lr=0.05)
+    if free_steps == 0:
+        get_optimizer_state_dict(model, base)
+    return lawn.LAWN(base, model.tail(), free_steps=free_steps, granularity=granularity)
 
 
 def global_batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -164,12 +176,20 @@ def run_fsdp2_suite(rank: int, out: Path) -> None:
     run_fsdp2_zero_row(rank, out)
 
 
-DCP_CASES = [("tensor", 2), ("tensor", 3), ("tensor", 4), ("row", 2), ("row", 4)]
+# (granularity, checkpoint_at, free_steps): before, at and after the switch; constrained from the start
+DCP_CASES = [
+    ("tensor", 2, FREE_STEPS),
+    ("tensor", 3, FREE_STEPS),
+    ("tensor", 4, FREE_STEPS),
+    ("row", 2, FREE_STEPS),
+    ("row", 4, FREE_STEPS),
+    ("row", 2, 0),
+]
 
 
 def run_dcp_suite(rank: int, out: Path) -> None:
-    for granularity, checkpoint_at in DCP_CASES:
-        run_dcp(rank, out, granularity, checkpoint_at)
+    for granularity, checkpoint_at, free_steps in DCP_CASES:
+        run_dcp(rank, out, granularity, checkpoint_at, free_steps)
 
 
 def run_fsdp2(rank: int, out: Path, granularity: str) -> None:
@@ -204,16 +224,16 @@ def run_fsdp2_zero_row(rank: int, out: Path) -> None:
     _save({"message": message, "phase": opt.phase}, out, "zero_row", rank)
 
 
-def run_dcp(rank: int, out: Path, granularity: str, checkpoint_at: int) -> None:
+def run_dcp(rank: int, out: Path, granularity: str, checkpoint_at: int, free_steps: int) -> None:
     """Save with DCP after ``checkpoint_at`` steps, resume into a fresh model and LAWN, finish the run.
 
     Loading follows the DCP recipe: the fresh optimizer's own state dict is the template (DCP fills it by one
     zero-lr step, which LAWN counts; the loaded counters then replace it), ``dcp.load`` fills it in place.
     """
     batches = global_batches()
-    path = out / f"checkpoint_{granularity}_{checkpoint_at}"
+    path = out / f"checkpoint_{granularity}_{checkpoint_at}_{free_steps}"
     model = shard(make_model())
-    opt = make_lawn(model, granularity)
+    opt = make_lawn(model, granularity, free_steps)
     train(model, opt, batches[:checkpoint_at], rank, WORLD)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     dcp.save(state, checkpoint_id=path)
@@ -221,11 +241,12 @@ def run_dcp(rank: int, out: Path, granularity: str, checkpoint_at: int) -> None:
     uninterrupted = summary(model, opt)
 
     model = shard(make_model(seed=123))
-    opt = make_lawn(model, granularity)
+    opt = make_lawn_to_load_with_dcp(model, granularity, free_steps)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    template_steps = opt.steps  # DCP's zero-lr initialisation step, counted by LAWN
     dcp.load(state, checkpoint_id=path)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, state["optim"])
-    loaded = {"steps": opt.steps, "phase": opt.phase}
+    loaded = {"steps": opt.steps, "phase": opt.phase, "template_steps": template_steps}
     train(model, opt, batches[checkpoint_at:], rank, WORLD)
     _save({"uninterrupted": uninterrupted, "resumed": summary(model, opt), "loaded": loaded}, out, path.name, rank)
