@@ -1,8 +1,9 @@
-"""Global values of sharded tensors (``DTensor``, as made by FSDP2), without importing the distributed stack.
+"""Global values of sharded tensors (``DTensor``, as made by FSDP2); plain tensors pass through untouched.
 
 A reduction over a sharded dim of a ``DTensor`` (a norm, a dot product) gives a *partial* ``DTensor``: each
 rank holds its shard's contribution, and ``.item()`` on it would silently return the local value. The helpers
-here turn such results into global ones with PyTorch's own collectives; on plain tensors they do nothing.
+here turn such results into global ones with PyTorch's own collectives. They never import
+``torch.distributed.tensor`` themselves, so they also work on torch builds without ``torch.distributed``.
 """
 
 from __future__ import annotations
