@@ -18,35 +18,39 @@ from typing import Literal
 
 import torch
 
+from lawn._dtensor import reduce_partial
+
 Granularity = Literal["tensor", "row"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "row")
 
 
-def _rows(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """``x`` in fp32, viewed as ``(1, n)`` per tensor or ``(rows, n)`` per row."""
-    x = x.detach().float()
-    return x.reshape(1, -1) if granularity == "tensor" else x.reshape(x.shape[0], -1)
+def _reduced_dims(x: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:
+    """The dims one norm covers: all of them per tensor, all but dim 0 per row.
 
-
-def _shape_of_norms(w: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:
-    return () if granularity == "tensor" else (w.shape[0],)
+    Reductions over a tuple of dims (rather than over a reshaped view) keep a sharded ``DTensor`` sharded.
+    """
+    return tuple(range(x.dim())) if granularity == "tensor" else tuple(range(1, x.dim()))
 
 
 def norms(w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
-    """``‖w‖₂`` in fp32: a 0-d tensor per tensor, shape ``(rows,)`` per row."""
-    out = torch.linalg.vector_norm(_rows(w, granularity), dim=1)
-    return out.reshape(_shape_of_norms(w, granularity))
+    """``‖w‖₂`` in fp32: a 0-d tensor per tensor, shape ``(rows,)`` per row.
+
+    For a sharded ``DTensor`` the norms are the global ones: replicated per tensor, sharded like dim 0 per row.
+    """
+    w = w.detach()
+    return reduce_partial(torch.linalg.vector_norm(w, dim=_reduced_dims(w, granularity), dtype=torch.float32))
 
 
 def project_onto_tangent(g: torch.Tensor, w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``g − (⟨g, w⟩ / ‖w‖²) · w`` (per row when ``granularity == "row"``), in ``g``'s dtype."""
-    g32, w32 = _rows(g, granularity), _rows(w, granularity)
-    coefficient = (g32 * w32).sum(dim=1, keepdim=True) / (w32 * w32).sum(dim=1, keepdim=True)
-    return (g32 - coefficient * w32).reshape(g.shape).to(g.dtype)
+    g32, w32 = g.detach().float(), w.detach().float()
+    dims = _reduced_dims(w, granularity)
+    coefficient = (g32 * w32).sum(dim=dims, keepdim=True) / (w32 * w32).sum(dim=dims, keepdim=True)
+    return (g32 - coefficient * w32).to(g.dtype)
 
 
 def retract(w: torch.Tensor, target: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``w · (target / ‖w‖)`` (per row when ``granularity == "row"``), in ``w``'s dtype."""
-    w32 = _rows(w, granularity)
-    scale = target.float().reshape(-1, 1) / torch.linalg.vector_norm(w32, dim=1, keepdim=True)
-    return (w32 * scale).reshape(w.shape).to(w.dtype)
+    w32 = w.detach().float()
+    norm = torch.linalg.vector_norm(w32, dim=_reduced_dims(w, granularity), keepdim=True)
+    return (w32 * (target.float().reshape(norm.shape) / norm)).to(w.dtype)

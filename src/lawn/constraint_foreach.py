@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from lawn._dtensor import is_dtensor
 from lawn.constraint import Granularity
 
 
@@ -20,11 +21,19 @@ def foreach_norms(tensors: list[torch.Tensor], granularity: Granularity) -> list
     """fp32 norms of each tensor: 0-d per tensor, ``(rows,)`` per row."""
     if granularity == "tensor":
         return list(torch._foreach_norm(tensors, 2.0, dtype=torch.float32))
-    return [torch.linalg.vector_norm(t.detach().flatten(1), dim=1, dtype=torch.float32) for t in tensors]
+    return [torch.linalg.vector_norm(t.detach(), dim=_row_dims(t), dtype=torch.float32) for t in tensors]
+
+
+def _row_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """All dims but dim 0: reducing over them (not over a ``flatten(1)`` view) keeps a ``DTensor``'s shards."""
+    return tuple(range(1, t.dim()))
 
 
 def _dot(g: torch.Tensor, w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """fp32 ``⟨g, w⟩`` per tensor (0-d) or per row (``(rows,)``)."""
+    if is_dtensor(g):  # a sharded dim cannot always be flattened: reduce over dims (the result is partial)
+        dims = tuple(range(g.dim())) if granularity == "tensor" else _row_dims(g)
+        return (g.float() * w.detach().float()).sum(dim=dims)
     if granularity == "tensor":
         if g.dtype == torch.float32:
             return torch.dot(g.reshape(-1), w.detach().reshape(-1))

@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from lawn import constraint
+from lawn._dtensor import full, is_dtensor
 from lawn.constraint import GRANULARITIES, Granularity
 from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
 
@@ -312,25 +313,35 @@ class NormConstraint(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for constrained in self._constrained:
-            for p in constrained:
-                _require(
-                    p.grad is None or not p.grad.is_sparse,
-                    f"step: '{self._names[p]}' has a sparse gradient; LAWN needs dense gradients",
-                )
-        frozen = self.param_groups[0]["lawn_frozen"]
-        if frozen:
-            for group, constrained in zip(self.param_groups, self._constrained):
-                if group["lawn_project_gradient"]:
-                    self._project(group, constrained)
+        self._refuse_sparse_gradients()
+        # Under torch.compile, the code after base.step() is a separate resume function. Reading the phase from
+        # param_groups there (base.step() does not change it) and keeping loop variables out of this frame make it
+        # one function in both phases that has seen the step counter change before the switch: the switch then
+        # recompiles each compiled function once, and the counter never again.
+        if self.param_groups[0]["lawn_frozen"]:
+            self._project_all()
         self._base_step()
-        if frozen:
-            for group, constrained in zip(self.param_groups, self._constrained):
-                self._retract(group, constrained, only_with_grad=True)
+        if self.param_groups[0]["lawn_frozen"]:
+            self._retract_all()
         self._count_step()
         return loss
 
     # ----------------------------------------------------------------- internals
+    def _refuse_sparse_gradients(self) -> None:
+        for constrained in self._constrained:
+            for p in constrained:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise ValueError(f"step: '{self._names[p]}' has a sparse gradient; LAWN needs dense gradients")
+
+    def _project_all(self) -> None:
+        for group, constrained in zip(self.param_groups, self._constrained):
+            if group["lawn_project_gradient"]:
+                self._project(group, constrained)
+
+    def _retract_all(self) -> None:
+        for group, constrained in zip(self.param_groups, self._constrained):
+            self._retract(group, constrained, only_with_grad=True)
+
     def _group_index(self, p: torch.Tensor) -> int:
         return next(i for i, group in enumerate(self._constrained) if any(q is p for q in group))
 
@@ -371,29 +382,50 @@ class NormConstraint(Optimizer):
             for p, own in hidden.values():
                 self.state[p].update(own)
 
+    @torch.compiler.disable
     def _count_step(self) -> None:
+        """Count an applied step; give new tensors their (placeholder) target; switch after ``free_steps``.
+
+        Plain Python bookkeeping on a counter that changes every step: under ``torch.compile`` it runs eagerly
+        (``torch.compiler.disable``) so that the compiled step does not depend on the counter's value.
+        """
         steps = self.param_groups[0]["lawn_steps"] + 1
         for group in self.param_groups:
             group["lawn_steps"] = steps
         if self.param_groups[0]["lawn_frozen"]:
             return
         for group, constrained in zip(self.param_groups, self._constrained):
-            shape_of = (lambda p: ()) if group["lawn_granularity"] == "tensor" else (lambda p: (p.shape[0],))
             for p in constrained:
                 if TARGET_KEY not in self.state[p]:
-                    self.state[p][TARGET_KEY] = torch.zeros(shape_of(p), dtype=torch.float32, device=p.device)
+                    self.state[p][TARGET_KEY] = _placeholder_target(p, group["lawn_granularity"])
         if steps >= self.param_groups[0]["lawn_free_steps"]:
             self.freeze()
 
 
+def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """Zeros shaped, typed and (for a ``DTensor``) placed like the target ``freeze()`` will record for ``p``.
+
+    Plain tensors get plain zeros; a sharded ``p`` gets zeros laid out like its norms (replicated per tensor,
+    sharded like dim 0 per row), so that DCP can save a checkpoint and load one before or after the switch.
+    """
+    if is_dtensor(p):
+        return torch.zeros_like(constraint.norms(p, granularity))
+    shape = () if granularity == "tensor" else (p.shape[0],)
+    return torch.zeros(shape, dtype=torch.float32, device=p.device)
+
+
 def _checked_norms(name: str, p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite."""
+    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite.
+
+    The check looks at the global norms on every rank (``full``), so all ranks raise or none does.
+    """
     current = constraint.norms(p, granularity)
-    bad = ~(torch.isfinite(current) & (current > 0))
+    global_norms = full(current)
+    bad = ~(torch.isfinite(global_norms) & (global_norms > 0))
     if bool(bad.any()):
-        where = "" if current.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
+        where = "" if global_norms.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
         raise ValueError(
-            f"freeze: '{name}'{where} has norm {current[bad].flatten()[0]}; "
+            f"freeze: '{name}'{where} has norm {global_norms[bad].flatten()[0]}; "
             "a zero or non-finite norm cannot be kept fixed"
         )
     return current
