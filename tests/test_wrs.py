@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import lawn
 from lawn import WRS, norms, params_feeding_normalization
 
 
@@ -169,3 +170,19 @@ def test_bad_input_is_rejected_and_nothing_changes() -> None:
     with pytest.raises(ValueError, match="target_norm"):
         WRS(base, [weight], target_norm=-1.0)
     assert torch.equal(weight, before)
+
+
+def test_step_hooks_run_once_per_step_also_beside_other_constraint_wrappers():
+    """WRS is a configuration of the engine, not a second step(): hooks fire once per step."""
+    torch.manual_seed(0)
+    other = torch.nn.Parameter(torch.randn(3, 3))
+    lawn.NormConstraint(torch.optim.SGD([other], lr=0.1), [other], free_steps=0)
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    opt = lawn.WRS(torch.optim.SGD([weight], lr=0.1), [weight], every=2)
+    calls = []
+    opt.register_step_post_hook(lambda *args: calls.append(opt.steps))
+    for _ in range(3):
+        weight.grad = torch.randn(4, 3)
+        opt.step()
+    assert calls == [1, 2, 3]
+    assert opt.every == 2 and opt.state_dict()["param_groups"][0]["lawn_retract_every"] == 2

@@ -77,6 +77,7 @@ class NormConstraint(Optimizer):
         target_norm: ``None`` records the norms at the switch; a number fixes every target to it.
         target_scale: targets are multiplied by this (< 1 attenuates further).
         foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
+        retract_every: retract after steps ``k, 2k, ...`` only (WRS's interval); 1 retracts after every step.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class NormConstraint(Optimizer):
         target_norm: float | None = None,
         target_scale: float = 1.0,
         foreach: bool | None = None,
+        retract_every: int = 1,
     ) -> None:
         _require(
             isinstance(base, Optimizer),
@@ -120,6 +122,12 @@ class NormConstraint(Optimizer):
             TypeError,
         )
 
+        _require(
+            isinstance(retract_every, int) and not isinstance(retract_every, bool),
+            f"retract_every: expected an int, got {retract_every!r}",
+            TypeError,
+        )
+        _require(retract_every >= 1, f"retract_every: must be >= 1, got {retract_every}")
         named = _named(params, base)
         _require(len(named) > 0, "params: no tensors to constrain")
         group_of = {id(p): i for i, group in enumerate(base.param_groups) for p in group["params"]}
@@ -158,6 +166,7 @@ class NormConstraint(Optimizer):
             "lawn_project_gradient": project_gradient,
             "lawn_fixed_target": target_norm,
             "lawn_target_scale": float(target_scale),
+            "lawn_retract_every": retract_every,
             "lawn_steps": 0,
             "lawn_frozen": False,
         }
@@ -321,7 +330,7 @@ class NormConstraint(Optimizer):
         if self.param_groups[0]["lawn_frozen"]:
             self._project_all()
         self._base_step()
-        if self.param_groups[0]["lawn_frozen"]:
+        if self.param_groups[0]["lawn_frozen"] and self._retracts_this_step():
             self._retract_all()
         self._count_step()
         return loss
@@ -381,6 +390,15 @@ class NormConstraint(Optimizer):
         finally:
             for p, own in hidden.values():
                 self.state[p].update(own)
+
+    def _retracts_this_step(self) -> bool:
+        """Always with ``retract_every = 1``; with ``k > 1`` after steps ``k, 2k, ...`` only."""
+        return self.param_groups[0]["lawn_retract_every"] == 1 or self._retract_due()
+
+    @torch.compiler.disable
+    def _retract_due(self) -> bool:
+        """Read eagerly (off the step counter, which must not enter a compiled graph)."""
+        return (self.param_groups[0]["lawn_steps"] + 1) % self.param_groups[0]["lawn_retract_every"] == 0
 
     @torch.compiler.disable
     def _count_step(self) -> None:

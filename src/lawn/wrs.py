@@ -15,16 +15,10 @@ wrapper is built, so BatchNorm's running statistics are only ever collected at t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
 from torch.optim import Optimizer
 
 from lawn.constraint import Granularity
 from lawn.norm_constraint import NamedParams, NormConstraint, _named
-
-EVERY_KEY = "lawn_wrs_every"
 
 
 class WRS(NormConstraint):
@@ -72,26 +66,10 @@ class WRS(NormConstraint):
             project_gradient=False,
             target_norm=target_norm,
             foreach=foreach,
+            retract_every=every,
         )
-        for group in self.param_groups:
-            group[EVERY_KEY] = every
-        self.defaults.setdefault(EVERY_KEY, every)
 
     @property
     def every(self) -> int:
         """Rescale interval in steps (stored in ``param_groups``, so it survives a checkpoint)."""
-        return self.param_groups[0][EVERY_KEY]
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """``base.step()``, then rescale if this step is a multiple of ``every``; return the closure's
-        loss."""
-        if (self.steps + 1) % self.every == 0:
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._base_step()
-        self._count_step()
-        return loss
+        return self.param_groups[0]["lawn_retract_every"]
