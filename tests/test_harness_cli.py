@@ -114,7 +114,8 @@ def test_sweep_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["sweep", str(spec), "--results", str(results), *QUIET]) == 0
     assert "0 run(s) done now, 8 already" in capsys.readouterr().out
     assert main(["report", str(results), "--out", str(out)]) == 0
-    assert "| adam | lawn |" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "| adam | lawn |" in report and "| final train loss | final ‖logits‖ |" in report
     assert (out / "report.md").is_file() and (out / "accuracy_vs_batch.png").is_file()
     assert main(["sweep", str(spec), "--results", str(results), "--set", "epochz=1"]) == 2
     assert "spec.json" in capsys.readouterr().err

@@ -111,9 +111,9 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
         has_auc = any(s.test_auc_mean is not None for s in group)
         lines += [
             "",
-            "| optimizer | method | batch | grid points | chosen | val (mean) | test | seeds | diverged |"
-            + (" test AUC |" if has_auc else ""),
-            "|---|---|---|---|---|---|---|---|---|" + ("---|" if has_auc else ""),
+            "| optimizer | method | batch | grid points | chosen | val (mean) | test | seeds | diverged "
+            "| final train loss | final ‖logits‖ |" + (" test AUC |" if has_auc else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_auc else ""),
         ]
         for o in optimizers:
             for m in methods:
@@ -125,10 +125,18 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     auc = f" {s.test_auc_mean:.4f} ± {s.test_auc_std:.4f} |" if has_auc else ""
                     lines.append(
                         f"| {o} | {m} | {b} | {s.grid_size} | {chosen} | {s.val_mean:.4f} | "
-                        f"{s.test_mean:.4f} ± {s.test_std:.4f} | {s.seeds} | {s.diverged} |" + auc
+                        f"{s.test_mean:.4f} ± {s.test_std:.4f} | {s.seeds} | {s.diverged} | "
+                        f"{_final_mean(s.rows, 'train_loss')} | {_final_mean(s.rows, 'logit_norm')} |" + auc
                     )
         lines.append("")
     return "\n".join(lines)
+
+
+def _final_mean(rows: list[dict[str, Any]], key: str) -> str:
+    """Mean over seeds of the last epoch's ``key`` (diagnostics of the chosen grid point), or a dash."""
+    values = [row["history"][-1].get(key) for row in rows if not row.get("diverged")]
+    values = [v for v in values if v is not None]
+    return f"{sum(values) / len(values):.4g}" if values else "–"
 
 
 def _suffix(index: int, panel: dict[str, Any], count: int) -> str:
