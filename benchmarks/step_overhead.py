@@ -113,7 +113,7 @@ BASES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
 @dataclass
 class Config:
     label: str
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None
     constrained: str = "-"  # "final" / "all" / "-"
     granularity: str = "-"
     kind: str = "base"  # base / lawn / lawn-reference / lawn-compiled / peer
@@ -136,31 +136,55 @@ def _orthograd(base: torch.optim.Optimizer, params: list[nn.Parameter], foreach:
     return OrthoGradOn(base, foreach=foreach)
 
 
+def own_copy(params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """Fresh copies of the parameters that share the originals' gradient tensors.
+
+    Every configuration needs weights of its own: LAWN's projection reuses the target as ``‖w‖`` only while
+    nothing else has changed ``w`` since its last retraction, which another optimizer stepping the same weights
+    would break. Sharing the (fixed) gradients costs nothing in realism and saves memory.
+    """
+    copies = {}
+    for name, p in params.items():
+        copies[name] = nn.Parameter(p.detach().clone())
+        copies[name].grad = p.grad
+    return copies
+
+
 def configs(pset: ParamSet, params: dict[str, nn.Parameter], base: str, extras: bool, compiled: bool) -> list[Config]:
     """The base optimizer, LAWN on both constrained sets at both granularities, and (``extras``) the reference
-    path, the compiled path and the peers."""
-    every = list(params.values())
+    path, the compiled path and the peers; each on its own copy of ``params``."""
+
+    def fresh() -> tuple[dict[str, nn.Parameter], list[nn.Parameter]]:
+        mine = own_copy(params)
+        return mine, list(mine.values())
+
+    mine, every = fresh()
     out = [Config("base", BASES[base](every))]
     for which in ("final", "all"):
         for granularity in ("tensor", "row"):
-            opt = lawn.LAWN(BASES[base](every), pset.constrained(params, which), free_steps=0, granularity=granularity)
+            mine, every = fresh()
+            opt = lawn.LAWN(BASES[base](every), pset.constrained(mine, which), free_steps=0, granularity=granularity)
             out.append(Config(f"LAWN {which} {granularity}", opt, which, granularity, "lawn"))
     if not extras:
         return out
-    everything = pset.constrained(params, "all")
-    ref = lawn.LAWN(BASES[base](every), everything, free_steps=0, foreach=False)
+    mine, every = fresh()
+    ref = lawn.LAWN(BASES[base](every), pset.constrained(mine, "all"), free_steps=0, foreach=False)
     out.append(Config("LAWN all tensor, reference (per-tensor loop)", ref, "all", "tensor", "lawn-reference"))
     for granularity in ("tensor", "row") if compiled else ():
-        opt = lawn.LAWN(BASES[base](every), everything, free_steps=0, granularity=granularity, compiled=True)
+        mine, every = fresh()
+        opt = lawn.LAWN(
+            BASES[base](every), pset.constrained(mine, "all"), free_steps=0, granularity=granularity, compiled=True
+        )
         out.append(Config(f"LAWN all {granularity}, compiled", opt, "all", granularity, "lawn-compiled"))
     for which in ("final", "all"):
-        chosen = [p for _, p in pset.constrained(params, which)]
         for foreach in (None, True):
-            opt = _orthograd(BASES[base](every), chosen, foreach)
+            mine, every = fresh()
+            opt = _orthograd(BASES[base](every), [p for _, p in pset.constrained(mine, which)], foreach)
             label = f"OrthoGrad({base}) {which}" + (", foreach" if foreach else "")
             out.append(Config(label, opt, which, "tensor", "peer"))
     from pytorch_optimizer import AdamP
 
+    mine, every = fresh()
     adamp = AdamP(every, lr=1e-4, foreach=True)  # projects every >= 2-D weight: the "all" set
     out.append(Config("AdamP all (foreach)", adamp, "all", "tensor", "peer"))
     return out
@@ -471,6 +495,16 @@ def report(args: argparse.Namespace, sets: list[ParamSet], runs: list[Run], star
 
 
 NOTES = [
+    "## Reading the tables",
+    "",
+    "- The targets are stated for two threads. On a machine whose cores are also busy with other work (a load",
+    "  average above the core count, see the header), each parallel region of a kernel can wait a scheduler time",
+    "  slice for its second thread, and two-thread step times then swing far more than the differences being",
+    "  measured, in both directions. One thread does not wait for a partner: its tables are the stable comparison",
+    "  of the same code.",
+    "- *Overhead* compares with the base optimizer's own step; a step of SGD-momentum makes far fewer passes than an",
+    "  Adam step, so the same LAWN work is a larger fraction of it.",
+    "",
     "## How the fast path saves work",
     "",
     "- **Tensor by tensor on CPU.** PyTorch's `_foreach_*` kernels are loops over the tensors on CPU, so the fast",
@@ -537,6 +571,8 @@ def run_families(
             for cfg in cfgs:
                 extra = "" if cfg.label == "base" else f"  overhead {overhead(cfg):+.3f}"
                 print(f"    {cfg.label:48s} {ms(statistics.median(cfg.times)):>9s} ms{extra}", flush=True)
+                cfg.optimizer = None  # free the family's parameters and states before the next one
+            del params
     return results, recompiles
 
 

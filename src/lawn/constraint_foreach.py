@@ -7,9 +7,12 @@ synchronisation (no ``.item()``) and without temporaries the size of a weight (f
 * retraction: ``w ← w · (target / ‖w‖)``
 
 Two loop orders, chosen by device. On CPU, PyTorch's ``_foreach_*`` kernels are loops over the tensors
-anyway, so we go tensor by tensor and do a tensor's two passes back to back (``‖w‖²``, ``⟨g, w⟩``, then the
-update; ``‖w‖``, then the rescale): the second pass reads the tensor from cache. Elsewhere (CUDA) the small
+anyway, so we go tensor by tensor and do a tensor's passes back to back (``⟨g, w⟩`` then the update;
+``‖w‖`` then the rescale): the later pass can find the tensor still in cache. Elsewhere (CUDA) the small
 per-tensor scalar arithmetic is batched with ``_foreach_*`` kernels to save launches.
+
+The projection takes ``‖w‖`` where the caller knows it (the target, right after a retraction onto it): that
+saves the pass computing ``‖w‖²``. :class:`lawn.NormConstraint` decides when it is known.
 
 All tensors of one call share a device; callers group by device (see :class:`lawn.NormConstraint`).
 """
@@ -91,11 +94,8 @@ def foreach_project_onto_tangent_(
     if tensor_by_tensor:
         for g, w, norm in zip(grads, params, known):
             w = w.detach()
-            coefficient = _dot(g, w, granularity)
-            if norm is None:
-                coefficient.div_(_norm(w, granularity).square_())
-            else:
-                coefficient.div_(norm).div_(norm)
+            squared_norm = _norm(w, granularity).square_() if norm is None else norm * norm
+            coefficient = _dot(g, w, granularity) / squared_norm  # out of place: a sharded dot may be partial
             g.addcmul_(w, _broadcastable(coefficient, w), value=-1.0)
         return
     if any(norm is None for norm in known):
