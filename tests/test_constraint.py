@@ -1,14 +1,28 @@
 """The constraint math: the reference states it, the foreach path must agree with it."""
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lawn.constraint_foreach
 from lawn.constraint import norms, project_onto_tangent, retract
 from lawn.constraint_foreach import foreach_norms, foreach_project_onto_tangent_, foreach_retract_
 
 SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1)]
+
+
+@contextlib.contextmanager
+def _block_size(elements):
+    """Sum the per-row / low-precision dot products over blocks of ``elements`` (a small value: many blocks)."""
+    saved = lawn.constraint_foreach._BLOCK
+    lawn.constraint_foreach._BLOCK = elements
+    try:
+        yield
+    finally:
+        lawn.constraint_foreach._BLOCK = saved
 
 
 def _rows(x, granularity):
@@ -50,14 +64,19 @@ def test_retract_reaches_target_and_keeps_direction(granularity):
     torch.testing.assert_close(cos, torch.ones_like(cos))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     shape_ids=st.lists(st.integers(0, len(SHAPES) - 1), min_size=1, max_size=5),
     granularity=st.sampled_from(["tensor", "row"]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    tensor_by_tensor=st.booleans(),
+    block=st.sampled_from([1 << 18, 4]),
+    known_norms=st.sampled_from(["none", "all", "some"]),
     seed=st.integers(0, 2**16),
 )
-def test_foreach_agrees_with_reference(shape_ids, granularity, dtype, seed):
+def test_foreach_agrees_with_reference(shape_ids, granularity, dtype, tensor_by_tensor, block, known_norms, seed):
+    """Both loop orders (tensor by tensor: CPU; batched: other devices), dots summed in one or many blocks, and
+    the projection given ``‖w‖`` for none, all or some of the tensors."""
     shapes = [SHAPES[i] for i in shape_ids if granularity == "tensor" or len(SHAPES[i]) >= 2] or [(3, 4)]
     gen = torch.Generator().manual_seed(seed)
     ws = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
@@ -69,12 +88,50 @@ def test_foreach_agrees_with_reference(shape_ids, granularity, dtype, seed):
         torch.testing.assert_close(got, norms(w, granularity), **tol)
 
     expected_g = [project_onto_tangent(g, w, granularity) for g, w in zip(gs, ws)]
-    foreach_project_onto_tangent_(gs, ws, granularity)
+    given = {"none": None, "all": [norms(w, granularity) for w in ws]}.get(known_norms)
+    if known_norms == "some":
+        given = [norms(w, granularity) if i % 2 else None for i, w in enumerate(ws)]
+    with _block_size(block):
+        foreach_project_onto_tangent_(gs, ws, granularity, given, tensor_by_tensor=tensor_by_tensor)
     for got, expected in zip(gs, expected_g):
         torch.testing.assert_close(got, expected, **tol)
 
     expected_w = [retract(w, t, granularity) for w, t in zip(ws, targets)]
-    foreach_retract_(ws, targets, granularity)
+    foreach_retract_(ws, targets, granularity, tensor_by_tensor=tensor_by_tensor)
     for got, expected in zip(ws, expected_w):
         assert got.dtype == dtype
         torch.testing.assert_close(got, expected, **tol)
+
+
+def _peak_bytes_allocated(fn):
+    """Peak of the CPU bytes allocated while ``fn`` runs, from PyTorch's allocator records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+@pytest.mark.parametrize("tensor_by_tensor", [True, False])
+def test_fast_path_allocates_no_temporary_the_size_of_a_weight(granularity, tensor_by_tensor):
+    """Only scalars / row vectors and bounded dot-product blocks: far less than one weight (8 MB here)."""
+    torch.manual_seed(0)
+    ws = [torch.randn(1024, 2048), torch.randn(64, 32, 3, 3)]
+    gs = [torch.randn_like(w) for w in ws]
+    targets = [norms(w, granularity) for w in ws]
+    weight_bytes = ws[0].numel() * ws[0].element_size()
+
+    def constrain():
+        foreach_project_onto_tangent_(gs, ws, granularity, tensor_by_tensor=tensor_by_tensor)
+        foreach_retract_(ws, targets, granularity, tensor_by_tensor=tensor_by_tensor)
+
+    constrain()  # warm-up
+    peak = _peak_bytes_allocated(constrain)
+    assert peak > 0, "the profiler must see the coefficients being allocated"
+    assert peak <= lawn.constraint_foreach._BLOCK * 4 + 64 * 1024 < weight_bytes / 4, peak

@@ -28,6 +28,8 @@ def adam(model):
         ({"target_scale": 0.0}, ValueError, "target_scale"),
         ({"target_scale": float("nan")}, ValueError, "target_scale"),
         ({"foreach": "fast"}, TypeError, "foreach"),
+        ({"compiled": "yes"}, TypeError, "compiled"),
+        ({"compiled": True, "foreach": False}, ValueError, "compiled"),
     ],
 )
 def test_bad_options_are_named(model, kwargs, error, match):

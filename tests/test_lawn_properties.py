@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lawn
+import lawn.constraint_foreach
 from lawn_helpers import OPTIMIZERS, BNNet, batches, train_step
 
 SHAPES = [(5,), (4, 3), (8, 2, 3), (3, 2, 3, 3), (1, 6), (7, 1)]
@@ -53,23 +54,37 @@ def test_targets_hold_and_weights_still_move(shape_ids, granularity, dtype, opt_
                 assert not torch.equal(p, old), "a constrained weight must still move (rotate on its sphere)"
 
 
-def _pair(opt_name, granularity, foreach):
+# The fast paths: the foreach module in its CPU loop order (tensor by tensor) and in the batched order used on
+# other devices, and the torch.compile'd path.
+FAST_PATHS = ["foreach", "foreach_batched", "compiled"]
+PATH_OPTIONS = {"reference": {"foreach": False}, "foreach": {}, "foreach_batched": {}, "compiled": {"compiled": True}}
+
+
+@pytest.fixture
+def fast_path(request, monkeypatch):
+    if request.param == "foreach_batched":
+        monkeypatch.setattr(lawn.constraint_foreach, "_tensor_by_tensor", lambda tensors: False)
+    return request.param
+
+
+def _pair(opt_name, granularity, path):
     torch.manual_seed(0)
     model = BNNet()
     base = OPTIMIZERS[opt_name](model.parameters())
-    return model, lawn.LAWN(base, model.tail(), free_steps=10, granularity=granularity, foreach=foreach)
+    return model, lawn.LAWN(base, model.tail(), free_steps=10, granularity=granularity, **PATH_OPTIONS[path])
 
 
+@pytest.mark.parametrize("fast_path", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
 @pytest.mark.parametrize("opt_name", ["adam", "sgd", "lamb", "adamw_foreach"])
-def test_foreach_path_agrees_with_reference_step_by_step(granularity, opt_name):
+def test_fast_path_agrees_with_reference_step_by_step(granularity, opt_name, fast_path):
     """Along 60 steps of the reference trajectory, one fast step from the same state matches one reference step.
 
     (Adaptive optimizers amplify fp32 rounding along a whole trajectory, so whole runs are compared only for
     SGD below; here each step starts from the reference's exact state.)
     """
-    reference_model, reference = _pair(opt_name, granularity, foreach=False)
-    fast_model, fast = _pair(opt_name, granularity, foreach=True)
+    reference_model, reference = _pair(opt_name, granularity, "reference")
+    fast_model, fast = _pair(opt_name, granularity, fast_path)
     for xb, yb in batches(60):
         fast_model.load_state_dict(reference_model.state_dict())
         fast.load_state_dict(copy.deepcopy(reference.state_dict()))  # no aliasing
@@ -80,9 +95,10 @@ def test_foreach_path_agrees_with_reference_step_by_step(granularity, opt_name):
     assert fast.phase == reference.phase == "constrained"
 
 
+@pytest.mark.parametrize("fast_path", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
-def test_foreach_path_agrees_with_reference_over_a_whole_sgd_run(granularity):
-    (model_a, opt_a), (model_b, opt_b) = (_pair("sgd", granularity, foreach=f) for f in (True, False))
+def test_fast_path_agrees_with_reference_over_a_whole_sgd_run(granularity, fast_path):
+    (model_a, opt_a), (model_b, opt_b) = (_pair("sgd", granularity, path) for path in (fast_path, "reference"))
     for xb, yb in batches(80):
         train_step(model_a, opt_a, xb, yb)
         train_step(model_b, opt_b, xb, yb)

@@ -1,10 +1,18 @@
 """The norm-constraint math on lists of tensors, in place: the fast path behind :mod:`lawn.constraint`.
 
-Same formulas as the reference (fp32 accumulation, results in the tensors' own dtype), but batched with
-``torch._foreach_*`` kernels where PyTorch has them and without a host synchronisation (no ``.item()``):
+Same formulas as the reference (fp32 accumulation, results in the tensors' own dtype), without a host
+synchronisation (no ``.item()``) and without temporaries the size of a weight (fp32 weights):
 
 * projection: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w``
 * retraction: ``w ← w · (target / ‖w‖)``
+
+Two loop orders, chosen by device. On CPU, PyTorch's ``_foreach_*`` kernels are loops over the tensors
+anyway, so we go tensor by tensor and do a tensor's passes back to back (``⟨g, w⟩`` then the update;
+``‖w‖`` then the rescale): the later pass can find the tensor still in cache. Elsewhere (CUDA) the small
+per-tensor scalar arithmetic is batched with ``_foreach_*`` kernels to save launches.
+
+The projection takes ``‖w‖`` where the caller knows it (the target, right after a retraction onto it): that
+saves the pass computing ``‖w‖²``. :class:`lawn.NormConstraint` decides when it is known.
 
 All tensors of one call share a device; callers group by device (see :class:`lawn.NormConstraint`).
 """
@@ -15,6 +23,8 @@ import torch
 
 from lawn._dtensor import is_dtensor
 from lawn.constraint import Granularity
+
+_BLOCK = 1 << 18  # elements per block of rows in a low-precision or per-row dot (1 MB of fp32 products)
 
 
 def foreach_norms(tensors: list[torch.Tensor], granularity: Granularity) -> list[torch.Tensor]:
@@ -30,15 +40,25 @@ def _row_dims(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def _dot(g: torch.Tensor, w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """fp32 ``⟨g, w⟩`` per tensor (0-d) or per row (``(rows,)``)."""
+    """fp32 ``⟨g, w⟩`` per tensor (0-d) or per row (``(rows,)``), without a temporary the size of ``w``.
+
+    fp32 per tensor: one BLAS dot. Otherwise the fp32 products are summed over blocks of rows of at most
+    ``_BLOCK`` elements, so the temporary stays small (and in cache) whatever the size of ``w``.
+    """
     if is_dtensor(g):  # a sharded dim cannot always be flattened: reduce over dims (the result is partial)
         dims = tuple(range(g.dim())) if granularity == "tensor" else _row_dims(g)
         return (g.float() * w.detach().float()).sum(dim=dims)
+    w = w.detach()
+    if granularity == "tensor" and g.dtype == torch.float32:
+        return torch.dot(g.reshape(-1), w.reshape(-1))
+    if w.dim() == 0:
+        return g.float() * w.float()
+    rows_per_block = max(1, _BLOCK // max(1, w[0].numel()))
+    blocks = zip(g.split(rows_per_block), w.split(rows_per_block))
     if granularity == "tensor":
-        if g.dtype == torch.float32:
-            return torch.dot(g.reshape(-1), w.detach().reshape(-1))
-        return torch.dot(g.reshape(-1).float(), w.detach().reshape(-1).float())
-    return torch.linalg.vecdot(g.flatten(1).float(), w.detach().flatten(1).float())
+        return torch.stack([(gb.float() * wb.float()).sum() for gb, wb in blocks]).sum()
+    parts = [(gb.float() * wb.float()).sum(_row_dims(w)) for gb, wb in blocks]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _broadcastable(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -46,29 +66,70 @@ def _broadcastable(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tenso
     return coefficient.reshape((-1,) + (1,) * (like.dim() - 1)) if coefficient.dim() else coefficient
 
 
+def _norm(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """fp32 ``‖w‖`` (0-d) or row norms (``(rows,)``) of one tensor."""
+    dims = None if granularity == "tensor" else _row_dims(w)
+    return torch.linalg.vector_norm(w, dim=dims, dtype=torch.float32)
+
+
+def _tensor_by_tensor(tensors: list[torch.Tensor]) -> bool:
+    return tensors[0].device.type == "cpu"
+
+
 def foreach_project_onto_tangent_(
-    grads: list[torch.Tensor], params: list[torch.Tensor], granularity: Granularity
+    grads: list[torch.Tensor],
+    params: list[torch.Tensor],
+    granularity: Granularity,
+    norms: list[torch.Tensor | None] | None = None,
+    *,
+    tensor_by_tensor: bool | None = None,
 ) -> None:
-    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair."""
+    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair.
+
+    ``norms``: ``‖w‖`` where it is already known (a target right after the retraction onto it), which saves a
+    pass over ``w``; ``None`` (or a ``None`` entry) computes it. ``tensor_by_tensor``: the loop order (see the
+    module docstring); ``None`` picks it by device.
+    """
     if not grads:
         return
-    squared_norms = torch._foreach_mul(*(2 * [foreach_norms(params, granularity)]))
-    dots = [_dot(g, w, granularity) for g, w in zip(grads, params)]
-    coefficients = torch._foreach_div(dots, squared_norms)
-    if granularity == "tensor":
-        torch._foreach_addcmul_(grads, [w.detach() for w in params], coefficients, value=-1.0)
-    else:
-        for g, w, c in zip(grads, params, coefficients):
-            g.addcmul_(w.detach(), _broadcastable(c, w).to(g.dtype), value=-1.0)
+    if tensor_by_tensor is None:
+        tensor_by_tensor = _tensor_by_tensor(params)
+    known = norms if norms is not None else [None] * len(params)
+    if tensor_by_tensor:
+        for g, w, norm in zip(grads, params, known):
+            w = w.detach()
+            squared_norm = _norm(w, granularity).square_() if norm is None else norm * norm
+            coefficient = _dot(g, w, granularity) / squared_norm  # out of place: a sharded dot may be partial
+            g.addcmul_(w, _broadcastable(coefficient, w), value=-1.0)
+        return
+    if any(norm is None for norm in known):
+        known = foreach_norms(params, granularity)
+    squared_norms = torch._foreach_mul(known, known)
+    coefficients = torch._foreach_div([_dot(g, w, granularity) for g, w in zip(grads, params)], squared_norms)
+    for g, w, c in zip(grads, params, coefficients):
+        g.addcmul_(w.detach(), _broadcastable(c, w), value=-1.0)
 
 
-def foreach_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
-    """In place: ``w ← w · (target / ‖w‖)`` for each pair."""
+def foreach_retract_(
+    params: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    granularity: Granularity,
+    *,
+    tensor_by_tensor: bool | None = None,
+) -> None:
+    """In place: ``w ← w · (target / ‖w‖)`` for each pair.
+
+    ``tensor_by_tensor``: the loop order (see the module docstring); ``None`` picks it by device.
+    """
     if not params:
         return
+    if tensor_by_tensor is None:
+        tensor_by_tensor = _tensor_by_tensor(params)
+    if tensor_by_tensor:
+        for w, target in zip(params, targets):
+            w = w.detach()
+            w.mul_(_broadcastable(target / _norm(w, granularity), w))
+        return
     scales = torch._foreach_div(targets, foreach_norms(params, granularity))
-    if granularity == "tensor":
-        torch._foreach_mul_([w.detach() for w in params], scales)
-    else:
-        for w, s in zip(params, scales):
-            w.detach().mul_(_broadcastable(s, w))
+    for w, s in zip(params, scales):
+        w.detach().mul_(_broadcastable(s, w))

@@ -27,6 +27,7 @@ class LAWN(NormConstraint):
         project_gradient: project ``g`` onto the tangent space, ``g ← g − (⟨g, W⟩/‖W‖²) W``, before stepping.
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
+        compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint_compiled``).
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now.
     """
@@ -41,6 +42,7 @@ class LAWN(NormConstraint):
         *,
         target_scale: float = 1.0,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         super().__init__(
             base,
@@ -50,4 +52,5 @@ class LAWN(NormConstraint):
             project_gradient=project_gradient,
             target_scale=target_scale,
             foreach=foreach,
+            compiled=compiled,
         )

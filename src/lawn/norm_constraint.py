@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from lawn import constraint
 from lawn._dtensor import full, is_dtensor
 from lawn.constraint import GRANULARITIES, Granularity
+from lawn.constraint_compiled import compiled_project_onto_tangent_, compiled_retract_
 from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
 
 TARGET_KEY = "lawn_target_norm"
@@ -78,6 +79,8 @@ class NormConstraint(Optimizer):
         target_scale: targets are multiplied by this (< 1 attenuates further).
         foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
         retract_every: retract after steps ``k, 2k, ...`` only (WRS's interval); 1 retracts after every step.
+        compiled: fuse the projection and the retraction with ``torch.compile`` (compiles at the first
+            constrained step; falls back to the foreach path, with a warning, if compiling fails).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class NormConstraint(Optimizer):
         target_scale: float = 1.0,
         foreach: bool | None = None,
         retract_every: int = 1,
+        compiled: bool = False,
     ) -> None:
         _require(
             isinstance(base, Optimizer),
@@ -121,6 +125,8 @@ class NormConstraint(Optimizer):
             f"foreach: expected None or a bool, got {foreach!r}",
             TypeError,
         )
+        _require(isinstance(compiled, bool), f"compiled: expected a bool, got {compiled!r}", TypeError)
+        _require(not (compiled and foreach is False), "compiled=True runs the fused path: leave foreach unset")
 
         _require(
             isinstance(retract_every, int) and not isinstance(retract_every, bool),
@@ -151,6 +157,10 @@ class NormConstraint(Optimizer):
         ]
         self._names: dict[torch.Tensor, str] = {p: seen[id(p)] for group in self._constrained for p in group}
         self._foreach = True if foreach is None else foreach
+        self._compiled = compiled
+        # p → (p._version, target) recorded when ‖p‖ = target held (after a retraction, at the switch, at a
+        # load): while both are unchanged, the projection reuses the target as ‖p‖ instead of computing it.
+        self._on_sphere: dict[torch.Tensor, tuple[int, torch.Tensor]] = {}
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
@@ -269,6 +279,9 @@ class NormConstraint(Optimizer):
             for p in group:
                 if id(p) in targets:
                     self.state[p][TARGET_KEY] = targets[id(p)].to(device=p.device, dtype=torch.float32, copy=True)
+        self._on_sphere.clear()
+        if self.phase == "constrained":  # a checkpoint's weights were saved on their spheres (after a retraction)
+            self._mark_on_sphere([p for group in self._constrained for p in group])
 
     # ----------------------------------------------------------------- LAWN's own API
     @property
@@ -345,33 +358,61 @@ class NormConstraint(Optimizer):
     def _project_all(self) -> None:
         for group, constrained in zip(self.param_groups, self._constrained):
             if group["lawn_project_gradient"]:
-                self._project(group, constrained)
+                self._project(group, [p for p in constrained if p.grad is not None])
 
     def _retract_all(self) -> None:
         for group, constrained in zip(self.param_groups, self._constrained):
-            self._retract(group, constrained, only_with_grad=True)
+            self._retract(group, [p for p in constrained if p.grad is not None])
 
     def _group_index(self, p: torch.Tensor) -> int:
         return next(i for i, group in enumerate(self._constrained) if any(q is p for q in group))
 
-    def _project(self, group: dict[str, Any], constrained: list[torch.Tensor]) -> None:
-        with_grad = [p for p in constrained if p.grad is not None]
+    def _project(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         granularity = group["lawn_granularity"]
-        if self._foreach:
-            foreach_project_onto_tangent_([p.grad for p in with_grad], with_grad, granularity)
+        if self._compiled:
+            compiled_project_onto_tangent_([p.grad for p in params], params, granularity)
+        elif self._foreach:
+            foreach_project_onto_tangent_([p.grad for p in params], params, granularity, self._known_norms(params))
         else:
-            for p in with_grad:
+            for p in params:
                 p.grad.copy_(constraint.project_onto_tangent(p.grad, p, granularity))
 
-    def _retract(self, group: dict[str, Any], constrained: list[torch.Tensor], only_with_grad: bool = False) -> None:
-        params = [p for p in constrained if p.grad is not None] if only_with_grad else constrained
+    def _retract(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         granularity = group["lawn_granularity"]
         targets = [self.state[p][TARGET_KEY] for p in params]
-        if self._foreach:
+        if self._compiled:
+            compiled_retract_(params, targets, granularity)
+        elif self._foreach:
             foreach_retract_(params, targets, granularity)
         else:
             for p, target in zip(params, targets):
                 p.copy_(constraint.retract(p, target, granularity))
+        self._mark_on_sphere(params)
+
+    def _mark_on_sphere(self, params: list[torch.Tensor]) -> None:
+        """Record that each ``‖p‖`` equals its target now (see ``_known_norms``)."""
+        if torch.compiler.is_compiling():  # version counters in compiled code would recompile every step
+            return
+        for p in params:
+            self._on_sphere[p] = (p._version, self.state[p][TARGET_KEY])
+
+    def _known_norms(self, params: list[torch.Tensor]) -> list[torch.Tensor | None] | None:
+        """Per tensor, its target if ``‖p‖ = target`` still holds, else ``None`` (the projection computes it).
+
+        It holds while neither ``p`` nor its target has changed since it was recorded: every in-place change of
+        a tensor (the base step, ``load_state_dict`` of the model, any edit under ``torch.no_grad()``) bumps
+        its version counter, and a new target is a new tensor. Writes through ``p.data``, which bypass the
+        counter, are not seen: after such a write the next projection is off by the norm's change, and the
+        retraction that follows restores ``‖p‖ = target`` and the invariant.
+        """
+        if torch.compiler.is_compiling():
+            return None
+        known: list[torch.Tensor | None] = []
+        for p in params:
+            record = self._on_sphere.get(p)
+            target = self.state[p][TARGET_KEY]
+            known.append(target if record is not None and record[0] == p._version and record[1] is target else None)
+        return known
 
     def _base_step(self) -> None:
         """``base.step()``, hiding LAWN's own state from optimizers whose state for a tensor is still empty.
@@ -418,6 +459,7 @@ class NormConstraint(Optimizer):
                     self.state[p][TARGET_KEY] = _placeholder_target(p, group["lawn_granularity"])
         if steps >= self.param_groups[0]["lawn_free_steps"]:
             self.freeze()
+            self._mark_on_sphere([p for group in self._constrained for p in group])
 
 
 def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tensor:

@@ -1,0 +1,23 @@
+"""The step-overhead benchmark runs end to end and writes its report (tiny shapes; the numbers mean nothing)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
+
+
+def test_benchmark_writes_every_table(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("step_overhead", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "step_overhead", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    out = tmp_path / "performance.md"
+    args = ["--smoke", "--no-compiled", "--reps", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    assert module.main(args) == 0
+    text = out.read_text()
+    for heading in ("## Targets, 1 thread(s)", "/ Adam, 1 thread(s)", "/ SGD-momentum", "/ AdamW", "Whole training"):
+        assert heading in text
+    for row in ("| LAWN all row |", "| OrthoGrad(Adam) final |", "| AdamP all (foreach) |", "| LAWN final tensor |"):
+        assert row in text
+    assert "--smoke" in text  # the command that produced it
