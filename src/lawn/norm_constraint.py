@@ -33,7 +33,6 @@ from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retra
 
 TARGET_KEY = "lawn_target_norm"
 _OWN_STATE_KEYS = frozenset({TARGET_KEY})
-_COUNTERS = ("lawn_steps", "lawn_frozen")
 
 NamedParams = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
@@ -127,13 +126,13 @@ class NormConstraint(Optimizer):
         )
         _require(isinstance(compiled, bool), f"compiled: expected a bool, got {compiled!r}", TypeError)
         _require(not (compiled and foreach is False), "compiled=True runs the fused path: leave foreach unset")
-
         _require(
             isinstance(retract_every, int) and not isinstance(retract_every, bool),
             f"retract_every: expected an int, got {retract_every!r}",
             TypeError,
         )
         _require(retract_every >= 1, f"retract_every: must be >= 1, got {retract_every}")
+
         named = _named(params, base)
         _require(len(named) > 0, "params: no tensors to constrain")
         group_of = {id(p): i for i, group in enumerate(base.param_groups) for p in group["params"]}
