@@ -137,3 +137,9 @@ def test_bad_checkpoint_is_refused_before_loading(model):
     del sd["state"][head_id]["lawn_target_norm"]
     with pytest.raises(ValueError, match="no target norm for \\['head.weight'\\]"):
         other.load_state_dict(sd)
+
+
+@pytest.mark.parametrize(("every", "error"), [(0, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_retract_every_is_named(model, every, error):
+    with pytest.raises(error, match="retract_every"):
+        lawn.NormConstraint(adam(model), model.tail(), free_steps=1, retract_every=every)
