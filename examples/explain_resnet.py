@@ -1,7 +1,7 @@
 """Which layers does LAWN constrain in a BatchNorm ResNet? Print lawn.explain's table, check it numerically.
 
 Run: ``PYTHONPATH=src python examples/explain_resnet.py`` (CPU, a second). It produced the table in
-docs/discovery.md.
+README.md ("Which layers does LAWN constrain?").
 """
 
 from __future__ import annotations
