@@ -65,12 +65,14 @@ def test_compiled_model_with_lawn_matches_eager():
 
 
 @pytest.mark.parametrize(("base", "granularity"), [("sgd", "row"), ("adam", "tensor")])
-def test_compiled_step_matches_eager_and_recompiles_only_at_the_switch(base, granularity, monkeypatch):
+def test_compiled_step_matches_eager_and_recompiles_only_at_the_switch(base, granularity):
     """Each compiled frame is compiled at most 3 times: first step, second step (LAWN's targets and the base's
-    state now exist, the counter stops being a constant), and the switch; more would raise."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    model, opt, graphs = run(compile_model=True, compile_step=True, granularity=granularity, base=base)
+    state now exist, the counter stops being a constant), and the switch; more would raise.
+
+    (torch's own ``config.patch``: pytest's monkeypatch deletes config attributes on undo in pytest >= 9.2.)
+    """
+    with torch._dynamo.config.patch(recompile_limit=3, fail_on_recompile_limit_hit=True):
+        model, opt, graphs = run(compile_model=True, compile_step=True, granularity=granularity, base=base)
     switch = FREE_STEPS  # the first constrained step is step FREE_STEPS + 1 (index FREE_STEPS)
     assert len(set(graphs[2:switch])) == 1, f"recompiled during the free phase: {graphs}"
     assert len(set(graphs[switch:])) == 1, f"recompiled during the constrained phase: {graphs}"
