@@ -26,6 +26,16 @@ def batch_starts(n: int, batch_size: int) -> list[int]:
     return [s for s in range(0, n, batch_size) if n - s >= 2]
 
 
+def shuffled_batches(
+    inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of ``(inputs, targets)`` batches in the order of a CPU-generated permutation."""
+    order = torch.randperm(len(targets), generator=generator).to(targets.device)
+    for start in batch_starts(len(targets), batch_size):
+        idx = order[start : start + batch_size]
+        yield inputs[idx], targets[idx]
+
+
 class ClassificationTask:
     metric = "accuracy"
 
@@ -47,11 +57,7 @@ class ClassificationTask:
     def epoch(
         self, batch_size: int, generator: torch.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self.splits["train"]
-        order = torch.randperm(len(y), generator=generator).to(self.device)
-        for start in batch_starts(len(y), batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+        yield from shuffled_batches(*self.splits["train"], batch_size, generator)
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,10 +106,7 @@ class RankingTask:
         negatives = torch.stack([users.repeat_interleave(self.negatives), negative_items.reshape(-1)], dim=1)
         inputs = torch.cat([self.pairs, negatives])
         labels = torch.cat([torch.ones(len(self.pairs)), torch.zeros(len(negatives))]).to(self.device)
-        order = torch.randperm(len(labels), generator=generator).to(self.device)
-        for start in batch_starts(len(labels), batch_size):
-            idx = order[start : start + batch_size]
-            yield inputs[idx], labels[idx]
+        yield from shuffled_batches(inputs, labels, batch_size, generator)
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
