@@ -1,7 +1,7 @@
 """The norm-constraint math on lists of tensors, in place: the fast path behind :mod:`lawn.constraint`.
 
-Same formulas as the reference (fp32 accumulation, results in the tensors' own dtype), without a host
-synchronisation (no ``.item()``) and without temporaries the size of a weight (fp32 weights):
+Same formulas as the reference (fp32 accumulation, fp64 for fp64 tensors; results in the tensors' own dtype),
+without a host synchronisation (no ``.item()``) and without temporaries the size of a weight (fp32 weights):
 
 * projection: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w``
 * retraction: ``w ← w · (target / ‖w‖)``
@@ -22,16 +22,16 @@ from __future__ import annotations
 import torch
 
 from lawn._dtensor import is_dtensor
-from lawn.constraint import Granularity
+from lawn.constraint import Granularity, compute_dtype
 
 _BLOCK = 1 << 18  # elements per block of rows in a low-precision or per-row dot (1 MB of fp32 products)
 
 
 def foreach_norms(tensors: list[torch.Tensor], granularity: Granularity) -> list[torch.Tensor]:
-    """fp32 norms of each tensor: 0-d per tensor, ``(rows,)`` per row."""
-    if granularity == "tensor":
+    """Norms (in ``compute_dtype``) of each tensor: 0-d per tensor, ``(rows,)`` per row."""
+    if granularity == "tensor" and all(t.dtype != torch.float64 for t in tensors):
         return list(torch._foreach_norm(tensors, 2.0, dtype=torch.float32))
-    return [torch.linalg.vector_norm(t.detach(), dim=_row_dims(t), dtype=torch.float32) for t in tensors]
+    return [_norm(t.detach(), granularity) for t in tensors]
 
 
 def _row_dims(t: torch.Tensor) -> tuple[int, ...]:
@@ -40,24 +40,26 @@ def _row_dims(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def _dot(g: torch.Tensor, w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """fp32 ``⟨g, w⟩`` per tensor (0-d) or per row (``(rows,)``), without a temporary the size of ``w``.
+    """``⟨g, w⟩`` in ``compute_dtype`` per tensor (0-d) or per row (``(rows,)``), without a temporary the size
+    of ``w``.
 
-    fp32 per tensor: one BLAS dot. Otherwise the fp32 products are summed over blocks of rows of at most
+    fp32 or fp64 per tensor: one BLAS dot. Otherwise the products are summed over blocks of rows of at most
     ``_BLOCK`` elements, so the temporary stays small (and in cache) whatever the size of ``w``.
     """
+    dtype = compute_dtype(w.dtype)
     if is_dtensor(g):  # a sharded dim cannot always be flattened: reduce over dims (the result is partial)
         dims = tuple(range(g.dim())) if granularity == "tensor" else _row_dims(g)
-        return (g.float() * w.detach().float()).sum(dim=dims)
+        return (g.to(dtype) * w.detach().to(dtype)).sum(dim=dims)
     w = w.detach()
-    if granularity == "tensor" and g.dtype == torch.float32:
+    if granularity == "tensor" and g.dtype == dtype == w.dtype:
         return torch.dot(g.reshape(-1), w.reshape(-1))
     if w.dim() == 0:
-        return g.float() * w.float()
+        return g.to(dtype) * w.to(dtype)
     rows_per_block = max(1, _BLOCK // max(1, w[0].numel()))
     blocks = zip(g.split(rows_per_block), w.split(rows_per_block))
     if granularity == "tensor":
-        return torch.stack([(gb.float() * wb.float()).sum() for gb, wb in blocks]).sum()
-    parts = [(gb.float() * wb.float()).sum(_row_dims(w)) for gb, wb in blocks]
+        return torch.stack([(gb.to(dtype) * wb.to(dtype)).sum() for gb, wb in blocks]).sum()
+    parts = [(gb.to(dtype) * wb.to(dtype)).sum(_row_dims(w)) for gb, wb in blocks]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -67,9 +69,9 @@ def _broadcastable(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tenso
 
 
 def _norm(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """fp32 ``‖w‖`` (0-d) or row norms (``(rows,)``) of one tensor."""
+    """``‖w‖`` (0-d) or row norms (``(rows,)``) of one tensor, in ``compute_dtype``."""
     dims = None if granularity == "tensor" else _row_dims(w)
-    return torch.linalg.vector_norm(w, dim=dims, dtype=torch.float32)
+    return torch.linalg.vector_norm(w, dim=dims, dtype=compute_dtype(w.dtype))
 
 
 def _tensor_by_tensor(tensors: list[torch.Tensor]) -> bool:

@@ -12,7 +12,8 @@ nothing. Targets are either the norms recorded at the switch (LAWN) or a fixed v
 
 Checkpoint layout (standard ``Optimizer.state_dict`` format, so schedulers, DCP and frameworks see a plain
 optimizer): scalars (``lawn_steps``, ``lawn_frozen`` and the options) live in every entry of
-``param_groups``; the fp32 target norms live in ``state[p]["lawn_target_norm"]`` from the first step on.
+``param_groups``; the target norms (fp32; fp64 for fp64 weights) live in ``state[p]["lawn_target_norm"]``
+from the first step on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch.optim import Optimizer
 
 from lawn import constraint
 from lawn._dtensor import full, is_dtensor
-from lawn.constraint import GRANULARITIES, Granularity
+from lawn.constraint import GRANULARITIES, Granularity, compute_dtype
 from lawn.constraint_compiled import compiled_project_onto_tangent_, compiled_retract_
 from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
 
@@ -230,8 +231,8 @@ class NormConstraint(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a checkpoint of this optimizer (or of the bare base one, keeping LAWN's current settings).
 
-        Target norms are restored in fp32 even for low-precision parameters; everything is validated before
-        anything is changed.
+        Target norms are restored in fp32 (fp64 for fp64 weights), also for low-precision parameters; everything
+        is validated before anything is changed.
         """
         saved_groups = state_dict["param_groups"]
         _require(
@@ -277,7 +278,8 @@ class NormConstraint(Optimizer):
         for group in self._constrained:
             for p in group:
                 if id(p) in targets:
-                    self.state[p][TARGET_KEY] = targets[id(p)].to(device=p.device, dtype=torch.float32, copy=True)
+                    target = targets[id(p)].to(device=p.device, dtype=compute_dtype(p.dtype), copy=True)
+                    self.state[p][TARGET_KEY] = target
         self._on_sphere.clear()
         if self.phase == "constrained":  # a checkpoint's weights were saved on their spheres (after a retraction)
             self._mark_on_sphere([p for group in self._constrained for p in group])
@@ -300,7 +302,7 @@ class NormConstraint(Optimizer):
 
     @property
     def target_norms(self) -> dict[str, torch.Tensor]:
-        """``name → target norm`` (fp32; empty before the switch)."""
+        """``name → target norm`` (fp32, fp64 for fp64 weights; empty before the switch)."""
         if self.phase == "free":
             return {}
         return {name: self.state[p][TARGET_KEY] for name, p in self.constrained_parameters}
@@ -470,7 +472,7 @@ def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tens
     if is_dtensor(p):
         return torch.zeros_like(constraint.norms(p, granularity))
     shape = () if granularity == "tensor" else (p.shape[0],)
-    return torch.zeros(shape, dtype=torch.float32, device=p.device)
+    return torch.zeros(shape, dtype=compute_dtype(p.dtype), device=p.device)
 
 
 def _checked_norms(name: str, p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
