@@ -30,6 +30,9 @@ def adam(model):
         ({"foreach": "fast"}, TypeError, "foreach"),
         ({"compiled": "yes"}, TypeError, "compiled"),
         ({"compiled": True, "foreach": False}, ValueError, "compiled"),
+        ({"fused": 1}, TypeError, "fused"),
+        ({"fused": True, "foreach": False}, ValueError, "fused"),
+        ({"fused": True, "compiled": True}, ValueError, "fused and compiled"),
     ],
 )
 def test_bad_options_are_named(model, kwargs, error, match):

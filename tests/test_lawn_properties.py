@@ -14,13 +14,14 @@ from lawn_helpers import OPTIMIZERS, BNNet, batches, train_step
 SHAPES = [(5,), (4, 3), (8, 2, 3), (3, 2, 3, 3), (1, 6), (7, 1)]
 
 # The fast paths: the foreach module in its CPU loop order (tensor by tensor) and in the batched order used on
-# other devices, and the torch.compile'd path.
-FAST_PATHS = ["foreach", "foreach_batched", "compiled"]
+# other devices, the torch.compile'd path and the fused C++ kernel.
+FAST_PATHS = ["foreach", "foreach_batched", "compiled", "fused"]
 PATH_OPTIONS = {
     "reference": {"foreach": False},
     "foreach": {},
     "foreach_batched": {},
     "compiled": {"compiled": True},
+    "fused": {"fused": True},
 }
 
 
@@ -30,7 +31,7 @@ PATH_OPTIONS = {
     granularity=st.sampled_from(["tensor", "row"]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
     opt_name=st.sampled_from(sorted(OPTIMIZERS)),
-    path=st.sampled_from(["reference", "foreach"]),
+    path=st.sampled_from(["reference", "foreach", "fused"]),
     project=st.booleans(),
     seed=st.integers(0, 2**16),
 )

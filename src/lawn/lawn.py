@@ -28,6 +28,7 @@ class LAWN(NormConstraint):
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
         compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint_compiled``).
+        fused: contiguous fp32 CPU weights go through a hand-written C++ kernel (see ``lawn.constraint_fused``).
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now.
     """
@@ -43,6 +44,7 @@ class LAWN(NormConstraint):
         target_scale: float = 1.0,
         foreach: bool | None = None,
         compiled: bool = False,
+        fused: bool = False,
     ) -> None:
         super().__init__(
             base,
@@ -53,4 +55,5 @@ class LAWN(NormConstraint):
             target_scale=target_scale,
             foreach=foreach,
             compiled=compiled,
+            fused=fused,
         )

@@ -31,6 +31,7 @@ from lawn._dtensor import full, is_dtensor
 from lawn.constraint import GRANULARITIES, Granularity, compute_dtype
 from lawn.constraint_compiled import compiled_project_onto_tangent_, compiled_retract_
 from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint_fused import fused_project_onto_tangent_, fused_retract_
 
 TARGET_KEY = "lawn_target_norm"
 _OWN_STATE_KEYS = frozenset({TARGET_KEY})
@@ -81,6 +82,9 @@ class NormConstraint(Optimizer):
         retract_every: retract after steps ``k, 2k, ...`` only (WRS's interval); 1 retracts after every step.
         compiled: fuse the projection and the retraction with ``torch.compile`` (compiles at the first
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
+        fused: run contiguous fp32 CPU tensors through the hand-written C++ kernel of
+            :mod:`lawn.constraint_fused` (one pass per row; built at first use, about 30 s, then cached; falls
+            back to the foreach path, with a warning, if building fails).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class NormConstraint(Optimizer):
         foreach: bool | None = None,
         retract_every: int = 1,
         compiled: bool = False,
+        fused: bool = False,
     ) -> None:
         _require(
             isinstance(base, Optimizer),
@@ -127,6 +132,9 @@ class NormConstraint(Optimizer):
         )
         _require(isinstance(compiled, bool), f"compiled: expected a bool, got {compiled!r}", TypeError)
         _require(not (compiled and foreach is False), "compiled=True runs the fused path: leave foreach unset")
+        _require(isinstance(fused, bool), f"fused: expected a bool, got {fused!r}", TypeError)
+        _require(not (fused and foreach is False), "fused=True runs the fused kernel: leave foreach unset")
+        _require(not (fused and compiled), "fused and compiled: choose one of the two fast paths")
         _require(
             isinstance(retract_every, int) and not isinstance(retract_every, bool),
             f"retract_every: expected an int, got {retract_every!r}",
@@ -158,6 +166,7 @@ class NormConstraint(Optimizer):
         self._names: dict[torch.Tensor, str] = {p: seen[id(p)] for group in self._constrained for p in group}
         self._foreach = True if foreach is None else foreach
         self._compiled = compiled
+        self._fused = fused
         # p → (p._version, target) recorded when ‖p‖ = target held (after a retraction, at the switch, at a
         # load): while both are unchanged, the projection reuses the target as ‖p‖ instead of computing it.
         self._on_sphere: dict[torch.Tensor, tuple[int, torch.Tensor]] = {}
@@ -372,6 +381,8 @@ class NormConstraint(Optimizer):
         granularity = group["lawn_granularity"]
         if self._compiled:
             compiled_project_onto_tangent_([p.grad for p in params], params, granularity)
+        elif self._fused:
+            fused_project_onto_tangent_([p.grad for p in params], params, granularity, self._known_norms(params))
         elif self._foreach:
             foreach_project_onto_tangent_([p.grad for p in params], params, granularity, self._known_norms(params))
         else:
@@ -383,6 +394,8 @@ class NormConstraint(Optimizer):
         targets = [self.state[p][TARGET_KEY] for p in params]
         if self._compiled:
             compiled_retract_(params, targets, granularity)
+        elif self._fused:
+            fused_retract_(params, targets, granularity)
         elif self._foreach:
             foreach_retract_(params, targets, granularity)
         else:

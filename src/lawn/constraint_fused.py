@@ -1,0 +1,116 @@
+"""Optional fused CPU path (``fused=True``): the projection and the retraction in a hand-written C++ kernel.
+
+Same formulas as :mod:`lawn.constraint` (``g ← g − (⟨g, w⟩ / ‖w‖²) · w``, ``w ← w · (target / ‖w‖)``), for
+contiguous fp32 CPU tensors, in ``csrc/fused_constraint.cpp``:
+
+* per row, one pass over each row: its sums are taken while the row streams through the cache and the update
+  follows while it is still there, so the projection reads ``g`` and ``w`` once and writes ``g`` once (the
+  least memory traffic the math allows); the foreach path needs a second pass;
+* per tensor, the two passes the math needs (the reduction, then the update), without temporaries;
+* sums in fp32 vector lanes over blocks of 4096 elements and in fp64 across blocks, in block order: accurate
+  at any size and independent of the number of threads.
+
+The kernel is compiled at first use by ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
+needed: ``pip install "lawn[fused]"``; about half a minute, then cached by torch under
+``$TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default). If building fails, a warning is issued
+once and the foreach path is used from then on. Tensors the kernel does not take (other devices or dtypes,
+non-contiguous, ``DTensor``) and calls inside ``torch.compile`` go to the foreach path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from lawn._dtensor import is_dtensor
+from lawn.constraint import Granularity
+from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
+
+SOURCE = Path(__file__).with_name("csrc") / "fused_constraint.cpp"
+_EMPTY = torch.empty(0)  # "norm not known" for the kernel
+
+
+class _Kernel:
+    """The extension, built once per process on first use; ``None`` after a failed build."""
+
+    module: ModuleType | None = None
+    failed: bool = False
+
+    @classmethod
+    def get(cls) -> ModuleType | None:
+        if cls.module is None and not cls.failed:
+            try:
+                cls.module = build()
+            except Exception as error:  # no compiler, no ninja, a compile error: warn once, use the foreach path
+                cls.failed = True
+                warnings.warn(
+                    f"lawn: building the fused kernel failed ({type(error).__name__}: {error}); "
+                    "using the foreach path instead",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return cls.module
+
+
+def build() -> ModuleType:
+    """Compile (or load from torch's extension cache) ``csrc/fused_constraint.cpp``."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(
+        name="lawn_fused_constraint",
+        sources=[str(SOURCE)],
+        extra_cflags=["-O3", "-fopenmp"],  # OpenMP: at::parallel_for then runs on torch's intra-op threads
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+def available() -> bool:
+    """Whether the fused kernel is built (building it now if needed) and usable in this process."""
+    return _Kernel.get() is not None
+
+
+def _takes(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not is_dtensor(t)
+
+
+def _split(*lists: list, keep: list[bool]) -> tuple[tuple[list, ...], tuple[list, ...]]:
+    """Each list split into (entries where ``keep``, the others)."""
+    kept = tuple([x for x, k in zip(xs, keep) if k] for xs in lists)
+    rest = tuple([x for x, k in zip(xs, keep) if not k] for xs in lists)
+    return kept, rest
+
+
+def fused_project_onto_tangent_(
+    grads: list[torch.Tensor],
+    params: list[torch.Tensor],
+    granularity: Granularity,
+    norms: list[torch.Tensor | None] | None = None,
+) -> None:
+    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair; ``norms``: ``‖w‖`` where known (else ``None``)."""
+    known = list(norms) if norms is not None else [None] * len(params)
+    kernel = None if torch.compiler.is_compiling() or not grads else _Kernel.get()
+    params = [w.detach() for w in params]
+    keep = [kernel is not None and _takes(g) and _takes(w) for g, w in zip(grads, params)]
+    (g_in, w_in, n_in), (g_out, w_out, n_out) = _split(grads, params, known, keep=keep)
+    if g_in:
+        kernel.project_(g_in, w_in, [_EMPTY if n is None else n for n in n_in], granularity == "row")
+        torch.autograd.graph.increment_version(g_in)
+    if g_out:
+        foreach_project_onto_tangent_(g_out, w_out, granularity, n_out)
+
+
+def fused_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
+    """In place: ``w ← w · (target / ‖w‖)`` for each pair."""
+    kernel = None if torch.compiler.is_compiling() or not params else _Kernel.get()
+    params = [w.detach() for w in params]
+    keep = [kernel is not None and _takes(w) and _takes(t) for w, t in zip(params, targets)]
+    (w_in, t_in), (w_out, t_out) = _split(params, targets, keep=keep)
+    if w_in:
+        kernel.retract_(w_in, t_in, granularity == "row")
+        torch.autograd.graph.increment_version(w_in)
+    if w_out:
+        foreach_retract_(w_out, t_out, granularity)

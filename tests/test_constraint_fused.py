@@ -1,0 +1,143 @@
+"""The fused C++ kernel (``fused=True``): agrees with the reference, takes only what it can, falls back cleanly."""
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lawn
+import lawn.constraint_fused as constraint_fused
+from lawn.constraint import norms, project_onto_tangent, retract
+from lawn.constraint_fused import fused_project_onto_tangent_, fused_retract_
+from lawn_helpers import BNNet, batches, train_step
+
+SHAPES = [(), (7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1), (33, 4100)]  # 4100 > one 4096-element block per row
+KINDS = ["contiguous", "transposed", "bf16", "fp64"]  # the kernel takes the first; the others go to foreach
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    """Build the kernel once for this module (a failed build is a failure here, not a skip)."""
+    assert constraint_fused.available(), "the fused kernel did not build (needs a C++ compiler and ninja)"
+
+
+def _tensor(shape, kind, gen):
+    if kind == "transposed" and len(shape) == 2:
+        return torch.randn(shape[::-1], generator=gen).t()
+    x = torch.randn(shape, generator=gen)
+    return {"bf16": x.bfloat16(), "fp64": x.double()}.get(kind, x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    picks=st.lists(st.tuples(st.integers(0, len(SHAPES) - 1), st.sampled_from(KINDS)), min_size=1, max_size=5),
+    granularity=st.sampled_from(["tensor", "row"]),
+    known_norms=st.sampled_from(["none", "all", "some"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_agrees_with_reference(picks, granularity, known_norms, seed):
+    """Mixed lists (tensors the kernel takes and tensors it leaves to the foreach path), ``‖w‖`` given for none,
+    all or some of them."""
+    picks = [(SHAPES[i], kind) for i, kind in picks if granularity == "tensor" or len(SHAPES[i]) >= 2]
+    picks = picks or [((3, 4), "contiguous")]
+    gen = torch.Generator().manual_seed(seed)
+    ws = [_tensor(shape, kind, gen) for shape, kind in picks]
+    gs = [_tensor(shape, kind, gen) for shape, kind in picks]
+    targets = [norms(w, granularity) * 1.3 for w in ws]
+    tols = [{"rtol": 2e-2, "atol": 2e-2} if kind == "bf16" else {"rtol": 1e-5, "atol": 1e-6} for _, kind in picks]
+
+    expected_g = [project_onto_tangent(g, w, granularity) for g, w in zip(gs, ws)]
+    given = {"none": None, "all": [norms(w, granularity) for w in ws]}.get(known_norms)
+    if known_norms == "some":
+        given = [norms(w, granularity) if i % 2 else None for i, w in enumerate(ws)]
+    fused_project_onto_tangent_(gs, ws, granularity, given)
+    for got, expected, tol in zip(gs, expected_g, tols):
+        torch.testing.assert_close(got, expected, **tol)
+
+    expected_w = [retract(w, t, granularity) for w, t in zip(ws, targets)]
+    fused_retract_(ws, targets, granularity)
+    for got, expected, tol in zip(ws, expected_w, tols):
+        torch.testing.assert_close(got, expected, **tol)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_sums_are_accurate_for_large_tensors_and_do_not_depend_on_the_thread_count(granularity):
+    """fp32 blocks summed in fp64, in block order: the norm after a retraction is the target
+    to 1e-6 (checked in fp64) at 3M elements, and the result is bit-identical with 1 or 2 threads."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(768, 4096, generator=gen)
+    g = torch.randn(768, 4096, generator=gen)
+    target = norms(w, granularity) * 0.7
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            w_n, g_n = w.clone(), g.clone()
+            fused_project_onto_tangent_([g_n], [w_n], granularity)
+            fused_retract_([w_n], [target], granularity)
+            results.append((w_n, g_n))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    w_out, g_out = (x.double() for x in results[0])
+    dims = None if granularity == "tensor" else 1
+    exact_norm = torch.linalg.vector_norm(w_out, dim=dims)
+    torch.testing.assert_close(exact_norm, target.double(), rtol=1e-6, atol=0)
+    cosine = (g_out * w.double()).sum(dim=dims) / (torch.linalg.vector_norm(g_out, dim=dims) * exact_norm)
+    assert cosine.abs().max() < 1e-6, "the projected gradient is orthogonal to the weight"
+
+
+def test_in_place_updates_bump_the_version_counters():
+    """Autograd must see the kernel's writes (a stale graph then fails loudly instead of using new weights)."""
+    w = torch.nn.Parameter(torch.randn(4, 5))
+    g = torch.randn(4, 5)
+    w_version, g_version = w._version, g._version
+    fused_project_onto_tangent_([g], [w], "tensor")
+    fused_retract_([w], [norms(w)], "tensor")
+    assert g._version > g_version and w._version > w_version
+
+
+def test_build_failure_warns_once_and_falls_back_to_the_foreach_path(monkeypatch):
+    def broken_build():
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(constraint_fused, "build", broken_build)
+    monkeypatch.setattr(constraint_fused._Kernel, "module", None)
+    monkeypatch.setattr(constraint_fused._Kernel, "failed", False)
+
+    def run(**options):
+        torch.manual_seed(0)
+        model = BNNet()
+        opt = lawn.LAWN(torch.optim.Adam(model.parameters(), lr=1e-2), model.tail(), free_steps=2, **options)
+        return model, opt
+
+    (model_a, fused), (model_b, plain) = run(fused=True), run()
+    data = batches(6)
+    with pytest.warns(RuntimeWarning, match="building the fused kernel failed.*no compiler here"):
+        for xb, yb in data[:3]:
+            train_step(model_a, fused, xb, yb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: not again
+        for xb, yb in data[3:]:
+            train_step(model_a, fused, xb, yb)
+    for xb, yb in data:
+        train_step(model_b, plain, xb, yb)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_compiled_step_traces_the_foreach_path_instead():
+    """Inside ``torch.compile`` the opaque kernel would break the graph: the traceable foreach path runs."""
+    torch.manual_seed(0)
+    model = BNNet()
+    opt = lawn.LAWN(torch.optim.SGD(model.parameters(), lr=0.05), model.tail(), free_steps=1, fused=True)
+    step = torch.compile(opt.step, backend="eager", fullgraph=False)
+    for xb, yb in batches(4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        step()
+    for (_, p), target in zip(model.tail(), opt.target_norms.values()):
+        torch.testing.assert_close(norms(p), target)
