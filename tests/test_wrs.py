@@ -118,10 +118,11 @@ def test_training_reduces_the_loss() -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_reference_and_foreach_agree() -> None:
+@pytest.mark.parametrize("fast", [{}, {"fused": True}], ids=["foreach", "fused"])
+def test_reference_and_fast_paths_agree(fast: dict) -> None:
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
     models = [_bn_net(), _bn_net()]
-    opts = [_wrs(models[0], x, granularity="row"), _wrs(models[1], x, granularity="row", foreach=False)]
+    opts = [_wrs(models[0], x, granularity="row", **fast), _wrs(models[1], x, granularity="row", foreach=False)]
     for _ in range(3):
         for model, opt in zip(models, opts):
             _train_step(model, opt, x, y)

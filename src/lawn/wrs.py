@@ -33,6 +33,7 @@ class WRS(NormConstraint):
         granularity: ``"tensor"`` (``‖W‖ = 1``) or ``"row"`` (``‖W_i‖ = 1`` per output unit / filter).
         target_norm: the norm kept, 1 by default.
         foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
+        fused: contiguous fp32 CPU weights go through lawn's C++ kernel (see ``lawn.constraint_fused``).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class WRS(NormConstraint):
         *,
         target_norm: float = 1.0,
         foreach: bool | None = None,
+        fused: bool = False,
     ) -> None:
         if not isinstance(every, int) or isinstance(every, bool):
             raise TypeError(f"every: expected an int, got {every!r}")
@@ -67,6 +69,7 @@ class WRS(NormConstraint):
             target_norm=target_norm,
             foreach=foreach,
             retract_every=every,
+            fused=fused,
         )
 
     @property
