@@ -37,11 +37,12 @@ def _model_and_opt(granularity="tensor", free_steps=2, opt="sgd", **kwargs):
     return model, lawn.LAWN(base, model.tail(), free_steps=free_steps, granularity=granularity, **kwargs)
 
 
-@pytest.mark.parametrize("tensor_by_tensor", [True, False])
+@pytest.mark.parametrize("path", ["foreach", "foreach_batched", "fused"])
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
-def test_constrained_steps_never_read_a_tensor_on_the_host(granularity, tensor_by_tensor, monkeypatch):
+def test_constrained_steps_never_read_a_tensor_on_the_host(granularity, path, monkeypatch):
+    tensor_by_tensor = path != "foreach_batched"
     monkeypatch.setattr(lawn.constraint_foreach, "_tensor_by_tensor", lambda tensors: tensor_by_tensor)
-    model, opt = _model_and_opt(granularity)
+    model, opt = _model_and_opt(granularity, fused=path == "fused")
     data = batches(6)
     for xb, yb in data[:3]:
         train_step(model, opt, xb, yb)
