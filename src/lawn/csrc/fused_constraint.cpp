@@ -8,12 +8,22 @@
 // elements and in fp64 across blocks, so they stay accurate for tensors of any size (torch's fp32
 // vector_norm on CPU drifts by ~1e-5 relative at 1M elements). Work is split with at::parallel_for,
 // i.e. over torch's own intra-op threads (torch.set_num_threads).
+//
+// The loops are compiled for several instruction sets (GCC's target_clones: AVX-512, AVX2+FMA, baseline x86-64)
+// and the best one the CPU has is picked when the library loads, so one build is safe on any x86-64 machine
+// (torch's extension cache may be shared between machines) and still uses wide vectors where they exist.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LAWN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LAWN_VECTOR_CLONES
+#endif
 
 namespace {
 
@@ -60,15 +70,50 @@ inline void scale(float* w, float s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) w[i] *= s;
 }
 
+// The loops, one function each so that each is compiled per instruction set (the inline helpers above are
+// inlined into every clone).
+LAWN_VECTOR_CLONES void block_sums(const float* a, const float* b, int64_t n, bool want_sq, int64_t first,
+                                   int64_t last, Sums* out) {
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t start = k * BLOCK;
+    out[k] = sums(a + start, b + start, std::min(BLOCK, n - start), want_sq);
+  }
+}
+
+LAWN_VECTOR_CLONES void axpy_range(float* g, const float* w, float c, int64_t first, int64_t last) {
+  axpy(g + first, w + first, c, last - first);
+}
+
+LAWN_VECTOR_CLONES void scale_range(float* w, float s, int64_t first, int64_t last) {
+  scale(w + first, s, last - first);
+}
+
+// Rows [first, last) of a (rows, cols) pair: g_i <- g_i - (<g_i, w_i> / |w_i|^2) w_i; r: |w_i| or nullptr.
+LAWN_VECTOR_CLONES void project_rows(float* g, const float* w, const float* r, int64_t cols, int64_t first,
+                                     int64_t last) {
+  for (int64_t i = first; i < last; ++i) {
+    float* gi = g + i * cols;
+    const float* wi = w + i * cols;
+    const Sums s = sums(gi, wi, cols, r == nullptr);
+    const double sq = r != nullptr ? double(r[i]) * double(r[i]) : s.sq;
+    axpy(gi, wi, static_cast<float>(s.dot / sq), cols);
+  }
+}
+
+// Rows [first, last): w_i <- w_i * (target_i / |w_i|).
+LAWN_VECTOR_CLONES void retract_rows(float* w, const float* target, int64_t cols, int64_t first, int64_t last) {
+  for (int64_t i = first; i < last; ++i) {
+    float* wi = w + i * cols;
+    scale(wi, static_cast<float>(double(target[i]) / std::sqrt(squared_norm(wi, cols))), cols);
+  }
+}
+
 // Blocks of a whole tensor, summed in parallel: (dot, sq) over all of it.
 Sums tensor_sums(const float* a, const float* b, int64_t n, bool want_sq) {
   const int64_t blocks = (n + BLOCK - 1) / BLOCK;
   std::vector<Sums> part(blocks);
   at::parallel_for(0, blocks, 16, [&](int64_t first, int64_t last) {
-    for (int64_t k = first; k < last; ++k) {
-      const int64_t start = k * BLOCK;
-      part[k] = sums(a + start, b + start, std::min(BLOCK, n - start), want_sq);
-    }
+    block_sums(a, b, n, want_sq, first, last, part.data());
   });
   Sums total;  // summed in block order: the result does not depend on the number of threads
   for (const Sums& s : part) {
@@ -113,17 +158,11 @@ void project_(std::vector<torch::Tensor> grads, std::vector<torch::Tensor> param
       const Sums s = tensor_sums(g, w, n, !known);
       const double sq = known ? double(r[0]) * double(r[0]) : s.sq;
       const float c = static_cast<float>(s.dot / sq);
-      at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { axpy(g + first, w + first, c, last - first); });
+      at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { axpy_range(g, w, c, first, last); });
       continue;
     }
     at::parallel_for(0, rows, grain(cols), [&](int64_t first, int64_t last) {
-      for (int64_t i = first; i < last; ++i) {
-        float* gi = g + i * cols;
-        const float* wi = w + i * cols;
-        const Sums s = sums(gi, wi, cols, !known);
-        const double sq = known ? double(r[i]) * double(r[i]) : s.sq;
-        axpy(gi, wi, static_cast<float>(s.dot / sq), cols);
-      }
+      project_rows(g, w, r, cols, first, last);
     });
   }
 }
@@ -142,14 +181,11 @@ void retract_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> targ
     const float* target = targets[k].data_ptr<float>();
     if (!per_row) {
       const float s = static_cast<float>(double(target[0]) / std::sqrt(tensor_sums(w, w, n, false).dot));
-      at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { scale(w + first, s, last - first); });
+      at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { scale_range(w, s, first, last); });
       continue;
     }
     at::parallel_for(0, rows, grain(cols), [&](int64_t first, int64_t last) {
-      for (int64_t i = first; i < last; ++i) {
-        float* wi = w + i * cols;
-        scale(wi, static_cast<float>(double(target[i]) / std::sqrt(squared_norm(wi, cols))), cols);
-      }
+      retract_rows(w, target, cols, first, last);
     });
   }
 }
