@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import warnings
 
+import pytest
 import pytorch_optimizer
 import torch
 from torch import nn
@@ -93,3 +95,20 @@ def assert_same_tree(a: object, b: object) -> None:
             assert_same_tree(x, y)
     else:
         assert a == b
+
+
+def assert_falls_back_once(fast: tuple, plain: tuple, match: str, steps: int = 6) -> None:
+    """``fast = (model, opt)`` warns (a ``RuntimeWarning`` matching ``match``) in its first steps and never
+    again, and trains its model like ``plain = (model, opt)`` trains its own."""
+    data = batches(steps)
+    with pytest.warns(RuntimeWarning, match=match):
+        for xb, yb in data[: steps // 2]:
+            train_step(*fast, xb, yb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: not again
+        for xb, yb in data[steps // 2 :]:
+            train_step(*fast, xb, yb)
+    for xb, yb in data:
+        train_step(*plain, xb, yb)
+    for a, b in zip(fast[0].parameters(), plain[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
