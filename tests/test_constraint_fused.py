@@ -13,7 +13,9 @@ from lawn.constraint_fused import fused_project_onto_tangent_, fused_retract_
 from lawn_helpers import BNNet, assert_falls_back_once, batches
 
 SHAPES = [(), (7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1), (33, 4100)]  # 4100 > one 4096-element block per row
-KINDS = ["contiguous", "transposed", "bf16", "fp64"]  # the kernel takes the first; the others go to foreach
+# The kernel takes contiguous and channels-last fp32 tensors; transposed ones, other dtypes and a gradient laid out
+# unlike its weight ("mixed": a channels-last weight with a contiguous gradient) go to the foreach path.
+KINDS = ["contiguous", "channels_last", "mixed", "transposed", "bf16", "fp64"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,10 +24,12 @@ def kernel():
     assert constraint_fused.available(), "the fused kernel did not build (needs a C++ compiler and ninja)"
 
 
-def _tensor(shape, kind, gen):
+def _tensor(shape, kind, gen, grad=False):
     if kind == "transposed" and len(shape) == 2:
         return torch.randn(shape[::-1], generator=gen).t()
     x = torch.randn(shape, generator=gen)
+    if len(shape) == 4 and (kind == "channels_last" or (kind == "mixed" and not grad)):
+        return x.contiguous(memory_format=torch.channels_last)
     return {"bf16": x.bfloat16(), "fp64": x.double()}.get(kind, x)
 
 
@@ -43,7 +47,7 @@ def test_fused_agrees_with_reference(picks, granularity, known_norms, seed):
     picks = picks or [((3, 4), "contiguous")]
     gen = torch.Generator().manual_seed(seed)
     ws = [_tensor(shape, kind, gen) for shape, kind in picks]
-    gs = [_tensor(shape, kind, gen) for shape, kind in picks]
+    gs = [_tensor(shape, kind, gen, grad=True) for shape, kind in picks]
     targets = [norms(w, granularity) * 1.3 for w in ws]
     tols = [{"rtol": 2e-2, "atol": 2e-2} if kind == "bf16" else {"rtol": 1e-5, "atol": 1e-6} for _, kind in picks]
 
@@ -87,6 +91,26 @@ def test_sums_are_accurate_for_large_tensors_and_do_not_depend_on_the_thread_cou
     torch.testing.assert_close(exact_norm, target.double(), rtol=1e-6, atol=0)
     cosine = (g_out * w.double()).sum(dim=dims) / (torch.linalg.vector_norm(g_out, dim=dims) * exact_norm)
     assert cosine.abs().max() < 1e-6, "the projected gradient is orthogonal to the weight"
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_channels_last_weights_go_through_the_kernel(granularity, monkeypatch):
+    """Channels-last conv weights (and their gradients, laid out alike) are dense with dim 0 outermost: the kernel
+    takes them as they are, and they match the reference."""
+    fallbacks = []
+    monkeypatch.setattr(constraint_fused, "foreach_project_onto_tangent_", lambda *args: fallbacks.append(args))
+    monkeypatch.setattr(constraint_fused, "foreach_retract_", lambda *args: fallbacks.append(args))
+    gen = torch.Generator().manual_seed(0)
+    w, g = (torch.randn(16, 8, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    target = norms(w, granularity) * 0.8
+    expected_g = project_onto_tangent(g, w, granularity)
+    fused_project_onto_tangent_([g], [w], granularity)
+    expected_w = retract(w, target, granularity)
+    fused_retract_([w], [target], granularity)
+    assert fallbacks == []
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(g, expected_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, expected_w, rtol=1e-5, atol=1e-6)
 
 
 def test_in_place_updates_bump_the_version_counters():

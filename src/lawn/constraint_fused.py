@@ -1,7 +1,7 @@
 """Optional fused CPU path (``fused=True``): the projection and the retraction in a hand-written C++ kernel.
 
 Same formulas as :mod:`lawn.constraint` (``g ← g − (⟨g, w⟩ / ‖w‖²) · w``, ``w ← w · (target / ‖w‖)``), for
-contiguous fp32 CPU tensors, in ``csrc/fused_constraint.cpp``:
+fp32 CPU tensors (contiguous or channels-last), in ``csrc/fused_constraint.cpp``:
 
 * per row, one pass over each row: its sums are taken while the row streams through the cache and the update
   follows while it is still there, so the projection reads ``g`` and ``w`` once and writes ``g`` once (the
@@ -14,7 +14,8 @@ The kernel is compiled at first use by ``torch.utils.cpp_extension.load`` (a C++
 needed: ``pip install "lawn[fused]"``; about half a minute, then cached by torch under
 ``$TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default). If building fails, a warning is issued
 once and the foreach path is used from then on. Tensors the kernel does not take (other devices or dtypes,
-non-contiguous, ``DTensor``) and calls inside ``torch.compile`` go to the foreach path.
+other layouts, a gradient laid out unlike its weight, ``DTensor``) and calls inside ``torch.compile`` go to the
+foreach path.
 """
 
 from __future__ import annotations
@@ -73,8 +74,17 @@ def available() -> bool:
     return _Kernel.get() is not None
 
 
-def _takes(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not is_dtensor(t)
+_DENSE_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}  # besides contiguous; both keep dim 0 outermost
+
+
+def _takes(t: torch.Tensor, like: torch.Tensor | None = None) -> bool:
+    """A CPU fp32 tensor, contiguous or channels-last (and laid out like ``like``, if given)."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or is_dtensor(t):
+        return False
+    if like is not None and (t.shape != like.shape or t.stride() != like.stride()):
+        return False
+    last = _DENSE_FORMATS.get(t.dim())
+    return t.is_contiguous() or (last is not None and t.is_contiguous(memory_format=last))
 
 
 def _split(*lists: list, keep: list[bool]) -> tuple[tuple[list, ...], tuple[list, ...]]:
@@ -94,7 +104,7 @@ def fused_project_onto_tangent_(
     known = list(norms) if norms is not None else [None] * len(params)
     kernel = None if torch.compiler.is_compiling() or not grads else _Kernel.get()
     params = [w.detach() for w in params]
-    keep = [kernel is not None and _takes(g) and _takes(w) for g, w in zip(grads, params)]
+    keep = [kernel is not None and _takes(w) and _takes(g, like=w) for g, w in zip(grads, params)]
     (g_in, w_in, n_in), (g_out, w_out, n_out) = _split(grads, params, known, keep=keep)
     if g_in:
         kernel.project_(g_in, w_in, [_EMPTY if n is None else n for n in n_in], granularity == "row")

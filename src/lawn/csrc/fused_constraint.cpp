@@ -123,10 +123,17 @@ Sums tensor_sums(const float* a, const float* b, int64_t n, bool want_sq) {
   return total;
 }
 
+// Any dense layout will do (contiguous, channels_last, ...): sums do not depend on the order of the elements and
+// the updates are elementwise, as long as g and w share their strides and, per row, each row is one block.
 void check(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), what, ": expected a CPU tensor");
   TORCH_CHECK(t.scalar_type() == torch::kFloat32, what, ": expected float32, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), what, ": expected a contiguous tensor");
+  TORCH_CHECK(t.is_non_overlapping_and_dense(), what, ": expected a dense tensor");
+}
+
+void check_rows(const torch::Tensor& t, bool per_row) {
+  TORCH_CHECK(!per_row || t.size(0) <= 1 || t.stride(0) * t.size(0) == t.numel(),
+              "per row: expected dim 0 to be the outermost (each row one block of memory)");
 }
 
 int64_t rows_of(const torch::Tensor& t, bool per_row) { return per_row ? t.size(0) : 1; }
@@ -144,7 +151,9 @@ void project_(std::vector<torch::Tensor> grads, std::vector<torch::Tensor> param
   for (size_t k = 0; k < grads.size(); ++k) {
     check(grads[k], "grad");
     check(params[k], "param");
-    TORCH_CHECK(grads[k].numel() == params[k].numel(), "project_: grad and param sizes differ");
+    TORCH_CHECK(grads[k].sizes() == params[k].sizes() && grads[k].strides() == params[k].strides(),
+                "project_: grad and param differ in shape or layout");
+    check_rows(params[k], per_row);
     const bool known = norms[k].numel() > 0;
     if (known) check(norms[k], "norm");
     float* g = grads[k].data_ptr<float>();
@@ -173,6 +182,7 @@ void retract_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> targ
   for (size_t k = 0; k < params.size(); ++k) {
     check(params[k], "param");
     check(targets[k], "target");
+    check_rows(params[k], per_row);
     float* w = params[k].data_ptr<float>();
     const int64_t n = params[k].numel();
     if (n == 0) continue;
