@@ -28,7 +28,7 @@ class LAWN(NormConstraint):
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
         compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint_compiled``).
-        fused: contiguous fp32 CPU weights go through a hand-written C++ kernel (see ``lawn.constraint_fused``).
+        fused: fp32 CPU weights (contiguous or channels-last) go through a C++ kernel (see ``lawn.constraint_fused``).
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now.
     """

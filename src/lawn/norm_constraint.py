@@ -82,7 +82,7 @@ class NormConstraint(Optimizer):
         retract_every: retract after steps ``k, 2k, ...`` only (WRS's interval); 1 retracts after every step.
         compiled: fuse the projection and the retraction with ``torch.compile`` (compiles at the first
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
-        fused: run contiguous fp32 CPU tensors through the hand-written C++ kernel of
+        fused: run fp32 CPU tensors (contiguous or channels-last) through the C++ kernel of
             :mod:`lawn.constraint_fused` (one pass per row; built at first use, about 30 s, then cached; falls
             back to the foreach path, with a warning, if building fails).
     """

@@ -33,7 +33,8 @@ class WRS(NormConstraint):
         granularity: ``"tensor"`` (``‖W‖ = 1``) or ``"row"`` (``‖W_i‖ = 1`` per output unit / filter).
         target_norm: the norm kept, 1 by default.
         foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
-        fused: contiguous fp32 CPU weights go through lawn's C++ kernel (see ``lawn.constraint_fused``).
+        fused: fp32 CPU weights (contiguous or channels-last) go through lawn's C++ kernel
+            (see ``lawn.constraint_fused``).
     """
 
     def __init__(
