@@ -64,9 +64,9 @@ def make_model(seed: int = 0) -> TinyNet:
     return TinyNet()
 
 
-def make_lawn(model: TinyNet, granularity: str = "tensor", free_steps: int = FREE_STEPS) -> lawn.LAWN:
+def make_lawn(model: TinyNet, granularity: str = "tensor", free_steps: int = FREE_STEPS, **options) -> lawn.LAWN:
     base = torch.optim.Adam(model.parameters(), lr=0.05)
-    return lawn.LAWN(base, model.tail(), free_steps=free_steps, granularity=granularity)
+    return lawn.LAWN(base, model.tail(), free_steps=free_steps, granularity=granularity, **options)
 
 
 def make_lawn_to_load_with_dcp(model: nn.Module, granularity: str, free_steps: int) -> lawn.LAWN:
@@ -152,13 +152,15 @@ def _save(obj: object, out: Path, name: str, rank: int) -> None:
     torch.save(obj, out / f"{name}_rank{rank}.pt")
 
 
-def run_ddp(rank: int, out: Path) -> None:
-    """LAWN around the optimizer of a ``DistributedDataParallel`` model."""
+def run_ddp(rank: int, out: Path, fused: bool = False) -> None:
+    """LAWN around the optimizer of a ``DistributedDataParallel`` model (``fused``: on lawn's C++ kernel)."""
     model = make_model()
     ddp_model = DistributedDataParallel(model)
-    opt = make_lawn(model)
+    opt = make_lawn(model, fused=fused)
     train(ddp_model, opt, global_batches(), rank, WORLD)
-    _save(summary(model, opt), out, "ddp", rank)
+    result = summary(model, opt)
+    result["kernel_loaded"] = lawn.constraint_fused._Kernel.module is not None
+    _save(result, out, "ddp_fused" if fused else "ddp", rank)
 
 
 def shard(model: TinyNet) -> TinyNet:

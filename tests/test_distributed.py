@@ -64,9 +64,11 @@ def assert_ranks_identical(runs):
             assert torch.equal(p, other["params"][name]), name
 
 
-def test_ddp_matches_the_single_process_run_and_ranks_stay_identical(tmp_path, references):
-    launch(run_ddp, tmp_path)
-    runs = results(tmp_path, "ddp")
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_ddp_matches_the_single_process_run_and_ranks_stay_identical(tmp_path, references, fused):
+    launch(run_ddp, tmp_path, fused)
+    runs = results(tmp_path, "ddp_fused" if fused else "ddp")
+    assert all(run["kernel_loaded"] == fused for run in runs), "the fused run must use the kernel, the other not"
     for run in runs:
         assert_matches(run, references["tensor"])
     assert_ranks_identical(runs)
