@@ -1,5 +1,6 @@
 """The fused C++ kernel (``fused=True``): agrees with the reference, takes only what it can, falls back cleanly."""
 
+import warnings
 
 import pytest
 import torch
@@ -138,6 +139,23 @@ def test_build_failure_warns_once_and_falls_back_to_the_foreach_path(monkeypatch
         return model, opt
 
     assert_falls_back_once(run(fused=True), run(), match="building the fused kernel failed.*no compiler here")
+
+
+def test_nothing_is_built_when_no_tensor_would_use_the_kernel(monkeypatch):
+    """E.g. ``fused=True`` on a bf16 (or GPU) model: no half-minute build, no warning, the foreach path."""
+    monkeypatch.setattr(constraint_fused, "build", lambda: pytest.fail("the kernel must not be built"))
+    monkeypatch.setattr(constraint_fused._Kernel, "module", None)
+    monkeypatch.setattr(constraint_fused._Kernel, "failed", False)
+    gen = torch.Generator().manual_seed(0)
+    w, g = (torch.randn(5, 4, generator=gen).bfloat16() for _ in range(2))
+    expected_g = project_onto_tangent(g, w)
+    expected_w = retract(w, norms(w) * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused_project_onto_tangent_([g], [w], "tensor")
+        fused_retract_([w], [norms(w) * 2], "tensor")
+    torch.testing.assert_close(g, expected_g, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w, expected_w, rtol=2e-2, atol=2e-2)
 
 
 def test_a_compiled_step_traces_the_foreach_path_instead():

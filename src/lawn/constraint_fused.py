@@ -94,6 +94,13 @@ def _split(*lists: list, keep: list[bool]) -> tuple[tuple[list, ...], tuple[list
     return kept, rest
 
 
+def _kernel_for(taken: list[bool]) -> ModuleType | None:
+    """The kernel, if some tensor would go through it (only then is it built) and we are not being compiled."""
+    if not any(taken) or torch.compiler.is_compiling():
+        return None
+    return _Kernel.get()
+
+
 def fused_project_onto_tangent_(
     grads: list[torch.Tensor],
     params: list[torch.Tensor],
@@ -102,9 +109,10 @@ def fused_project_onto_tangent_(
 ) -> None:
     """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair; ``norms``: ``‖w‖`` where known (else ``None``)."""
     known = list(norms) if norms is not None else [None] * len(params)
-    kernel = None if torch.compiler.is_compiling() or not grads else _Kernel.get()
     params = [w.detach() for w in params]
-    keep = [kernel is not None and _takes(w) and _takes(g, like=w) for g, w in zip(grads, params)]
+    taken = [_takes(w) and _takes(g, like=w) for g, w in zip(grads, params)]
+    kernel = _kernel_for(taken)
+    keep = [kernel is not None and k for k in taken]
     (g_in, w_in, n_in), (g_out, w_out, n_out) = _split(grads, params, known, keep=keep)
     if g_in:
         kernel.project_(g_in, w_in, [_EMPTY if n is None else n for n in n_in], granularity == "row")
@@ -115,9 +123,10 @@ def fused_project_onto_tangent_(
 
 def fused_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
     """In place: ``w ← w · (target / ‖w‖)`` for each pair."""
-    kernel = None if torch.compiler.is_compiling() or not params else _Kernel.get()
     params = [w.detach() for w in params]
-    keep = [kernel is not None and _takes(w) and _takes(t) for w, t in zip(params, targets)]
+    taken = [_takes(w) and _takes(t) for w, t in zip(params, targets)]
+    kernel = _kernel_for(taken)
+    keep = [kernel is not None and k for k in taken]
     (w_in, t_in), (w_out, t_out) = _split(params, targets, keep=keep)
     if w_in:
         kernel.retract_(w_in, t_in, granularity == "row")
