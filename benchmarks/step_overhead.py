@@ -629,7 +629,8 @@ NOTES = [
     "  tensor it makes the two passes the math needs, with reductions that run at memory bandwidth (torch's fp32",
     "  `vector_norm` on CPU is slower than a read-write pass over the same data). Its sums are fp32 over",
     "  4096-element blocks and fp64 across blocks, so they are also accurate: torch's fp32 CPU norm is off by ~1e-5",
-    "  (relative) at 1M elements and ~3e-4 at 10M. It is built at first use (about 30 s, then cached by torch).",
+    "  (relative) at 1M elements and ~3e-4 at 10M (`benchmarks/norm_accuracy.py`). It is built at first use",
+    "  (about 30 s, then cached by torch).",
     "",
     "## The traffic limit",
     "",
@@ -643,7 +644,7 @@ NOTES = [
     "fusing into the base optimizer's own kernels (an Adam(foreach) step itself makes about 18 passes over all",
     "parameters: lerp, mul, addcmul, sqrt into a new buffer, div, add, addcdiv). With the final layer only, the",
     "constrained memory is a few percent of the parameters and the overhead is that fraction of it plus a fixed",
-    "Python cost (about 40 µs per step).",
+    "Python cost per step.",
 ]
 
 

@@ -23,3 +23,13 @@ def test_benchmark_writes_every_table(tmp_path, monkeypatch):
     for row in rows:
         assert row in text
     assert "--smoke" in text  # the command that produced it
+
+
+def test_norm_accuracy_script_measures_the_kernel_within_fp32_rounding():
+    path = BENCHMARK.with_name("norm_accuracy.py")
+    spec = importlib.util.spec_from_file_location("norm_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    errors = module.relative_errors(1 << 20)
+    assert abs(errors["fused kernel (after retraction)"]) < 1e-6
+    assert set(errors) == {"torch vector_norm", "torch dot", "fused kernel (after retraction)"}
