@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lawn.constraint_fused import available, fused_retract_
+from lawn.constraint.fused import available, fused_retract_
 
 SIZES = (4_608, 65_536, 1_048_576, 2_359_296, 9_437_184)
 

@@ -622,7 +622,7 @@ NOTES = [
     "  reductions and update are fused. It compiles at the first constrained step, once per list of shapes (no",
     "  recompilation per step, see above), and falls back to the foreach path with a warning if compiling fails.",
     "  On CPU inductor's reductions (cascade sums) cost more than they save except per row.",
-    "- **Optional fused kernel (`fused=True`).** A hand-written C++ kernel (`src/lawn/csrc/fused_constraint.cpp`)",
+    "- **Optional fused kernel (`fused=True`).** A hand-written C++ kernel (`constraint/csrc/fused_constraint.cpp`)",
     "  for fp32 CPU weights (contiguous or channels-last). Per row it makes one pass: a row's sums are taken as it",
     "  streams through the cache and its update follows while it is still there, so the projection reads `g` and",
     "  `w` once and writes `g` once, and the retraction reads and writes `w` once: the traffic limit below. Per",

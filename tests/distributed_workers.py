@@ -159,7 +159,7 @@ def run_ddp(rank: int, out: Path, fused: bool = False) -> None:
     opt = make_lawn(model, fused=fused)
     train(ddp_model, opt, global_batches(), rank, WORLD)
     result = summary(model, opt)
-    result["kernel_loaded"] = lawn.constraint_fused._Kernel.module is not None
+    result["kernel_loaded"] = lawn.constraint.fused._Kernel.module is not None
     _save(result, out, "ddp_fused" if fused else "ddp", rank)
 
 

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lawn.constraint_foreach
+import lawn.constraint.foreach
 from lawn.constraint import norms, project_onto_tangent, retract
-from lawn.constraint_foreach import foreach_norms, foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint.foreach import foreach_norms, foreach_project_onto_tangent_, foreach_retract_
 
 SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1)]
 
@@ -17,12 +17,12 @@ SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1)]
 @contextlib.contextmanager
 def _block_size(elements):
     """Sum the per-row / low-precision dot products over blocks of ``elements`` (a small value: many blocks)."""
-    saved = lawn.constraint_foreach._BLOCK
-    lawn.constraint_foreach._BLOCK = elements
+    saved = lawn.constraint.foreach._BLOCK
+    lawn.constraint.foreach._BLOCK = elements
     try:
         yield
     finally:
-        lawn.constraint_foreach._BLOCK = saved
+        lawn.constraint.foreach._BLOCK = saved
 
 
 def _rows(x, granularity):
@@ -134,4 +134,4 @@ def test_fast_path_allocates_no_temporary_the_size_of_a_weight(granularity, tens
     constrain()  # warm-up
     peak = _peak_bytes_allocated(constrain)
     assert peak > 0, "the profiler must see the coefficients being allocated"
-    assert peak <= lawn.constraint_foreach._BLOCK * 4 + 64 * 1024 < weight_bytes / 4, peak
+    assert peak <= lawn.constraint.foreach._BLOCK * 4 + 64 * 1024 < weight_bytes / 4, peak

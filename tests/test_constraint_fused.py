@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lawn
-import lawn.constraint_fused as constraint_fused
+import lawn.constraint.fused as constraint_fused
 from lawn.constraint import norms, project_onto_tangent, retract
-from lawn.constraint_fused import fused_project_onto_tangent_, fused_retract_
+from lawn.constraint.fused import fused_project_onto_tangent_, fused_retract_
 from lawn_helpers import BNNet, assert_falls_back_once, batches
 
 SHAPES = [(), (7,), (3, 5), (4, 3, 3, 3), (1, 9), (6, 1), (33, 4100)]  # 4100 > one 4096-element block per row

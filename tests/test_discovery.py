@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lawn
-from lawn.discovery import discover
+from lawn.discovery.final_homogeneous import discover
 from tests.discovery_zoo import ZOO, BNResNet, DataDependent, SigmoidOutput, TwoTower, relu_mlp
 
 ZOO_IDS = [entry.name for entry in ZOO]

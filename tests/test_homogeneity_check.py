@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lawn
-from lawn.discovery import discover
+from lawn.discovery.final_homogeneous import discover
 from tests.discovery_zoo import ZOO, BNResNet, relu_mlp
 
 ZOO_IDS = [entry.name for entry in ZOO]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lawn
-from lawn.norm_constraint import TARGET_KEY
+from lawn.constraint.engine import TARGET_KEY
 from lawn_helpers import OPTIMIZERS, BNNet, assert_same_tree, batches, roundtrip, train_step
 
 

@@ -7,8 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lawn
-import lawn.constraint_compiled as constraint_compiled
-import lawn.constraint_foreach
+import lawn.constraint.compiled as constraint_compiled
+import lawn.constraint.foreach
 from lawn_helpers import BNNet, assert_falls_back_once, batches, train_step
 
 # What `.item()`, `bool(tensor)`, `if tensor:` and friends dispatch to: each one waits for the device.
@@ -40,7 +40,7 @@ def _model_and_opt(granularity="tensor", free_steps=2, opt="sgd", **kwargs):
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
 def test_constrained_steps_never_read_a_tensor_on_the_host(granularity, path, monkeypatch):
     tensor_by_tensor = path != "foreach_batched"
-    monkeypatch.setattr(lawn.constraint_foreach, "_tensor_by_tensor", lambda tensors: tensor_by_tensor)
+    monkeypatch.setattr(lawn.constraint.foreach, "_tensor_by_tensor", lambda tensors: tensor_by_tensor)
     model, opt = _model_and_opt(granularity, fused=path == "fused")
     data = batches(6)
     for xb, yb in data[:3]:
@@ -101,8 +101,8 @@ def test_compile_failure_warns_once_and_falls_back_to_the_foreach_path(monkeypat
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(constraint_compiled._Compiled, "failed", False)
     for name, function, fallback in (
-        ("_project", constraint_compiled._project_all, lawn.constraint_foreach.foreach_project_onto_tangent_),
-        ("_retract", constraint_compiled._retract_all, lawn.constraint_foreach.foreach_retract_),
+        ("_project", constraint_compiled._project_all, lawn.constraint.foreach.foreach_project_onto_tangent_),
+        ("_retract", constraint_compiled._retract_all, lawn.constraint.foreach.foreach_retract_),
     ):
         monkeypatch.setattr(constraint_compiled, name, constraint_compiled._Compiled(function, fallback))
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lawn
-import lawn.constraint_foreach
+import lawn.constraint.foreach
 from lawn_helpers import OPTIMIZERS, BNNet, batches, train_step
 
 SHAPES = [(5,), (4, 3), (8, 2, 3), (3, 2, 3, 3), (1, 6), (7, 1)]
@@ -68,7 +68,7 @@ def test_targets_hold_and_weights_still_move(shape_ids, granularity, dtype, opt_
 @pytest.fixture
 def fast_path(request, monkeypatch):
     if request.param == "foreach_batched":
-        monkeypatch.setattr(lawn.constraint_foreach, "_tensor_by_tensor", lambda tensors: False)
+        monkeypatch.setattr(lawn.constraint.foreach, "_tensor_by_tensor", lambda tensors: False)
     return request.param
 
 

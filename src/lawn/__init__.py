@@ -1,15 +1,17 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
-from lawn.constraint import norms, project_onto_tangent, retract
-from lawn.discovery import final_homogeneous_params
+from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
+from lawn.discovery import (
+    HomogeneityReport,
+    check_homogeneity,
+    final_homogeneous_params,
+    params_feeding_normalization,
+)
+from lawn.discovery.explain import explain
 from lawn.eman import EMAN, EMATeacher
-from lawn.explain import explain
-from lawn.homogeneity_check import HomogeneityReport, check_homogeneity
 from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
-from lawn.norm_constraint import NormConstraint
-from lawn.normalized_params import params_feeding_normalization
-from lawn.ssi_regularizer import ResidualBranch, scale_shift_invariant_penalty
+from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 
-from lawn.constraint import Granularity
-from lawn.norm_constraint import NamedParams, NormConstraint
+from lawn.constraint.engine import NamedParams, NormConstraint
+from lawn.constraint.reference import Granularity
 
 
 class LAWN(NormConstraint):
@@ -27,8 +27,8 @@ class LAWN(NormConstraint):
         project_gradient: project ``g`` onto the tangent space, ``g ← g − (⟨g, W⟩/‖W‖²) W``, before stepping.
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
-        compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint_compiled``).
-        fused: fp32 CPU weights (contiguous or channels-last) go through a C++ kernel (see ``lawn.constraint_fused``).
+        compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint.compiled``).
+        fused: fp32 CPU weights (contiguous or channels-last) go through a C++ kernel (see ``lawn.constraint.fused``).
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now.
     """

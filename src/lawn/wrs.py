@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 
-from lawn.constraint import Granularity
-from lawn.norm_constraint import NamedParams, NormConstraint, _named
+from lawn.constraint.engine import NamedParams, NormConstraint, _named
+from lawn.constraint.reference import Granularity
 
 
 class WRS(NormConstraint):
@@ -34,7 +34,7 @@ class WRS(NormConstraint):
         target_norm: the norm kept, 1 by default.
         foreach: multi-tensor kernels (default) or the per-tensor reference (``False``).
         fused: fp32 CPU weights (contiguous or channels-last) go through lawn's C++ kernel
-            (see ``lawn.constraint_fused``).
+            (see ``lawn.constraint.fused``).
     """
 
     def __init__(

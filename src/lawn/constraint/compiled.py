@@ -3,7 +3,7 @@
 Inductor fuses each tensor's reductions with its update (per row: row by row, while the row is in cache),
 which no eager formulation can. The price is compile time at the first constrained step (seconds on CPU, where
 inductor generates and compiles C++) and a dependence on the compiler: if compiling fails, a warning is issued
-once and :mod:`lawn.constraint_foreach` is used from then on.
+once and :mod:`lawn.constraint.foreach` is used from then on.
 
 The projection and the retraction are compiled separately, once per list signature (granularity, and the
 shape, dtype and device of every tensor): a training loop compiles once per param group, and again only if
@@ -20,19 +20,19 @@ from typing import Any
 
 import torch
 
-from lawn import constraint
-from lawn.constraint import Granularity
-from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint import reference
+from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint.reference import Granularity
 
 
 def _project_all(grads: list[torch.Tensor], params: list[torch.Tensor], granularity: Granularity) -> None:
     for g, w in zip(grads, params):
-        g.copy_(constraint.project_onto_tangent(g, w, granularity))
+        g.copy_(reference.project_onto_tangent(g, w, granularity))
 
 
 def _retract_all(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
     for w, target in zip(params, targets):
-        w.copy_(constraint.retract(w, target, granularity))
+        w.copy_(reference.retract(w, target, granularity))
 
 
 class _Compiled:

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lawn import constraint
-from lawn._dtensor import full, is_dtensor
-from lawn.constraint import GRANULARITIES, Granularity, compute_dtype
-from lawn.constraint_compiled import compiled_project_onto_tangent_, compiled_retract_
-from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
-from lawn.constraint_fused import fused_project_onto_tangent_, fused_retract_
+from lawn.constraint import reference
+from lawn.constraint._dtensor import full, is_dtensor
+from lawn.constraint.compiled import compiled_project_onto_tangent_, compiled_retract_
+from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint.fused import fused_project_onto_tangent_, fused_retract_
+from lawn.constraint.reference import GRANULARITIES, Granularity, compute_dtype
 
 TARGET_KEY = "lawn_target_norm"
 _OWN_STATE_KEYS = frozenset({TARGET_KEY})
@@ -83,7 +83,7 @@ class NormConstraint(Optimizer):
         compiled: fuse the projection and the retraction with ``torch.compile`` (compiles at the first
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
         fused: run fp32 CPU tensors (contiguous or channels-last) through the C++ kernel of
-            :mod:`lawn.constraint_fused` (one pass per row; built at first use, about 30 s, then cached; falls
+            :mod:`lawn.constraint.fused` (one pass per row; built at first use, about 30 s, then cached; falls
             back to the foreach path, with a warning, if building fails).
     """
 
@@ -387,7 +387,7 @@ class NormConstraint(Optimizer):
             foreach_project_onto_tangent_([p.grad for p in params], params, granularity, self._known_norms(params))
         else:
             for p in params:
-                p.grad.copy_(constraint.project_onto_tangent(p.grad, p, granularity))
+                p.grad.copy_(reference.project_onto_tangent(p.grad, p, granularity))
 
     def _retract(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         granularity = group["lawn_granularity"]
@@ -400,7 +400,7 @@ class NormConstraint(Optimizer):
             foreach_retract_(params, targets, granularity)
         else:
             for p, target in zip(params, targets):
-                p.copy_(constraint.retract(p, target, granularity))
+                p.copy_(reference.retract(p, target, granularity))
         self._mark_on_sphere(params)
 
     def _mark_on_sphere(self, params: list[torch.Tensor]) -> None:
@@ -483,17 +483,17 @@ def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tens
     sharded like dim 0 per row), so that DCP can save a checkpoint and load one before or after the switch.
     """
     if is_dtensor(p):
-        return torch.zeros_like(constraint.norms(p, granularity))
+        return torch.zeros_like(reference.norms(p, granularity))
     shape = () if granularity == "tensor" else (p.shape[0],)
     return torch.zeros(shape, dtype=compute_dtype(p.dtype), device=p.device)
 
 
 def _checked_norms(name: str, p: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """``constraint.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite.
+    """``reference.norms(p)``, or a ``ValueError`` naming ``p`` (and the row) if one is zero or not finite.
 
     The check looks at the global norms on every rank (``full``), so all ranks raise or none does.
     """
-    current = constraint.norms(p, granularity)
+    current = reference.norms(p, granularity)
     global_norms = full(current)
     bad = ~(torch.isfinite(global_norms) & (global_norms > 0))
     if bool(bad.any()):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from lawn._dtensor import is_dtensor
-from lawn.constraint import Granularity, compute_dtype
+from lawn.constraint._dtensor import is_dtensor
+from lawn.constraint.reference import Granularity, compute_dtype
 
 _BLOCK = 1 << 18  # elements per block of rows in a low-precision or per-row dot (1 MB of fp32 products)
 

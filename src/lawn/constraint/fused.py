@@ -26,9 +26,9 @@ from types import ModuleType
 
 import torch
 
-from lawn._dtensor import is_dtensor
-from lawn.constraint import Granularity
-from lawn.constraint_foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint._dtensor import is_dtensor
+from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
+from lawn.constraint.reference import Granularity
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_constraint.cpp"
 _EMPTY = torch.empty(0)  # "norm not known" for the kernel

@@ -10,7 +10,7 @@ A constrained weight ``w`` lives on a sphere ``‖w‖ = r`` (per tensor), or on
 
 All arithmetic is done in fp32 (fp64 for fp64 weights: ``compute_dtype``) and the result is cast back to the
 input's dtype. The fast multi-tensor
-versions in :mod:`lawn.constraint_foreach` must agree with these (``tests/test_constraint.py``).
+versions in :mod:`lawn.constraint.foreach` must agree with these (``tests/test_constraint.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from lawn._dtensor import reduce_partial
+from lawn.constraint._dtensor import reduce_partial
 
 Granularity = Literal["tensor", "row"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "row")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lawn._forward import ExampleInputs
-from lawn.discovery import Discovery, ParameterVerdict, discover
+from lawn.discovery._forward import ExampleInputs
+from lawn.discovery.final_homogeneous import Discovery, ParameterVerdict, discover
 
 
 def _verdict(v: ParameterVerdict) -> str:

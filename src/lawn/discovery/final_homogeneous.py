@@ -3,7 +3,7 @@
 **The rule.** Run the model once on ``example_inputs`` and take the autograd graph of its output (every tensor
 of a tuple / dict output). Each edge from an operation to one of its inputs is *homogeneous* when the
 operation is linear or positively homogeneous along that input (``f(αx) = α^d f(x)``, ``α > 0``), by the
-allow-list in :mod:`lawn.homogeneous_ops`: matmul / conv / embedding (in the activation and in the weight),
+allow-list in :mod:`lawn.discovery.homogeneous_ops`: matmul / conv / embedding (in the activation and in the weight),
 ``mul``, ``relu``, ``leaky_relu``, pooling, ``sum``/``mean``/``max``, reshapes, indexing, concatenation,
 dropout, residual ``+``; ``x / y`` along ``x`` only; attention along ``v`` only. Any other edge *breaks*:
 normalization, ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``softmax``, ``exp``, ``log``, and every operation
@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node
 
-from lawn._forward import ExampleInputs, call, check_model, output_tensors, untouched
-from lawn.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
+from lawn.discovery._forward import ExampleInputs, call, check_model, output_tensors, untouched
+from lawn.discovery.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
 
 #: ops left out when a homogeneous path is printed (they only move numbers around)
 _LAYOUT_OPS = frozenset(

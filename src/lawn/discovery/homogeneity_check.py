@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lawn._forward import ExampleInputs, call, check_model, output_tensors, untouched
+from lawn.discovery._forward import ExampleInputs, call, check_model, output_tensors, untouched
 
 
 @dataclass(frozen=True)
