@@ -10,6 +10,7 @@ from torch import nn
 
 import lawn
 import lawn.mimicnorm
+from lawn.harness.checked import run_config
 from lawn.harness.config import RunConfig
 from lawn.harness.methods import METHODS, build_optimizer, constrained_params, ssi_layers
 from lawn.harness.models import CNN1D, MLP, NCF, VGG, ResNet
@@ -217,7 +218,7 @@ def test_mimicnorm_model_has_one_batchnorm_on_the_logits(monkeypatch: pytest.Mon
 )
 def test_bad_companion_fields_are_named(fields: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        RunConfig.from_dict({"dataset": "digits", **fields})
+        run_config({"dataset": "digits", **fields})
 
 
 def test_lawn_with_mimicnorm_is_refused_by_a_sweep_spec() -> None:

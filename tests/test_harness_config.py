@@ -8,36 +8,40 @@ from pathlib import Path
 
 import pytest
 
-from lawn.harness.config import RunConfig, load_mapping, load_run_config, parse_assignment
+from lawn.harness.checked import checked, load_run_config, run_config
+from lawn.harness.config import RunConfig, load_mapping, parse_assignment
 from lawn.harness.schedule import lr_factor, scaled_lr
 
 
 def test_defaults_resolve_the_model_per_dataset() -> None:
-    assert RunConfig(dataset="digits").model == "mlp"
-    assert RunConfig(dataset="mnist1d").model == "cnn1d"
-    assert RunConfig(dataset="ranking").model == "ncf"
-    assert RunConfig(dataset="digits", model="vgg").model == "vgg"
+    assert checked(RunConfig(dataset="digits")).model == "mlp"
+    assert checked(RunConfig(dataset="mnist1d")).model == "cnn1d"
+    assert checked(RunConfig(dataset="ranking")).model == "ncf"
+    assert checked(RunConfig(dataset="digits", model="vgg")).model == "vgg"
+    assert RunConfig(dataset="digits").model == "auto"  # the plain data is not resolved until it is checked
 
 
 def test_key_ignores_only_the_device() -> None:
-    a = RunConfig(dataset="digits", lr=0.01)
+    a = run_config({"dataset": "digits", "lr": 0.01})
     assert a.key() == RunConfig.from_dict(a.to_dict()).key() == a.replace(device="cuda:1").key()
     assert a.key() != a.replace(seed=1).key() != a.replace(lr=0.02).key()
-    assert a.key() == RunConfig(dataset="digits", lr=0.01, model="auto").key()
+    assert a.key() == checked(RunConfig(dataset="digits", lr=0.01, model="auto")).key()
 
 
 def test_fields_added_later_keep_earlier_keys_at_their_default() -> None:
     # keys computed before normalization / wrs_every / ssi_lambda existed (commit 4fc2b93)
-    assert RunConfig(dataset="digits", lr=0.01).key() == "4d62fa55b0335e2504a3"
-    study = RunConfig(
-        dataset="mnist1d",
-        method="lawn",
-        optimizer="sgd",
-        lr=0.03,
-        free_fraction=0.1,
-        batch_size=64,
-        epochs=20,
-        data_options={"num_samples": 10000},
+    assert run_config({"dataset": "digits", "lr": 0.01}).key() == "4d62fa55b0335e2504a3"
+    study = run_config(
+        dict(
+            dataset="mnist1d",
+            method="lawn",
+            optimizer="sgd",
+            lr=0.03,
+            free_fraction=0.1,
+            batch_size=64,
+            epochs=20,
+            data_options={"num_samples": 10000},
+        )
     )
     assert study.key() == "6e67af157abb745403e7"
     plain = study.replace(method="plain")  # away from its default, a new field is in the key
@@ -74,7 +78,7 @@ def test_fields_added_later_keep_earlier_keys_at_their_default() -> None:
 )
 def test_bad_fields_are_named(fields: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        RunConfig.from_dict({"dataset": "digits", **fields})
+        run_config({"dataset": "digits", **fields})
 
 
 def test_configs_load_from_json_and_toml(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lawn.harness import data_files, datasets
+from lawn.harness.checked import checked
 from lawn.harness.config import RunConfig
 from lawn.harness.data_files import load_cifar10_dir, load_idx_dir, read_cifar_batch, read_idx
 from lawn.harness.datasets import load_data
@@ -153,8 +154,8 @@ def test_generated_datasets_are_deterministic_and_leave_numpy_alone() -> None:
 
 def test_bad_data_options_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data_options: \['nope'\] unknown for dataset 'digits'"):
-        RunConfig(dataset="digits", data_options={"nope": 1})
+        checked(RunConfig(dataset="digits", data_options={"nope": 1}))
     with pytest.raises(ValueError, match="data_dir: dataset 'mnist1d' is generated"):
-        RunConfig(dataset="mnist1d", data_dir=str(tmp_path))
+        checked(RunConfig(dataset="mnist1d", data_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="needs a directory"):
         load_data(RunConfig(dataset="mnist"))

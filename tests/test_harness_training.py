@@ -8,6 +8,7 @@ from torch import nn
 
 import lawn
 from lawn.harness import methods
+from lawn.harness.checked import checked
 from lawn.harness.config import RunConfig
 from lawn.harness.methods import build_optimizer, constrained_params
 from lawn.harness.models import CNN1D, MLP, NCF, VGG, ResNet
@@ -86,7 +87,7 @@ def test_train_is_deterministic_and_logs_diagnostics() -> None:
     a, b = train(config), train(config)
     strip = lambda r: {k: v for k, v in r.items() if k != "timing"}
     assert strip(a) == strip(b)
-    assert a["key"] == config.key() and a["metric"] == "accuracy" and len(a["history"]) == 3
+    assert a["key"] == checked(config).key() and a["metric"] == "accuracy" and len(a["history"]) == 3
     entry = a["history"][-1]
     for name in ("train_loss", "train_accuracy", "val_metric", "test_metric", "test_loss", "logit_norm"):
         assert isinstance(entry[name], float), name

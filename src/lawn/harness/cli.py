@@ -128,7 +128,8 @@ def _print_history(row: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lawn.harness.config import RunConfig, load_mapping, parse_assignment
+    from lawn.harness.checked import run_config
+    from lawn.harness.config import load_mapping, parse_assignment
     from lawn.harness.results import append_row, encode_row
     from lawn.harness.train import train
 
@@ -138,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             fields[name] = getattr(args, name)
     fields.update(parse_assignment(text) for text in args.set)
     fields["device"] = _runtime(args)
-    config = RunConfig.from_dict(fields)
+    config = run_config(fields)
     row = train(config, progress=not args.no_progress)
     row["tuned"] = ["lr", "weight_decay"]
     _print_history(row)

@@ -151,10 +151,6 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    return RunConfig.from_dict(load_mapping(path))
-
-
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``"key=value"`` → ``(key, value)``; the value is read as JSON when it parses, else kept a string."""
     if "=" not in text:
@@ -222,31 +218,10 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    from lawn.harness import datasets, methods, models, normalization, optimizers  # imported late: no cycles
-
+    """Field-by-field checks that need no registry (types, ranges). Names of data sets, models, optimizers,
+    methods and normalizations are checked against their registries by :func:`lawn.harness.checked.checked`."""
     for name, hint in _hints().items():
         _coerce(name, hint, getattr(c, name))
-    _check(
-        c.dataset in datasets.DATASETS,
-        f"dataset: unknown {c.dataset!r}; choose from {sorted(datasets.DATASETS)}",
-    )
-    datasets.check_config(c)
-    if c.model == "auto":
-        object.__setattr__(c, "model", datasets.DATASETS[c.dataset].default_model)
-    _check(c.model in models.MODELS, f"model: unknown {c.model!r}; choose from {sorted(models.MODELS)}")
-    models.check_compatible(c.model, c.dataset)
-    _check(
-        c.optimizer in optimizers.OPTIMIZERS,
-        f"optimizer: unknown {c.optimizer!r}; choose from {sorted(optimizers.OPTIMIZERS)}",
-    )
-    _check(
-        c.method in methods.METHODS, f"method: unknown {c.method!r}; choose from {sorted(methods.METHODS)}"
-    )
-    _check(
-        c.weight_decay == 0.0 or methods.METHODS[c.method].uses_weight_decay,
-        f"weight_decay: method {c.method!r} trains without weight decay, got weight_decay={c.weight_decay}",
-    )
-    normalization.check_config(c)
     for name in ("width", "epochs", "batch_size", "base_batch_size", "negatives_per_positive", "wrs_every"):
         _check(getattr(c, name) >= 1, f"{name}: must be >= 1, got {getattr(c, name)}")
     for name in ("train_limit", "test_limit"):

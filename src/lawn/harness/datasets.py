@@ -13,16 +13,14 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from lawn.harness import data_files
+from lawn.harness.config import RunConfig
 from lawn.harness.ranking import RankingData, make_ranking_data
-
-if TYPE_CHECKING:
-    from lawn.harness.config import RunConfig
 
 
 @dataclass
@@ -215,8 +213,6 @@ def data_key(config: RunConfig) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _cached(key: str) -> Any:
-    from lawn.harness.config import RunConfig
-
     fields = json.loads(key)
     config = RunConfig.from_dict(fields)
     return DATASETS[config.dataset].load(config)
@@ -224,4 +220,6 @@ def _cached(key: str) -> Any:
 
 def load_data(config: RunConfig) -> ClassificationData | RankingData:
     """The data of ``config`` (cached by the data fields, so a sweep loads each data set once)."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"dataset: unknown {config.dataset!r}; choose from {sorted(DATASETS)}")
     return _cached(data_key(config))

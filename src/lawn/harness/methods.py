@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 import lawn
+from lawn.harness.config import RunConfig
 from lawn.harness.optimizers import build_base_optimizer
 from lawn.mimicnorm import LastBatchNorm
-
-if TYPE_CHECKING:
-    from lawn.harness.config import RunConfig
 
 NamedParams = list[tuple[str, torch.Tensor]]
 

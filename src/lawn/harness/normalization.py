@@ -15,15 +15,13 @@ and is refused too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 
 import lawn
-
-if TYPE_CHECKING:
-    from lawn.harness.config import RunConfig
+from lawn.harness.config import RunConfig
 
 NORMALIZATIONS = ("bn", "mimicnorm")
 

@@ -9,13 +9,11 @@ constant ``1``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-if TYPE_CHECKING:
-    from lawn.harness.config import RunConfig
+from lawn.harness.config import RunConfig
 
 _EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 

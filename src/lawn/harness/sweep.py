@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lawn.harness.checked import run_config
 from lawn.harness.config import RunConfig, coerce_field, load_mapping
 from lawn.harness.methods import METHODS
 from lawn.harness.results import append_row, completed_keys
@@ -69,7 +70,7 @@ class SweepSpec:
         clash = sorted(set(base) & set(SWEPT))
         if clash:
             raise ValueError(f"sweep spec: base sets {clash}, which the sweep itself varies; remove them")
-        RunConfig.from_dict(base)  # field names and values
+        run_config(base)  # field names and values
         optimizers = _names(data.get("optimizers", ["adam"]), "optimizers")
         methods = _names(data.get("methods", ["plain", "wd", "lawn"]), "methods")
         for m in methods:
@@ -151,7 +152,7 @@ class SweepSpec:
                 fields = {**self.base, **varied}
                 fields.update(optimizer=optimizer, method=method, batch_size=batch_size)
                 fields.update(zip(axes, point))
-                config = RunConfig.from_dict({**fields, "seed": seed})
+                config = run_config({**fields, "seed": seed})
                 if config.key() not in seen:
                     seen.add(config.key())
                     runs.append((config, list(axes)))

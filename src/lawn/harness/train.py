@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lawn
+from lawn.harness.checked import checked
 from lawn.harness.config import RunConfig
 from lawn.harness.datasets import load_data
 from lawn.harness.methods import METHODS, build_optimizer, constrained_params, free_steps
@@ -71,6 +72,7 @@ def _finite(value: float | None) -> float | None:
 def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dict[str, Any]:
     """Train ``config`` and return its result row (see the module docstring)."""
     started = time.perf_counter()
+    config = checked(config)
     device = resolve_device(config.device)
     data = load_data(config) if data is None else data
     task = make_task(data, device, config.negatives_per_positive)
