@@ -35,8 +35,8 @@ def train(use_lawn: bool, seed: int, epochs: int, batch_size: int, lr: float) ->
     net = model()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = -(-len(y) // batch_size)
-    if use_lawn:  # the final homogeneous sub-network: the two Linear layers after the BatchNorm
-        tail = [("3.weight", net[3].weight), ("5.weight", net[5].weight)]
+    if use_lawn:  # the final homogeneous sub-network, found by discovery: the two Linear layers after the BatchNorm
+        tail = lawn.final_homogeneous_params(net, x[:8])
         opt = lawn.LAWN(opt, tail, free_steps=steps_per_epoch * epochs // 4)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

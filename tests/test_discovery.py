@@ -349,3 +349,11 @@ def test_discovered_tail_feeds_lawn_and_trains() -> None:
     for name, p in tail:
         torch.testing.assert_close(p.norm().float(), opt.target_norms[name], rtol=1e-5, atol=0)
     assert losses[-1] < losses[0]
+
+
+def test_an_example_batch_with_labels_is_told_to_pass_the_inputs_only() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    with pytest.raises(TypeError, match=r"Pass the model's inputs only, not the labels: e.g. x, not \(x, y\)"):
+        lawn.final_homogeneous_params(model, (x, y))
+    assert [name for name, _ in lawn.final_homogeneous_params(model, x)] == ["3.weight"]

@@ -65,6 +65,12 @@ def test_run_reads_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture) 
         (["report", "missing.jsonl"], "results file not found: missing.jsonl"),
         (["sweep", "nospec.json", "--results", "r.jsonl"], "config file not found: nospec.json"),
         (["demo", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["run", "--dataset", "digits", "--set", "free_fracton=0.1"], "did you mean 'free_fraction'"),
+        (["run", "--dataset", "digits", "--device", "cude"], r"--device: unknown 'cude' \(did you mean 'cuda'\?\)"),
+        (["run", "--dataset", "digits", "--optimizer", "adm"], "optimizer: unknown 'adm' \\(did you mean 'adam'"),
+        (["run", "--dataset", "digits", "--batch-size", "1"], "batch_size: 1 cannot train model 'mlp'"),
+        (["demo", "--data-dir", "/no/such/fashion"], "--data-dir: /no/such/fashion is not a directory"),
+        (["demo", "--data-dir", "."], "--data-dir: . lacks the IDX file"),
     ],
 )
 def test_errors_name_the_culprit(
@@ -90,6 +96,46 @@ def test_bad_options_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixt
         main(argv)
     assert exit_info.value.code == 2
     assert "usage: lawn" in capsys.readouterr().err
+
+
+def test_help_lists_fields_defaults_and_valid_values(capsys: pytest.CaptureFixture) -> None:
+    for command in ("run", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "free_fraction = 0.2" in text and "batch_size = 128" in text
+        assert re.search(r"optimizer = \"adam\"\s+one of: .*lamb", text) and "method = \"plain\"" in text
+        assert "--threads" in text and "default: 1" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "default: 1" in text and "torch's choice" not in text and "fashion_mnist" in text
+
+
+def test_run_echoes_the_resolved_config_and_the_switch(capsys: pytest.CaptureFixture) -> None:
+    argv = ["run", "--dataset", "digits", "--method", "lawn", "--epochs", "2", "--batch-size", "32", *TINY]
+    assert main([*argv, *QUIET]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("run: digits (108 training examples), model mlp (width 4), adam + lawn")
+    assert "2 epochs = 8 steps" in first and "LAWN switches after step 2 (free_fraction 0.2)" in first
+
+
+def test_report_accepts_no_progress_and_shows_one_seed_without_a_spread(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    results = tmp_path / "r.jsonl"
+    argv = ["run", "--dataset", "digits", "--epochs", "1", "--batch-size", "32", *TINY, *QUIET]
+    assert main([*argv, "--results", str(results)]) == 0
+    assert main(["report", str(results), "--out", str(tmp_path / "rep"), "--no-progress"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "(1 seed)" in report and "± 0.0000 (1)" not in report
+    assert "(accuracy_vs_batch.png)" in report and "(norms.png)" in report
+
+
+def test_demo_accepts_the_hyphenated_fashion_mnist_spelling() -> None:
+    from lawn.harness.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--dataset", "fashion-mnist"]).dataset == "fashion_mnist"
 
 
 def test_sweep_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -135,7 +181,10 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.Capture
     }
     assert len(read_rows(tmp_path / "results.jsonl")) == 4
     assert main([*argv, "--seeds", "2"]) == 0  # resumes: only seed 1 is new; the report covers both seeds
-    assert "4 run(s) trained, 4 reused" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 run(s) trained, 4 reused" in out
+    assert "What this run shows:" in out and "- batch 32: test accuracy Adam" in out and "mechanism:" in out
+    assert "Next:" in out and str(tmp_path / "norms.png") in out
     assert main([*argv, "--epochs", "2", "--batch-sizes", "64"]) == 0  # other options: report only those
     assert "batch 64 |" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
 
@@ -172,3 +221,22 @@ def test_report_only_and_split(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert "(free_fraction=0.1)" in split and "(free_fraction=0.5)" in split
     assert main(["report", str(results), "--out", str(tmp_path / "c"), "--only", "nope=1"]) == 2
     assert "--only 'nope=1'" in capsys.readouterr().err
+
+
+def test_demo_verdict_reads_noise_and_real_differences() -> None:
+    from types import SimpleNamespace
+
+    from lawn.harness.demo import verdict
+
+    def sel(method: str, batch: int, mean: float, std: float, seeds: int = 3) -> SimpleNamespace:
+        row = {"history": [{"train_loss": 0.01, "logit_norm": 10.0}]}
+        setting = {"method": method, "batch_size": batch}
+        stats = {"test_mean": mean, "test_std": std, "seeds": seeds}
+        return SimpleNamespace(setting=setting, metric="accuracy", rows=[row], **stats)
+
+    text = verdict([sel("plain", 128, 0.90, 0.01), sel("lawn", 128, 0.905, 0.01),
+                    sel("plain", 2048, 0.80, 0.002), sel("lawn", 2048, 0.85, 0.003)], "out")  # fmt: skip
+    assert "batch 128: test accuracy Adam 0.9000, Adam+LAWN 0.9050 (+0.50 points): level within seed noise" in text
+    assert "batch 2048:" in text and "LAWN better, beyond the seed spread (±0.0030)" in text
+    one = verdict([sel("plain", 128, 0.9, 0.0, seeds=1), sel("lawn", 128, 0.8, 0.0, seeds=1)], "out")
+    assert "one seed only" in one

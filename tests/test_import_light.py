@@ -1,4 +1,5 @@
-"""``import lawn`` stays light: the framework integrations (optional extras) are not imported."""
+"""``import lawn`` stays light: no framework integration (optional extras), no matplotlib or ray, and no
+torch._dynamo (it is loaded at the first constrained step that needs it, as torch's own optimizers do)."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import lawn
 
-HEAVY = ("lightning", "pytorch_lightning", "transformers", "accelerate")
+HEAVY = ("lightning", "pytorch_lightning", "transformers", "accelerate", "ray", "matplotlib", "torch._dynamo")
 
 
 def test_import_lawn_imports_no_framework():

@@ -450,12 +450,12 @@ class NormConstraint(Optimizer):
         """Always with ``retract_every = 1``; with ``k > 1`` after steps ``k, 2k, ...`` only."""
         return self.param_groups[0]["lawn_retract_every"] == 1 or self._retract_due()
 
-    @torch.compiler.disable
+    @torch._disable_dynamo  # torch.compiler.disable, but torch._dynamo is imported at the first call, not here
     def _retract_due(self) -> bool:
         """Read eagerly (off the step counter, which must not enter a compiled graph)."""
         return (self.param_groups[0]["lawn_steps"] + 1) % self.param_groups[0]["lawn_retract_every"] == 0
 
-    @torch.compiler.disable
+    @torch._disable_dynamo  # torch.compiler.disable, but torch._dynamo is imported at the first call, not here
     def _count_step(self) -> None:
         """Count an applied step; give new tensors their (placeholder) target; switch after ``free_steps``.
 

@@ -30,7 +30,15 @@ def call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     if isinstance(example_inputs, torch.Tensor):
         return model(example_inputs)
     if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
+        try:
+            return model(*example_inputs)
+        except TypeError as err:
+            if len(example_inputs) < 2 or "positional argument" not in str(err):
+                raise
+            raise TypeError(
+                f"example_inputs: {type(model).__name__}.forward does not take {len(example_inputs)} positional "
+                f"arguments ({err}). Pass the model's inputs only, not the labels: e.g. x, not (x, y)"
+            ) from err
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
     raise TypeError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lawn.harness import datasets, methods, models, normalization, optimizers
-from lawn.harness.config import RunConfig, load_mapping
+from lawn.harness.config import RunConfig, did_you_mean, load_mapping
 
 
 def _check(condition: bool, message: str) -> None:
@@ -22,32 +22,33 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _known(field: str, value: str, registry: Any) -> None:
+    _check(
+        value in registry,
+        f"{field}: unknown {value!r}{did_you_mean(value, registry)}; choose from {', '.join(sorted(registry))}",
+    )
+
+
 def checked(config: RunConfig) -> RunConfig:
     """``config`` with ``model="auto"`` resolved, or a ``ValueError`` naming the field that does not fit."""
-    _check(
-        config.dataset in datasets.DATASETS,
-        f"dataset: unknown {config.dataset!r}; choose from {sorted(datasets.DATASETS)}",
-    )
+    _known("dataset", config.dataset, datasets.DATASETS)
     datasets.check_config(config)
     if config.model == "auto":
         config = dataclasses.replace(config, model=datasets.DATASETS[config.dataset].default_model)
-    _check(
-        config.model in models.MODELS, f"model: unknown {config.model!r}; choose from {sorted(models.MODELS)}"
-    )
+    _known("model", config.model, models.MODELS)
     models.check_compatible(config.model, config.dataset)
-    _check(
-        config.optimizer in optimizers.OPTIMIZERS,
-        f"optimizer: unknown {config.optimizer!r}; choose from {sorted(optimizers.OPTIMIZERS)}",
-    )
-    _check(
-        config.method in methods.METHODS,
-        f"method: unknown {config.method!r}; choose from {sorted(methods.METHODS)}",
-    )
+    _known("optimizer", config.optimizer, optimizers.OPTIMIZERS)
+    _known("method", config.method, methods.METHODS)
     _check(
         config.weight_decay == 0.0 or methods.METHODS[config.method].uses_weight_decay,
         f"weight_decay: method {config.method!r} trains without weight decay, got weight_decay={config.weight_decay}",
     )
     normalization.check_config(config)
+    _check(
+        config.batch_size >= 2 or not (models.MODELS[config.model].batchnorm or config.normalization == "mimicnorm"),
+        f"batch_size: 1 cannot train model {config.model!r}: BatchNorm needs at least 2 examples per batch "
+        "(use batch_size >= 2)",
+    )
     return config
 
 

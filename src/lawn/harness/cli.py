@@ -26,15 +26,46 @@ RUN_FLAGS = {
 }
 
 
-def _add_runtime(p: argparse.ArgumentParser, threads: int | None = None) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (CUDA if present; default)")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, mps or auto (default: auto = CUDA if present, else CPU)",
+    )
     p.add_argument(
         "--threads",
         type=int,
-        default=threads,
-        help="CPU threads for torch (default: %(default)s = torch's choice); 1 is fastest on a busy machine",
+        default=1,
+        help="CPU threads for torch (default: 1, the fastest for the harness's small models on a shared or busy "
+        "machine; torch's own default of one thread per core can make them 20-50x slower there)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def _config_fields_epilog() -> str:
+    """The ``--set`` fields with their defaults, and the registered names of the name-valued fields."""
+    import dataclasses
+
+    from lawn.harness import datasets, methods, models, normalization, optimizers
+    from lawn.harness.config import RunConfig
+
+    choices = {
+        "dataset": sorted(datasets.DATASETS),
+        "model": ["auto", *sorted(models.MODELS)],
+        "optimizer": sorted(optimizers.OPTIMIZERS),
+        "method": sorted(methods.METHODS),
+        "normalization": list(normalization.NORMALIZATIONS),
+    }
+    lines = ["run config fields (--set FIELD=VALUE, or in --config / a sweep's [base]), with defaults:"]
+    for f in dataclasses.fields(RunConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        extra = f"  one of: {', '.join(choices[f.name])}" if f.name in choices else ""
+        lines.append(f"  {f.name} = {json.dumps(default)}{extra}")
+    lines.append("docs: docs/harness.md")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,27 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run,sweep,report}")
 
     demo = sub.add_parser("demo", help="Adam vs Adam+LAWN at a small and a large batch size (minutes on CPU)")
-    demo.add_argument("--out", default="lawn-demo", help="output directory (results, report, plots)")
-    demo.add_argument("--dataset", default="auto", choices=DEMO_SETS, help="auto: Fashion-MNIST if installed")
-    demo.add_argument("--data-dir", help="directory of the data set's files")
-    demo.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    demo.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="number of seeds")
-    demo.add_argument("--batch-sizes", type=int, nargs="+", default=DEFAULTS["batch_sizes"])
-    demo.add_argument("--lrs", type=float, nargs="+", default=DEFAULTS["lrs"], help="learning-rate grid")
-    demo.add_argument("--train-limit", type=int, default=DEFAULTS["train_limit"], help="training pool size")
-    demo.add_argument("--test-limit", type=int, default=DEFAULTS["test_limit"])
-    _add_runtime(demo, threads=1)
+    demo.add_argument(
+        "--out", default="lawn-demo", help="output directory (results, report, plots; default: %(default)s)"
+    )
+    demo.add_argument(
+        "--dataset",
+        default="auto",
+        type=_demo_dataset,
+        help=f"one of {', '.join(DEMO_SETS)} (default: auto = Fashion-MNIST if its files are installed, else MNIST-1D)",
+    )
+    demo.add_argument("--data-dir", help="directory of the data set's IDX files (default: the Debian package's)")
+    demo.add_argument("--epochs", type=int, help="epochs per run (default: 15 on Fashion-MNIST, 30 on MNIST-1D)")
+    demo.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="number of seeds (default: %(default)s)")
+    demo.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=DEFAULTS["batch_sizes"], help="(default: %(default)s)"
+    )
+    demo.add_argument(
+        "--lrs", type=float, nargs="+", default=DEFAULTS["lrs"], help="learning-rate grid (default: %(default)s)"
+    )
+    demo.add_argument("--train-limit", type=int, help="training pool size (default: 10000 on image data sets)")
+    demo.add_argument("--test-limit", type=int, help="test examples (default: 5000 on image data sets)")
+    _add_runtime(demo)
 
-    run = sub.add_parser("run", help="train one configuration")
+    fields_epilog = _config_fields_epilog()
+    run = sub.add_parser(
+        "run",
+        help="train one configuration",
+        epilog=fields_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", help="a run config file (.json or .toml)")
-    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="set a config field")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="set a config field (see below)"
+    )
     for name, kind in RUN_FLAGS.items():
-        run.add_argument("--" + name.replace("_", "-"), type=kind, help=f"config field {name}")
+        run.add_argument("--" + name.replace("_", "-"), type=kind, help=f"config field {name} (see below)")
     run.add_argument("--results", help="append the result row to this JSONL file")
     run.add_argument("--json", help="write the full result row (with per-epoch history) to this file")
     _add_runtime(run)
 
-    sweep = sub.add_parser("sweep", help="run a grid of configurations (resumable)")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a grid of configurations (resumable)",
+        epilog=fields_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sweep.add_argument("spec", help="sweep spec file (.json or .toml)")
     sweep.add_argument("--results", required=True, help="JSONL file the rows are appended to")
     sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
@@ -92,7 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="keep only rows whose config FIELD equals VALUE (read as JSON if it parses)",
     )
+    report.add_argument("--no-progress", action="store_true", help="accepted for symmetry; report shows no bars")
     return parser
+
+
+def _demo_dataset(text: str) -> str:
+    """``--dataset`` of the demo: the hyphenated spelling (``fashion-mnist``) is accepted too."""
+    from lawn.harness.demo import DATASETS as DEMO_SETS
+
+    name = text.replace("-", "_")
+    if name not in DEMO_SETS:
+        from lawn.harness.config import did_you_mean
+
+        raise argparse.ArgumentTypeError(
+            f"unknown data set {text!r}{did_you_mean(name, DEMO_SETS)}; choose from {', '.join(DEMO_SETS)}"
+        )
+    return name
 
 
 def _runtime(args: argparse.Namespace) -> str:
@@ -101,11 +171,17 @@ def _runtime(args: argparse.Namespace) -> str:
 
     from lawn.harness.train import resolve_device
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    return str(resolve_device(args.device))
+    if args.threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    device = args.device
+    if device not in DEVICES[:-1] and not (device.startswith("cuda:") and device[5:].isdigit()):
+        from lawn.harness.config import did_you_mean
+
+        raise ValueError(
+            f"--device: unknown {device!r}{did_you_mean(device, DEVICES)}; choose from {', '.join(DEVICES)}"
+        )
+    return str(resolve_device(device))
 
 
 def _print_history(row: dict[str, Any]) -> None:
@@ -140,6 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     fields.update(parse_assignment(text) for text in args.set)
     fields["device"] = _runtime(args)
     config = run_config(fields)
+    print(_describe(config))
     row = train(config, progress=not args.no_progress)
     row["tuned"] = ["lr", "weight_decay"]
     _print_history(row)
@@ -158,6 +235,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.json).write_bytes(encode_row(row))
         print(f"wrote {args.json}")
     return 0
+
+
+def _describe(config: Any) -> str:
+    """One paragraph: the resolved config and, for LAWN, when it will switch."""
+    import torch
+
+    from lawn.harness.datasets import load_data
+    from lawn.harness.methods import free_steps
+    from lawn.harness.schedule import scaled_lr
+    from lawn.harness.tasks import batch_starts, make_task
+
+    examples = make_task(load_data(config), torch.device("cpu"), config.negatives_per_positive).train_size
+    steps = len(batch_starts(examples, config.batch_size)) * config.epochs
+    text = (
+        f"run: {config.dataset} ({examples} training examples), model {config.model} (width "
+        f"{config.width}), {config.optimizer} + {config.method}, lr {scaled_lr(config):g} ({config.lr_scaling} "
+        f"scaling of {config.lr:g}), batch {config.batch_size}, {config.epochs} epochs = {steps} steps, "
+        f"{config.schedule} schedule, seed {config.seed}, device {config.device}"
+    )
+    if config.method == "lawn":
+        text += f"; LAWN switches after step {free_steps(config, steps)} (free_fraction {config.free_fraction:g})"
+    return text
 
 
 def _sweep_spec(args: argparse.Namespace) -> Any:
@@ -246,41 +345,53 @@ def _only(rows: list[dict[str, Any]], conditions: list[str]) -> list[dict[str, A
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lawn.harness.demo import demo_spec, pick_dataset
+    from lawn.harness.demo import demo_spec, pick_dataset, settings, verdict
     from lawn.harness.report import write_report
     from lawn.harness.results import read_rows
+    from lawn.harness.selection import select
     from lawn.harness.sweep import run_sweep
 
-    for name in ("epochs", "seeds", "train_limit", "test_limit"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     dataset, data_dir, notice = pick_dataset(args.dataset, args.data_dir)
     if notice:
         print(notice)
+    chosen = settings(dataset)
+    for name in ("epochs", "train_limit", "test_limit"):
+        if getattr(args, name) is not None:
+            chosen[name] = getattr(args, name)
+    for name in ("epochs", "seeds", "train_limit", "test_limit"):
+        value = chosen.get(name, getattr(args, name, None))
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
     spec = demo_spec(
         dataset,
         data_dir,
-        epochs=args.epochs,
+        epochs=chosen["epochs"],
         seeds=args.seeds,
         batch_sizes=args.batch_sizes,
         lrs=args.lrs,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
+        train_limit=chosen["train_limit"],
+        test_limit=chosen["test_limit"],
+        model=chosen["model"],
+        data_options=chosen.get("data_options"),
     )
     device = _runtime(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     print(
-        f"demo: {dataset}, BN MLP, Adam vs Adam+LAWN, batch sizes {args.batch_sizes}, {args.epochs} epochs, "
-        f"lr grid {args.lrs} (sqrt scaling from batch 128), {args.seeds} seed(s), device {device}"
+        f"demo: {dataset}, model {chosen['model']}, Adam vs Adam+LAWN, batch sizes {args.batch_sizes}, "
+        f"{chosen['epochs']} epochs, lr grid {args.lrs} (sqrt scaling from batch 128), {args.seeds} seed(s), "
+        f"device {device}, {args.threads} thread(s)"
     )
     counts = run_sweep(spec, results, device=device, progress=not args.no_progress)
     print(f"{counts['done']} run(s) trained, {counts['skipped']} reused from {results}")
     keys = {config.key() for config, _ in spec.expand()}  # this demo's runs, even if the file holds others
-    written = write_report([r for r in read_rows(results) if r["key"] in keys], out, sources=[str(results)])
+    rows = [r for r in read_rows(results) if r["key"] in keys]
+    written = write_report(rows, out, sources=[str(results)])
     print(written[0].read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
+    print()
+    print(verdict(select(rows), out))
     return 0
 
 

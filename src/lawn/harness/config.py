@@ -16,12 +16,14 @@ default, so the keys of earlier runs stay valid (an earlier sweep resumes, its r
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,7 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"run config: unknown field(s) {unknown}; known fields: {sorted(names)}")
+            raise ValueError(f"run config: {unknown_field_message(unknown, names)}")
         return cls(**{name: coerce_field(name, value) for name, value in data.items()})
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -164,6 +166,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------------- checking
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or nothing when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_field_message(unknown: list[str], known: Iterable[str]) -> str:
+    known = sorted(known)
+    hints = "".join(did_you_mean(name, known) for name in unknown)
+    return f"unknown field(s) {unknown}{hints}; known fields: {', '.join(known)}"
+
+
 @functools.cache
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
@@ -173,7 +187,7 @@ def coerce_field(name: str, value: Any) -> Any:
     """Check ``value`` against the type of field ``name``; ints are accepted for floats, lists for tuples."""
     hints = _hints()
     if name not in hints:
-        raise ValueError(f"unknown run config field {name!r}; known fields: {sorted(hints)}")
+        raise ValueError(unknown_field_message([name], hints))
     return _coerce(name, hints[name], value)
 
 

@@ -71,7 +71,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _find_idx(directory: Path, stem: str) -> Path:
+def find_idx(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (directory / name).is_file():
             return directory / name
@@ -88,7 +88,7 @@ def load_idx_dir(directory: str | Path) -> dict[str, np.ndarray]:
             else ""
         )
         raise FileNotFoundError(f"data directory not found: {directory}{hint}")
-    arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in IDX_NAMES.items()}
+    arrays = {key: read_idx(find_idx(directory, stem)) for key, stem in IDX_NAMES.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

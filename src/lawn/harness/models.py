@@ -166,6 +166,7 @@ class ModelSpec:
     task: str  # the task it serves: "classification" or "ranking"
     build: Callable[..., nn.Module]
     input_dims: int | None  # dims of one example (3 for images, 1 for signals), None = any
+    batchnorm: bool = True  # has BatchNorm layers (then a batch needs >= 2 examples in training)
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -59,8 +59,13 @@ def _colors(methods: list[str]) -> dict[str, str]:
     return {**METHOD_COLORS, **{m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}}
 
 
+def _mean_std(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std (n)``; with one seed there is no spread to show: ``mean (1 seed)``."""
+    return f"{mean:.4f} (1 seed)" if seeds == 1 else f"{mean:.4f} ± {std:.4f} ({seeds})"
+
+
 def _cell(s: Selection) -> str:
-    text = f"{s.test_mean:.4f} ± {s.test_std:.4f} ({s.seeds})"
+    text = _mean_std(s.test_mean, s.test_std, s.seeds)
     return text + (f" ⚠{s.diverged} diverged" if s.diverged else "")
 
 
@@ -125,10 +130,20 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     auc = f" {s.test_auc_mean:.4f} ± {s.test_auc_std:.4f} |" if has_auc else ""
                     lines.append(
                         f"| {o} | {m} | {b} | {s.grid_size} | {chosen} | {s.val_mean:.4f} | "
-                        f"{s.test_mean:.4f} ± {s.test_std:.4f} | {s.seeds} | {s.diverged} | "
+                        f"{_mean_std(s.test_mean, s.test_std, s.seeds)} | {s.seeds} | {s.diverged} | "
                         f"{_final_mean(s.rows, 'train_loss')} | {_final_mean(s.rows, 'logit_norm')} |" + auc
                     )
-        lines.append("")
+        suffix = _suffix(index, panel, len(panel_list))
+        lines += [
+            "",
+            f"Plots: [test {metric} vs batch size](accuracy_vs_batch{suffix}.png) (error bars: ± sample std over "
+            f"seeds), [trajectories per epoch](norms{suffix}.png) (dotted vertical lines: LAWN's switch).",
+            "",
+            f"![test {metric} vs batch size](accuracy_vs_batch{suffix}.png)",
+            "",
+            f"![trajectories](norms{suffix}.png)",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -137,6 +152,14 @@ def _final_mean(rows: list[dict[str, Any]], key: str) -> str:
     values = [row["history"][-1].get(key) for row in rows if not row.get("diverged")]
     values = [v for v in values if v is not None]
     return f"{sum(values) / len(values):.4g}" if values else "–"
+
+
+def _switch_epoch(rows: list[dict[str, Any]]) -> float | None:
+    """The epoch (fractional) at which LAWN switched in these runs, or ``None`` for runs without a switch."""
+    row = rows[0]
+    if row.get("free_steps") is None or not row.get("steps_per_epoch"):
+        return None
+    return row["free_steps"] / row["steps_per_epoch"]
 
 
 def _suffix(index: int, panel: dict[str, Any], count: int) -> str:
@@ -188,7 +211,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_title(o)
         ax.set_xlabel("batch size")
-        ax.set_ylabel(f"test {metric}")
+        ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -219,6 +242,9 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                         color=colors[m],
                         label=f"{m} bs={b}",
                     )
+                    switch = _switch_epoch(s.rows)
+                    if switch is not None:
+                        ax.axvline(switch, color=colors[m], linestyle=":", linewidth=1, alpha=0.8)
             ax.set_ylabel(label.format(metric=metric))
             if key == "logit_norm":
                 ax.set_yscale("log")
@@ -226,12 +252,14 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                 ax.yaxis.set_minor_formatter(NullFormatter())
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
             if row_index == 0:
                 ax.set_title(o)
-                ax.legend(fontsize=7)
             if row_index == len(TRAJECTORIES) - 1:
                 ax.set_xlabel("epoch")
-    fig.suptitle(f"{title}\ntrajectories at the chosen grid points (mean over seeds)", fontsize=10)
+    fig.suptitle(
+        f"{title}\ntrajectories at the chosen grid points (mean over seeds); dotted: LAWN's switch", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(norms_path, dpi=110)
     plt.close(fig)
