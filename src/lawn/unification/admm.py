@@ -127,6 +127,11 @@ class ADMM:
         for key in ("z", "u"):
             if set(state.get(key, {})) != set(self.names):
                 raise ValueError(f"state[{key!r}]: weights {sorted(state.get(key, {}))} != this ADMM's {self.names}")
+        for name, m in zip(self.names, self.modules, strict=True):
+            for key in ("z", "u"):
+                if tuple(state[key][name].shape) != tuple(m.weight.shape):
+                    raise ValueError(f"state[{key!r}][{name!r}]: shape {tuple(state[key][name].shape)} != the "
+                                     f"weight's {tuple(m.weight.shape)}")
         self.z = [state["z"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.u = [state["u"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.rho, self.steps = float(state["rho"]), int(state["steps"])
