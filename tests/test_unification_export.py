@@ -96,8 +96,8 @@ def _corrupt_variants(good: bytes) -> dict[str, bytes]:
 
     short_signs = {**blob, "layers": {**blob["layers"], "3": {**blob["layers"]["3"],
                                                              "signs": blob["layers"]["3"]["signs"][:-1]}}}
-    bad_kind = {**blob, "layers": {**blob["layers"], "6": {**blob["layers"]["6"],
-                                                           "kinds": torch.full_like(blob["layers"]["6"]["kinds"], 255)}}}
+    all_ones = torch.full_like(blob["layers"]["6"]["kinds"], 255)
+    bad_kind = {**blob, "layers": {**blob["layers"], "6": {**blob["layers"]["6"], "kinds": all_ones}}}
     return {
         "random bytes": bytes(range(256)) * 4,
         "truncated": good[: len(good) // 2],
