@@ -197,3 +197,22 @@ def test_admm_state_dict_round_trip() -> None:
     other.load_state_dict(admm.state_dict())
     assert other.rho == admm.rho and other.steps == 3
     assert torch.equal(other.penalty(), admm.penalty())
+
+
+def test_state_dict_with_other_kinds_loads_into_a_hardened_model() -> None:
+    """Same fractions, different kinds (same tensor shapes): loading a state_dict must follow the new kinds."""
+    a, b = _model(0), _model(1)
+    harden(a, BlockSpec(4), unify=0.5, prune=0.25)
+    harden(b, BlockSpec(4), unify=0.5, prune=0.25)
+    assert not torch.equal(a[3].parametrizations.weight[0].kinds, b[3].parametrizations.weight[0].kinds)
+    b.load_state_dict(a.state_dict())
+    x, _ = _data()
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("unify,prune", [(1.0, 0.0), (0.0, 1.0)])
+def test_all_blocks_one_kind_trains(unify: float, prune: float) -> None:
+    model = _model()
+    kinds = harden(model, BlockSpec(4), unify=unify, prune=prune)
+    _train(model, torch.optim.Adam(model.parameters(), lr=0.01), 2)
+    _assert_structure(model, kinds)

@@ -50,10 +50,19 @@ class UnifiedBlocks(nn.Module):
         self.size = int(size)
         self.register_buffer("kinds", kinds.to(torch.int8).contiguous())
         self.register_buffer("signs", signs.contiguous())
+        self.register_buffer("dense_rows", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("unified_rows", torch.empty(0, dtype=torch.long), persistent=False)
+        self._index_rows()
+
+    def _index_rows(self) -> None:
         rows = grid_to_rows(self.kinds)
-        self.register_buffer("dense_rows", torch.nonzero(rows == DENSE).flatten(), persistent=False)
-        self.register_buffer("unified_rows", torch.nonzero(rows == UNIFIED).flatten(), persistent=False)
+        self.dense_rows = torch.nonzero(rows == DENSE).flatten()
+        self.unified_rows = torch.nonzero(rows == UNIFIED).flatten()
         self.num_blocks = rows.numel()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._index_rows()  # new kinds from a checkpoint: the row indices follow
 
     def forward(self, dense: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
         blocks = dense.new_zeros(self.num_blocks, self.size)
