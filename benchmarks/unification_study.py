@@ -179,6 +179,14 @@ def summarize(rows: list[dict], knobs: dict[str, float]) -> str:
             residual = f"{statistics.mean(r['residual'] for r in g):.3f}" if arm == "admm" else ""
             lines.append(f"| {setting} | {arm} | {ms(acc)} | {delta:+.2f} | {ms([r['acc_at_harden'] for r in g])} | "
                          f"{g[0]['bits_ratio']:.3f} | {g[0]['multiplies_ratio']:.3f} | {residual} | {len(g)} |")
+    lines += ["", "ADMM − one-shot, paired by seed (same pre-trained model), test accuracy points:", "",
+              "| setting | mean ± std | per seed |", "|---|---|---|"]
+    for setting in SETTINGS:
+        by_seed = {r["seed"]: r["accuracy"] for r in groups[("one-shot", setting)]}
+        diffs = [100 * (r["accuracy"] - by_seed[r["seed"]]) for r in groups[("admm", setting)]]
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        lines.append(f"| {setting} | {statistics.mean(diffs):+.2f} ± {spread:.2f} | "
+                     f"{', '.join(f'{d:+.1f}' for d in diffs)} |")
     return "\n".join(lines)
 
 
@@ -220,7 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/results/unification"))
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
     parser.add_argument("--smoke", action="store_true", help="1 epoch a phase, 600 signals (numbers mean nothing)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows.jsonl")
     args = parser.parse_args(argv)
+    if args.report_only:
+        rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
+        pilot = [r for r in rows if r["split"] == "val"]
+        knobs = {arm: max((r for r in pilot if r["arm"] == arm), key=lambda r: r["accuracy"])["knob"]
+                 for arm in ("admm", "one-shot")}
+        summary = summarize(rows, knobs)
+        cpu = sum(r["cpu_s"] for r in rows)
+        (args.out / "summary.md").write_text(summary + f"\n\nCPU time of the arms: {cpu / 60:.1f} min (1 thread; "
+                                             "pre-training and data not included).\n")
+        plot(rows, args.out / "accuracy_vs_cost.png")
+        print(summary)
+        return 0
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_data(600 if args.smoke else 5000)

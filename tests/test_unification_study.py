@@ -28,3 +28,6 @@ def test_study_smoke(tmp_path, monkeypatch):
             assert 0 < r["bits_ratio"] < 1 and 0 < r["multiplies_ratio"] < 1
     assert "| unify 0.4 + prune 0.5 | admm |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 0
+    (tmp_path / "summary.md").unlink()
+    assert module.main(["--report-only", "--out", str(tmp_path)]) == 0  # the table again, from the rows alone
+    assert "ADMM − one-shot, paired by seed" in (tmp_path / "summary.md").read_text()
