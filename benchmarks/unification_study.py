@@ -7,7 +7,9 @@ Protocol (every arm sees the same data, seeds and total epochs):
 - a dense CNN (4 conv1d/linear layers, BN) is pre-trained for ``PRE`` epochs with Adam (lr 3e-3), one per seed,
   and shared by every arm of that seed;
 - **dense**: ``MID + FT`` more epochs (lr 3e-3, then 1e-3 for the last ``FT``);
-- **one-shot**: project + harden right after pre-training, fine-tune ``MID + FT`` epochs (no ADMM);
+- **one-shot**: project + harden right after pre-training, fine-tune ``MID + FT`` epochs at its tuned lr (no ADMM);
+- **one-shot-stepped** (added after the first run, ``--arms one-shot-stepped --append``): the same, with the lr
+  schedule of the dense and ADMM arms (3e-3 for ``MID`` epochs, then 1e-3 for ``FT``), untuned;
 - **ADMM**: ``MID`` epochs with the ADMM penalty (Z/U step every half epoch, ρ × 1.2 each time), harden, fine-tune
   ``FT`` epochs at lr 1e-3;
 - each compressed arm at two levels of prune only, unify only, and both (6 settings).
@@ -134,6 +136,13 @@ def run_arm(arm: str, setting: str | None, pre: nn.Module, data: dict, seed: int
         row["acc_at_harden"] = accuracy(model, data[f"x_{split}"], data[f"y_{split}"])
         train(model, data, MID + FT, knob, seed + 1)
         row.update(costs(model, example))
+    elif arm == "one-shot-stepped":  # the same lr schedule as dense and ADMM: 3e-3 for MID, then 1e-3 for FT
+        unify, prune = SETTINGS[setting]
+        U.harden(model, SPEC, unify=unify, prune=prune)
+        row["acc_at_harden"] = accuracy(model, data[f"x_{split}"], data[f"y_{split}"])
+        train(model, data, MID, LR, seed + 1)
+        train(model, data, FT, FT_LR, seed + 2)
+        row.update(costs(model, example))
     elif arm == "admm":
         unify, prune = SETTINGS[setting]
         admm = U.ADMM(model, SPEC, unify=unify, prune=prune, rho=knob, update_every=steps_per_epoch(data) // 2,
@@ -171,22 +180,24 @@ def summarize(rows: list[dict], knobs: dict[str, float]) -> str:
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0:.4f}"
 
     lines.append(f"| none | dense | {ms(dense)} | 0 | | 1.000 | 1.000 | | {len(dense)} |")
+    present = [a for a in ("one-shot", "one-shot-stepped", "admm") if any(k[0] == a for k in groups)]
     for setting in SETTINGS:
-        for arm in ("one-shot", "admm"):
+        for arm in present:
             g = groups[(arm, setting)]
             acc = [r["accuracy"] for r in g]
             delta = 100 * (statistics.mean(acc) - statistics.mean(dense))
             residual = f"{statistics.mean(r['residual'] for r in g):.3f}" if arm == "admm" else ""
             lines.append(f"| {setting} | {arm} | {ms(acc)} | {delta:+.2f} | {ms([r['acc_at_harden'] for r in g])} | "
                          f"{g[0]['bits_ratio']:.3f} | {g[0]['multiplies_ratio']:.3f} | {residual} | {len(g)} |")
-    lines += ["", "ADMM − one-shot, paired by seed (same pre-trained model), test accuracy points:", "",
-              "| setting | mean ± std | per seed |", "|---|---|---|"]
-    for setting in SETTINGS:
-        by_seed = {r["seed"]: r["accuracy"] for r in groups[("one-shot", setting)]}
-        diffs = [100 * (r["accuracy"] - by_seed[r["seed"]]) for r in groups[("admm", setting)]]
-        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-        lines.append(f"| {setting} | {statistics.mean(diffs):+.2f} ± {spread:.2f} | "
-                     f"{', '.join(f'{d:+.1f}' for d in diffs)} |")
+    for control in [a for a in present if a != "admm"]:
+        lines += ["", f"ADMM − {control}, paired by seed (same pre-trained model), test accuracy points:", "",
+                  "| setting | mean ± std | per seed |", "|---|---|---|"]
+        for setting in SETTINGS:
+            by_seed = {r["seed"]: r["accuracy"] for r in groups[(control, setting)]}
+            diffs = [100 * (r["accuracy"] - by_seed[r["seed"]]) for r in groups[("admm", setting)]]
+            spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            lines.append(f"| {setting} | {statistics.mean(diffs):+.2f} ± {spread:.2f} | "
+                         f"{', '.join(f'{d:+.1f}' for d in diffs)} |")
     return "\n".join(lines)
 
 
@@ -198,10 +209,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
     test = [r for r in rows if r["split"] == "test"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    markers = {"dense": "*", "one-shot": "o", "admm": "s"}
+    markers = {"dense": "*", "one-shot": "o", "one-shot-stepped": "^", "admm": "s"}
     for ax, key, label in ((axes[0], "bits_ratio", "storage (× dense fp32)"),
                            (axes[1], "multiplies_ratio", "multiplications (× dense)")):
-        for arm in ("dense", "one-shot", "admm"):
+        for arm in [a for a in markers if any(r["arm"] == a for r in test)]:
             settings = [None] if arm == "dense" else list(SETTINGS)
             xs, ys, es = [], [], []
             for s in settings:
@@ -210,7 +221,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ys.append(statistics.mean(acc))
                 es.append(statistics.stdev(acc) if len(acc) > 1 else 0)
             ax.errorbar(xs, ys, yerr=es, fmt=markers[arm], label=arm, capsize=3)
-            if arm != "dense":
+            if arm == "admm":  # one set of labels; the other arms sit at the same x
                 for x, y, s in zip(xs, ys, settings, strict=True):
                     ax.annotate(s, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
@@ -222,19 +233,27 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def pilot_knobs(rows: list[dict]) -> dict[str, float]:
+    """The knob each method's pilot chose (the best validation accuracy; the first on a tie)."""
+    pilot = [r for r in rows if r["split"] == "val"]
+    return {arm: max((r for r in pilot if r["arm"] == arm), key=lambda r: r["accuracy"])["knob"]
+            for arm in ("admm", "one-shot")}
+
+
 def main(argv: list[str] | None = None) -> int:
     global PRE, MID, FT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/unification"))
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
     parser.add_argument("--smoke", action="store_true", help="1 epoch a phase, 600 signals (numbers mean nothing)")
+    parser.add_argument("--arms", default="dense,one-shot,admm",
+                        help="comma list of dense, one-shot, one-shot-stepped, admm")
+    parser.add_argument("--append", action="store_true", help="add the rows to an existing rows.jsonl")
     parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows.jsonl")
     args = parser.parse_args(argv)
     if args.report_only:
         rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
-        pilot = [r for r in rows if r["split"] == "val"]
-        knobs = {arm: max((r for r in pilot if r["arm"] == arm), key=lambda r: r["accuracy"])["knob"]
-                 for arm in ("admm", "one-shot")}
+        knobs = pilot_knobs(rows)
         summary = summarize(rows, knobs)
         cpu = sum(r["cpu_s"] for r in rows)
         (args.out / "summary.md").write_text(summary + f"\n\nCPU time of the arms: {cpu / 60:.1f} min (1 thread; "
@@ -254,10 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    arms = args.arms.split(",")
+    unknown = set(arms) - {"dense", "one-shot", "one-shot-stepped", "admm"}
+    if unknown:
+        parser.error(f"--arms: unknown {sorted(unknown)}")
     # pilot: one knob, two values per method, validation split, a seed not used below
-    pre = pretrain(data, PILOT_SEED)
-    knobs = {}
+    pre = pretrain(data, PILOT_SEED) if {"admm", "one-shot"} & set(arms) else None
+    knobs = {"one-shot-stepped": LR}
     for arm, grid in (("admm", RHO_GRID), ("one-shot", FT_LR_GRID)):
+        if arm not in arms:
+            continue
         scores = []
         for value in grid:
             record(row := run_arm(arm, PILOT_SETTING, pre, data, PILOT_SEED, value, "val"))
@@ -265,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         knobs[arm] = grid[int(np.argmax(scores))]
     for seed in SEEDS[: args.seeds]:
         pre = pretrain(data, seed)
-        record(run_arm("dense", None, pre, data, seed, LR, "test"))
+        if "dense" in arms:
+            record(run_arm("dense", None, pre, data, seed, LR, "test"))
         for setting in SETTINGS:
-            for arm in ("one-shot", "admm"):
-                record(run_arm(arm, setting, pre, data, seed, knobs[arm], "test"))
-    with open(args.out / "rows.jsonl", "w") as f:
+            for arm in ("one-shot", "one-shot-stepped", "admm"):
+                if arm in arms:
+                    record(run_arm(arm, setting, pre, data, seed, knobs[arm], "test"))
+    with open(args.out / "rows.jsonl", "a" if args.append else "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    if args.append:
+        rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
+        knobs = pilot_knobs(rows)
     summary = summarize(rows, knobs)
     total = time.process_time() - start
     (args.out / "summary.md").write_text(summary + f"\n\nTotal CPU time: {total / 60:.1f} min (1 thread).\n")
