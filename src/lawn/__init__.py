@@ -1,5 +1,6 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
+from lawn import unification
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
 from lawn.discovery import (
     HomogeneityReport,
@@ -34,5 +35,6 @@ __all__ = [
     "project_onto_tangent",
     "retract",
     "scale_shift_invariant_penalty",
+    "unification",
 ]
 __version__ = "0.1.0"
