@@ -9,6 +9,7 @@ import torch
 
 from lawn.harness.cli import main
 from lawn.harness.lottery import LotterySpec
+from lawn.harness.lottery_report import write_lottery_report
 from lawn.harness.results import read_rows
 
 QUIET = ["--threads", "1", "--no-progress", "--device", "cpu"]
@@ -82,6 +83,16 @@ def test_lottery_runs_every_arm_resumes_and_reports(tmp_path, capsys):
     assert "ticket − random re-init" in text and "IMP ticket" in text
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 0
     assert (out / "correlation_vs_lr.png").stat().st_size > 0
+
+    # rows of a second study with another fine-tune rate are reported as their own arm, paired with the ticket
+    other = [
+        {**r, "key": r["key"] + "x", "lottery": {**r["lottery"], "finetune_lr_scale": 1.0}}
+        for r in again
+        if r["lottery"]["arm"] in ("dense", "finetune")
+    ]
+    write_lottery_report(again + other, out)
+    text = (out / "report.md").read_text()
+    assert "| prune & fine-tune (lr × 1) |" in text and "prune & fine-tune (lr × 1) − ticket (claim 3)" in text
 
 
 @pytest.mark.parametrize(

@@ -55,12 +55,33 @@ def _panels(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(groups.items()))
 
 
+SCALED = ("dense_extra", "finetune", "imp_finetune")  # arms whose learning rate is finetune_lr_scale × lr
+
+
+def _primary_scale(rows: list[dict[str, Any]]) -> float:
+    scales = [r["lottery"]["finetune_lr_scale"] for r in rows if r["lottery"]["arm"] in SCALED]
+    return max(set(scales), key=scales.count) if scales else 0.1
+
+
+def _arm(row: dict[str, Any], primary: float) -> str:
+    """The arm's name; a fine-tune-rate arm run at another ``finetune_lr_scale`` becomes ``arm@scale``."""
+    lot = row["lottery"]
+    if lot["arm"] in SCALED and lot["finetune_lr_scale"] != primary:
+        return f"{lot['arm']}@{lot['finetune_lr_scale']:g}"
+    return lot["arm"]
+
+
+def _label(arm: str) -> str:
+    name, _, scale = arm.partition("@")
+    return ARM_LABELS[name] + (f" (lr × {scale})" if scale else "")
+
+
 def _index(rows: list[dict[str, Any]]) -> dict[tuple[float, str, float], dict[int, dict[str, Any]]]:
     """(lr, arm, sparsity) → {seed: row}."""
+    primary = _primary_scale(rows)
     out: dict[tuple[float, str, float], dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        lot = row["lottery"]
-        out[(row["config"]["lr"], lot["arm"], lot["sparsity"])][row["config"]["seed"]] = row
+        out[(row["config"]["lr"], _arm(row, primary), row["lottery"]["sparsity"])][row["config"]["seed"]] = row
     return out
 
 
@@ -83,7 +104,8 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
         c = group[0]["config"]
         lot = group[0]["lottery"]
         lrs = sorted({r["config"]["lr"] for r in group})
-        sparsities = sorted({k[2] for k in index if k[1] in ("ticket", "reinit", "finetune")})
+        sparsities = sorted({k[2] for k in index if k[1].partition("@")[0] in ("ticket", "reinit", "finetune")})
+        variants = sorted({k[1] for k in index if "@" in k[1] and not k[1].startswith("imp_")})
         lines += [
             f"## {number}. {title}",
             "",
@@ -99,17 +121,17 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                 "| arm | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
                 "|---|" + "---|" * len(sparsities),
             ]
-            for arm in ("dense", "dense_extra"):
+            for arm in ("dense", "dense_extra", *[v for v in variants if v.startswith("dense_extra@")]):
                 runs = index.get((lr, arm, 0.0), {})
                 if runs:
                     cell = f"{_ms([_metric(r) for r in runs.values()])} ({len(runs)})"
-                    lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join([cell] * len(sparsities)) + " |")
-            for arm in ("ticket", "reinit", "finetune"):
+                    lines.append(f"| {_label(arm)} | " + " | ".join([cell] * len(sparsities)) + " |")
+            for arm in ("ticket", "reinit", "finetune", *[v for v in variants if v.startswith("finetune@")]):
                 cells = []
                 for s in sparsities:
                     runs = index.get((lr, arm, s), {})
                     cells.append(f"{_ms([_metric(r) for r in runs.values()])} ({len(runs)})" if runs else "–")
-                lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+                lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
             dense = index.get((lr, "dense", 0.0), {})
             lines += [
                 "",
@@ -121,11 +143,12 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                 ("ticket − random re-init (claim 1)", "ticket", "reinit"),
                 ("fine-tune − ticket (claim 3)", "finetune", "ticket"),
                 ("fine-tune − dense-extra", "finetune", "dense_extra"),
+                *[(f"{_label(v)} − ticket (claim 3)", v, "ticket") for v in variants if v.startswith("finetune@")],
             )
             for label, a, b in pairs:
                 cells = []
                 for s in sparsities:
-                    other = dense if b is None else index.get((lr, b, 0.0 if b == "dense_extra" else s), {})
+                    other = dense if b is None else index.get((lr, b, 0.0 if b.startswith("dense_extra") else s), {})
                     cells.append(_paired(index.get((lr, a, s), {}), other))
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -137,7 +160,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     runs = index[(lr, arm, s)]
                     total = next(iter(runs.values()))["lottery"]["total_epochs"]
                     lines.append(
-                        f"| {ARM_LABELS[arm]} | {100 * s:g} % | {_ms([_metric(r) for r in runs.values()])} "
+                        f"| {_label(arm)} | {100 * s:g} % | {_ms([_metric(r) for r in runs.values()])} "
                         f"({len(runs)}) | {total} |"
                     )
                 lines.append("")
@@ -157,7 +180,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
             lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
         lines += ["", "### Wall time per run (s, one CPU thread on a shared machine)", ""]
         lines += ["| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
-        arms = [a for a in ARM_ORDER if any(k[1] == a for k in index)]
+        arms = [a for a in ARM_ORDER if any(k[1] == a for k in index)] + variants
         for arm in arms:
             cells = []
             for lr in lrs:
@@ -165,7 +188,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     r["timing"]["seconds"] for k, runs in index.items() if k[:2] == (lr, arm) for r in runs.values()
                 ]
                 cells.append(_ms(secs, 1) if secs else "–")
-            lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -187,15 +210,17 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             dense = [_metric(r) for r in index.get((lr, "dense", 0.0), {}).values()]
             if dense:
                 ax.axhline(statistics.fmean(dense), color="k", ls="--", lw=1, label="dense (E)")
-            for arm in ("dense_extra", "ticket", "reinit", "finetune", "imp_ticket", "imp_finetune"):
+            extra = sorted({k[1] for k in index if "@" in k[1]})
+            for arm in ("dense_extra", "ticket", "reinit", "finetune", "imp_ticket", "imp_finetune", *extra):
                 xs = sorted({k[2] for k in index if k[0] == lr and k[1] == arm})
                 if not xs:
                     continue
                 values = [[_metric(r) for r in index[(lr, arm, s)].values()] for s in xs]
                 means = [statistics.fmean(v) for v in values]
                 stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-                if arm == "dense_extra":
-                    ax.axhline(means[0], color=ARM_COLORS[arm], ls=":", lw=1.5, label=ARM_LABELS[arm])
+                color = ARM_COLORS.get(arm, "tab:purple")
+                if arm.startswith("dense_extra"):
+                    ax.axhline(means[0], color=color, ls=":", lw=1.5, label=_label(arm))
                     continue
                 ax.errorbar(
                     [100 * x for x in xs],
@@ -203,8 +228,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                     yerr=stds,
                     marker="o",
                     capsize=3,
-                    label=ARM_LABELS[arm],
-                    color=ARM_COLORS[arm],
+                    label=_label(arm),
+                    color=color,
                     ls="--" if arm.startswith("imp_") else "-",
                 )
             ax.set_title(f"{title}, lr = {lr:g}")
