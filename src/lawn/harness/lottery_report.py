@@ -236,7 +236,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_xlabel("sparsity of the pruned layers (%)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
-        axes[0][-1].legend(fontsize=8)
+        handles: dict[str, Any] = {}
+        for ax in axes[0]:  # one legend with every arm of every panel (IMP runs at one rate only)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8)
         fig.tight_layout()
         path = out / f"accuracy_vs_sparsity{suffix}.png"
         fig.savefig(path, dpi=110)
