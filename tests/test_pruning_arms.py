@@ -102,7 +102,7 @@ def test_imp_compounds_and_rewinds_each_round():
     def train(m):
         starts.append({k: v.clone() for k, v in lawn.pruning._names.effective_tensors(m).items()})
         train_steps(m, _sgd(m), 3)
-        return float(m.fc1.weight.abs().sum())
+        return float(m.fc1.weight.detach().abs().sum())
 
     records = lawn.iterative_magnitude_pruning(model, train, rounds=3, rate=0.5, initial_state=initial)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
