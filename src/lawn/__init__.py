@@ -12,6 +12,21 @@ from lawn.discovery.explain import explain
 from lawn.eman import EMAN, EMATeacher
 from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
+from lawn.pruning import (
+    WeightMask,
+    apply_masks,
+    current_masks,
+    iterative_magnitude_pruning,
+    magnitude_masks,
+    masks_from_state_dict,
+    prunable_weights,
+    prune_and_finetune,
+    reinitialize,
+    remove_masks,
+    rewind,
+    sparsity_report,
+    weight_correlation,
+)
 from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
@@ -23,18 +38,31 @@ __all__ = [
     "NormConstraint",
     "ResidualBranch",
     "WRS",
+    "WeightMask",
+    "apply_masks",
     "center_filters_",
     "center_filters_after_step",
     "check_homogeneity",
     "convert_to_mimicnorm",
+    "current_masks",
     "explain",
     "final_homogeneous_params",
+    "iterative_magnitude_pruning",
+    "magnitude_masks",
+    "masks_from_state_dict",
     "mimicnorm_filters",
     "norms",
     "params_feeding_normalization",
     "project_onto_tangent",
+    "prunable_weights",
+    "prune_and_finetune",
+    "reinitialize",
+    "remove_masks",
     "retract",
+    "rewind",
     "scale_shift_invariant_penalty",
+    "sparsity_report",
     "unification",
+    "weight_correlation",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``lawn`` command: ``demo``, ``run``, ``sweep`` and ``report``.
+"""The ``lawn`` command: ``demo``, ``run``, ``sweep``, ``lottery`` and ``report``.
 
 Bad options, files or config values end the command with ``lawn: error: …`` naming the culprit (exit 2).
 """
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lawn", description="Train models with and without LAWN and report how they compare."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run,sweep,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run,sweep,lottery,report}")
 
     demo = sub.add_parser("demo", help="Adam vs Adam+LAWN at a small and a large batch size (minutes on CPU)")
     demo.add_argument(
@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data-dir", help="override the base data_dir")
     sweep.add_argument("--dry-run", action="store_true", help="list the grid, run nothing")
     _add_runtime(sweep)
+
+    lottery = sub.add_parser(
+        "lottery", help="winning ticket vs random re-init vs prune & fine-tune at equal epochs (resumable)"
+    )
+    lottery.add_argument("spec", help="lottery spec file (.json or .toml); see docs/sweeps/study_lottery.toml")
+    lottery.add_argument("--results", required=True, help="JSONL file the rows are appended to")
+    lottery.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
+    _add_runtime(lottery)
 
     report = sub.add_parser("report", help="markdown table and plots from result files")
     report.add_argument("results", nargs="+", help="JSONL results file(s)")
@@ -309,12 +317,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lottery(args: argparse.Namespace) -> int:
+    from lawn.harness.config import load_mapping, parse_assignment
+    from lawn.harness.lottery import LotterySpec, run_lottery
+
+    data = load_mapping(args.spec)
+    overrides = dict(parse_assignment(text) for text in args.set)
+    if overrides:
+        data = {**data, "base": {**data.get("base", {}), **overrides}}
+    try:
+        spec = LotterySpec.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{args.spec}: {err}") from err
+    counts = run_lottery(spec, args.results, device=_runtime(args), progress=not args.no_progress)
+    print(
+        f"lottery: {counts['done']} row(s) done now, {counts['skipped']} already in {args.results}, "
+        f"{counts['total']} in the study"
+    )
+    print(f"next: lawn report {args.results} --out <dir>")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lawn.harness.report import write_report
     from lawn.harness.results import read_rows
 
     rows = [row for path in args.results for row in read_rows(path)]
     rows = _only(rows, args.only)
+    lottery = [row for row in rows if row.get("experiment") == "lottery"]
+    if lottery:
+        from lawn.harness.lottery_report import write_lottery_report
+
+        if len(lottery) != len(rows):
+            raise ValueError("report: the files mix lottery rows with sweep rows; report them separately")
+        written = write_lottery_report(lottery, args.out, sources=list(args.results))
+        print(written[0].read_text())
+        print("wrote: " + ", ".join(str(p) for p in written))
+        return 0
     from lawn.harness.selection import DEFAULT_TUNED
 
     for row in rows:  # a split field becomes part of the setting, so each of its values is reported
@@ -395,7 +434,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "sweep": cmd_sweep, "lottery": cmd_lottery, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lawn {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        resume = "; rerun the same command to resume" if args.command in ("sweep", "demo") else ""
+        resume = "; rerun the same command to resume" if args.command in ("sweep", "demo", "lottery") else ""
         print(f"lawn {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 

@@ -9,6 +9,8 @@ Each ends in a *final homogeneous sub-network*: the layers after the last normal
 - ``vgg``: [conv-BN-ReLU ×2, max-pool] × 2 → adaptive average pool 2×2 → Linear → ReLU → Linear (no BN in
   the classifier, so its final homogeneous part has two Linear layers).
 - ``cnn1d``: three conv1d-BN-ReLU layers (stride 2) on a length-L signal → flatten → Linear.
+- ``lenet300``: LeNet-300-100 (flatten → Linear 300 → ReLU → Linear 100 → ReLU → Linear), no normalization:
+  the lottery-ticket literature's sanity-check network.
 - ``ncf``: NCF-style MLP for (user, item) pairs: concat(embeddings) → [Linear → BN → ReLU] × 2 → Linear(1).
 """
 
@@ -43,6 +45,21 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class LeNet300(nn.Sequential):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
+        features = 1
+        for d in input_shape:
+            features *= d
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(features, 300),
+            nn.ReLU(),
+            nn.Linear(300, 100),
+            nn.ReLU(),
+            nn.Linear(100, num_classes),
+        )
 
 
 class BasicBlock(nn.Module):
@@ -177,6 +194,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("vgg", "classification", VGG, 3),
         ModelSpec("cnn1d", "classification", CNN1D, 1),
         ModelSpec("ncf", "ranking", NCF, None),
+        ModelSpec("lenet300", "classification", LeNet300, None),
     ]
 }
 _IMAGE_SETS = {"fashion_mnist", "mnist", "cifar10", "digits"}
