@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 import lawn
 from lawn import pruning
+from lawn.harness.checked import run_config
 from lawn.harness.config import RunConfig, load_mapping
 from lawn.harness.datasets import load_data
 from lawn.harness.models import build_model
@@ -123,7 +124,7 @@ class LotterySpec:
             self.config(lr, self.seeds[0])  # every run config is valid
 
     def config(self, lr: float, seed: int) -> RunConfig:
-        return RunConfig.from_dict({**self.base, "lr": lr, "seed": seed, "method": "plain"})
+        return run_config({**self.base, "lr": lr, "seed": seed, "method": "plain"})
 
     def study_fields(self) -> dict[str, Any]:
         return {

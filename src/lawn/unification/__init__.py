@@ -10,8 +10,9 @@ the top-level ``lawn`` namespace.
 from lawn.unification.admm import ADMM
 from lawn.unification.blocks import DENSE, PRUNED, UNIFIED, BlockSpec, project
 from lawn.unification.export import export, load
-from lawn.unification.parametrization import UnifiedBlocks, harden, hardened_layers
+from lawn.unification.parametrization import harden, hardened_layers
 from lawn.unification.report import CompressionReport, LayerReport, compression_report
+from lawn.unification.unified_blocks import UnifiedBlocks
 
 __all__ = [
     "ADMM",

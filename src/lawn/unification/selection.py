@@ -8,14 +8,13 @@ import torch
 from torch import nn
 
 from lawn.unification.blocks import BlockSpec
+from lawn.unification.unified_blocks import UnifiedBlocks
 
 SCANNED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_hardened(module: nn.Module) -> bool:
     """Whether ``module.weight`` carries a unification parametrization."""
-    from lawn.unification.parametrization import UnifiedBlocks
-
     plist = getattr(getattr(module, "parametrizations", None), "weight", None)
     return plist is not None and any(isinstance(p, UnifiedBlocks) for p in plist)
 
