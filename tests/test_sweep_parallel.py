@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lawn.harness.cli import main
 from lawn.harness.parallel import LocalPool, worker_devices
 from lawn.harness.results import read_rows
 from lawn.harness.sweep import SweepEvent, SweepFailed, SweepSpec, run_sweep
@@ -65,6 +66,22 @@ def test_worker_devices_spread_runs_over_the_visible_gpus() -> None:
         worker_devices("cpu", 0, gpu_count=0)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--jobs", "0"], "--jobs: must be >= 1"),
+        (["--jobs", "2", "--threads", "0"], "--threads: must be >= 1"),
+        (["--gpus-per-run", "0.5"], "--cpus-per-run/--gpus-per-run: only with --ray"),
+    ],
+)
+def test_bad_jobs_options_are_named(flags: list[str], message: str, tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    assert main(["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_jobs_2_gives_the_sequential_rows_bit_for_bit(reference: list[dict], tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     events: list[SweepEvent] = []
@@ -113,6 +130,16 @@ def test_a_run_that_raises_in_a_worker_is_reported_and_devices_reach_the_workers
         "ValueError: device: 'cuda:0' requested but CUDA is not available (use --device cpu)",
         "ValueError: device: 'cuda:1' requested but CUDA is not available (use --device cpu)",
     ]
+
+
+def test_a_failing_run_in_process_fails_alone(tmp_path: Path) -> None:
+    """The sequential path too: each run that raises is reported at the end, after the others ran."""
+    missing = tmp_path / "no-such-dir"
+    spec = SweepSpec.from_dict({**SPEC, "base": {**SPEC["base"], "dataset": "mnist", "data_dir": str(missing)}})
+    with pytest.raises(SweepFailed, match="8 of 8 run") as failed:
+        run_sweep(spec, tmp_path / "r.jsonl")
+    assert all(str(missing) in error for _, error in failed.value.failures)
+    assert failed.value.counts == {"done": 0, "skipped": 0, "total": 8, "failed": 8}
 
 
 SHARED = """

@@ -217,7 +217,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     backend, device = _sweep_backend(args)
     on_event = _log_event if args.no_progress else None
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops cleanly, like Ctrl-C
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops like Ctrl-C
     try:
         counts = run_sweep(
             spec, args.results, device=device, progress=not args.no_progress, backend=backend, on_event=on_event
@@ -228,7 +231,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for config, error in failed.failures:
             print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(
         f"sweep: {counts['done']} run(s) done now, {counts['skipped']} already in {args.results}, "
         f"{counts['total']} in the grid"
@@ -274,7 +278,7 @@ def _sweep_backend(args: argparse.Namespace) -> tuple[Any, str | None]:
             f"--device {args.device} with --ray --gpus-per-run {args.gpus_per_run:g}: Ray gives each run its "
             "GPUs; use --gpus-per-run > 0 for CUDA runs and none for CPU runs (--device auto picks accordingly)"
         )
-    local = not args.ray and not os.environ.get("RAY_ADDRESS")
+    local = (args.ray or os.environ.get("RAY_ADDRESS") or "local") == "local"
     init_options = {"num_cpus": max(1, round(args.jobs * args.cpus_per_run))} if local and args.jobs else {}
     backend = RayBackend(
         args.ray or None,
