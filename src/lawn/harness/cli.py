@@ -194,6 +194,7 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     import signal
+    import threading
 
     from lawn.harness.results import completed_keys
     from lawn.harness.sweep import SweepFailed, run_sweep
@@ -217,8 +218,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     backend, device = _sweep_backend(args)
     on_event = _log_event if args.no_progress else None
-    import threading
-
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops like Ctrl-C
     try:
