@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--train-limit", type=int, help="training pool size (default: 10000 on image data sets)")
     demo.add_argument("--test-limit", type=int, help="test examples (default: 5000 on image data sets)")
+    demo.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once, in worker processes (default: %(default)s)"
+    )
     _add_runtime(demo)
 
     fields_epilog = _config_fields_epilog()
@@ -128,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
     sweep.add_argument("--data-dir", help="override the base data_dir")
     sweep.add_argument("--dry-run", action="store_true", help="list the grid, run nothing")
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once: N local worker processes (default 1: in this process); with --ray, at most N in flight",
+    )
+    sweep.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray: no ADDRESS = $RAY_ADDRESS or a new local instance; 'auto' or ray://host:10001 = a cluster",
+    )
+    sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="with --ray: CPUs each run requests")
+    sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="with --ray: GPUs each run requests (0.25)")
     _add_runtime(sweep)
 
     lottery = sub.add_parser(
@@ -287,8 +304,11 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from lawn.harness.results import completed_keys
-    from lawn.harness.sweep import run_sweep
+    from lawn.harness.sweep import SweepFailed, run_sweep
 
     spec = _sweep_spec(args)
     runs = spec.expand()
@@ -307,12 +327,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 grid = " × ".join(f"{k}{list(v)}" for k, v in axes.items())
                 print(f"  {optimizer}/{method}: {size} grid points: {grid}")
         return 0
-    device = _runtime(args)
-    counts = run_sweep(spec, args.results, device=device, progress=not args.no_progress)
+    backend, device = _sweep_backend(args)
+    on_event = _log_event if args.no_progress else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops like Ctrl-C
+    try:
+        counts = run_sweep(
+            spec, args.results, device=device, progress=not args.no_progress, backend=backend, on_event=on_event
+        )
+    except SweepFailed as failed:
+        counts = failed.counts
+        print(f"sweep: {len(failed.failures)} run(s) failed (their rows are not written):", file=sys.stderr)
+        for config, error in failed.failures:
+            print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(
         f"sweep: {counts['done']} run(s) done now, {counts['skipped']} already in {args.results}, "
         f"{counts['total']} in the grid"
     )
+    if counts.get("failed"):
+        print(f"sweep: {counts['failed']} failed; rerun the same command to retry them")
+        return 1
     print(f"next: lawn report {args.results} --out <dir>")
     return 0
 
@@ -336,6 +373,80 @@ def cmd_lottery(args: argparse.Namespace) -> int:
     )
     print(f"next: lawn report {args.results} --out <dir>")
     return 0
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sweep_backend(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The backend of ``--jobs`` / ``--ray`` and the device to run on (``None``: the backend decides)."""
+    import os
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+    if args.ray is None:
+        if args.cpus_per_run != 1.0 or args.gpus_per_run != 0.0:
+            raise ValueError("--cpus-per-run/--gpus-per-run: only with --ray (locally, use --jobs and --threads)")
+        device = _runtime(args)
+        if not args.jobs or args.jobs == 1:
+            return None, device
+        import torch
+
+        from lawn.harness.parallel import LocalPool, worker_devices
+
+        devices = worker_devices(device, args.jobs, torch.cuda.device_count() if device == "cuda" else 0)
+        return LocalPool(args.jobs, threads=args.threads, devices=devices), device
+    try:
+        from lawn.harness.ray_backend import RayBackend
+    except ImportError as err:
+        raise ValueError(f"--ray: Ray is not installed ({err}); install it with pip install 'lawn[ray]'") from err
+    fits = {"auto": True, "cpu": args.gpus_per_run == 0, "cuda": args.gpus_per_run > 0}
+    if not fits.get(args.device, False):
+        raise ValueError(
+            f"--device {args.device} with --ray --gpus-per-run {args.gpus_per_run:g}: Ray gives each run its "
+            "GPUs; use --gpus-per-run > 0 for CUDA runs and none for CPU runs (--device auto picks accordingly)"
+        )
+    local = (args.ray or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    init_options = {"num_cpus": max(1, round(args.jobs * args.cpus_per_run))} if local and args.jobs else {}
+    backend = RayBackend(
+        args.ray or None,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        threads=args.threads,
+        max_in_flight=args.jobs,
+        init_options=init_options,
+    )
+    return backend, None
+
+
+def _run_label(config: Any) -> str:
+    return f"{config.optimizer}/{config.method} bs={config.batch_size} lr={config.lr:g} seed={config.seed}"
+
+
+def _log_event(event: Any) -> None:
+    """One log line per run started or ended (``--no-progress``)."""
+    label = _run_label(event.config)
+    position = f"[{event.finished:>{len(str(event.total))}}/{event.total}]"
+    eta = "" if event.eta_s is None else f", eta {_duration(event.eta_s)}"
+    if event.kind == "start":
+        print(f"{' ' * len(position)} start  {label} on {event.where}", flush=True)
+    elif event.kind == "done":
+        row = event.row
+        result = "diverged" if row["diverged"] else f"val {row['val_metric']:.4f} test {row['test_metric']:.4f}"
+        seconds = row.get("timing", {}).get("seconds", 0.0)
+        print(f"{position} done   {label}: {result} ({seconds:.1f} s){eta}", flush=True)
+    elif event.kind == "failed":
+        print(f"{position} FAILED {label}: {event.error.splitlines()[0]}{eta}", flush=True)
+    else:
+        print(f"{position} skip   {label}: its row was written by another sweep{eta}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -388,7 +499,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lawn.harness.report import write_report
     from lawn.harness.results import read_rows
     from lawn.harness.selection import select
-    from lawn.harness.sweep import run_sweep
+    from lawn.harness.sweep import SweepFailed, run_sweep
 
     dataset, data_dir, notice = pick_dataset(args.dataset, args.data_dir)
     if notice:
@@ -422,7 +533,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{chosen['epochs']} epochs, lr grid {args.lrs} (sqrt scaling from batch 128), {args.seeds} seed(s), "
         f"device {device}, {args.threads} thread(s)"
     )
-    counts = run_sweep(spec, results, device=device, progress=not args.no_progress)
+    backend = None
+    if args.jobs < 1:
+        raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.jobs > 1:
+        import torch
+
+        from lawn.harness.parallel import LocalPool, worker_devices
+
+        devices = worker_devices(device, args.jobs, torch.cuda.device_count() if device == "cuda" else 0)
+        backend = LocalPool(args.jobs, threads=args.threads, devices=devices)
+    try:
+        counts = run_sweep(spec, results, device=device, progress=not args.no_progress, backend=backend)
+    except SweepFailed as failed:
+        print(f"demo: {len(failed.failures)} run(s) failed; rerun the same command to retry them:", file=sys.stderr)
+        for config, error in failed.failures:
+            print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
+        return 1
     print(f"{counts['done']} run(s) trained, {counts['skipped']} reused from {results}")
     keys = {config.key() for config, _ in spec.expand()}  # this demo's runs, even if the file holds others
     rows = [r for r in read_rows(results) if r["key"] in keys]

@@ -9,23 +9,32 @@ its tuned axes (``tuned``) and the report shows each method's grid size. ``vary`
 repeats the whole grid for each combination of values of other fields (e.g. ``normalization``): these are
 not tuned, so each value is a setting of its own in the report. Seeds are the outer loop, so a sweep
 stopped early has covered the whole grid for its first seeds.
+
+``run_sweep`` drives a backend (``lawn.harness.parallel``: in this process, or a pool of local worker
+processes; ``lawn.harness.ray_backend``: Ray tasks) and is the results file's only writer in its process.
+Rows are the same whatever the backend (a run is a function of its config), only their order in the file
+differs. Runs are claimed in the file's lock file, so two sweeps on one file share the grid safely.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from lawn.harness.checked import run_config
 from lawn.harness.config import RunConfig, coerce_field, load_mapping
 from lawn.harness.methods import METHODS
-from lawn.harness.results import append_row, completed_keys
-from lawn.harness.train import train
+from lawn.harness.results import ResultsFile
+
+if TYPE_CHECKING:
+    from lawn.harness.parallel import Backend
 
 SWEPT = ("optimizer", "method", "batch_size", "lr", "weight_decay", "seed")
 
@@ -194,6 +203,31 @@ def _per_optimizer(
     return {o: values for o in optimizers}
 
 
+@dataclass(frozen=True)
+class SweepEvent:
+    """What happened to one run: ``kind`` is ``"start"``, ``"done"``, ``"failed"`` or ``"skipped"`` (its row
+    appeared, written by another sweep on the same file). ``finished``/``total`` count the grid's runs ended
+    so far (present, done or failed); ``eta_s`` extrapolates this sweep's pace to the rest."""
+
+    kind: str
+    config: RunConfig
+    where: str = ""
+    row: dict[str, Any] | None = None
+    error: str | None = None
+    finished: int = 0
+    total: int = 0
+    eta_s: float | None = None
+
+
+class SweepFailed(RuntimeError):
+    """Some runs failed (all others ran and were written); rerunning the sweep retries exactly those."""
+
+    def __init__(self, counts: dict[str, int], failures: list[tuple[RunConfig, str]]) -> None:
+        self.counts = counts
+        self.failures = failures
+        super().__init__(f"{len(failures)} of {counts['total']} run(s) failed; rerun the sweep to retry them")
+
+
 def run_sweep(
     spec: SweepSpec,
     results: str | Path,
@@ -201,26 +235,113 @@ def run_sweep(
     device: str | None = None,
     progress: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    backend: Backend | None = None,
+    on_event: Callable[[SweepEvent], None] | None = None,
+    poll_s: float = 1.0,
 ) -> dict[str, int]:
     """Run every configuration of ``spec`` whose key is not yet in ``results``; append each row as it ends.
 
-    ``device`` overrides the configs' device (it is not part of a run's key). Returns counts of runs
-    ``done`` now, ``skipped`` (already present) and ``total``.
+    ``backend`` trains the runs (default :class:`~lawn.harness.parallel.InProcess`: one at a time, here;
+    ``LocalPool(jobs)``: worker processes; ``RayBackend``: Ray tasks); this process is the only writer. Each
+    run is claimed in ``results``'s lock file before it starts, so sweeps sharing the file split the grid
+    and never train a run twice; runs another sweep holds are waited for (polled every ``poll_s`` s) and
+    taken over if it gives them up without a row. ``device`` overrides the configs' device (not part of a
+    run's key). Returns counts of runs ``done`` now, ``skipped`` (their row came from elsewhere) and
+    ``total``. A run that fails (an exception, a dead worker) fails alone: the others go on, then
+    :class:`SweepFailed` is raised with the counts and the failures. On an interrupt (``KeyboardInterrupt``)
+    the workers are ended and every row written so far stays; rerunning resumes.
     """
+    from lawn.harness.parallel import InProcess
+
     runs = spec.expand()
-    done_keys = completed_keys(results)
-    todo = [(c, t) for c, t in runs if c.key() not in done_keys]
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", disable=not progress, unit="run")
-    done = 0
-    for config, tuned in todo:
-        if device is not None:
-            config = config.replace(device=device)
-        row = train(config, progress=progress)
-        row["tuned"] = tuned
-        append_row(results, row)
-        done += 1
-        bar.update(1)
-        if on_row is not None:
-            on_row(row)
-    bar.close()
-    return {"done": done, "skipped": len(runs) - len(todo), "total": len(runs)}
+    book = ResultsFile(results)
+    backend = backend if backend is not None else InProcess(progress=progress)
+    present = book.written()
+    pending = deque((i, c, t) for i, (c, t) in enumerate(runs) if c.key() not in present)
+    total, skipped, done = len(runs), len(runs) - len(pending), 0
+    elsewhere: list[tuple[int, RunConfig, list[str]]] = []  # claimed by another sweep on this file
+    in_flight: dict[int, tuple[RunConfig, list[str]]] = {}
+    failures: list[tuple[RunConfig, str]] = []
+    bar = tqdm(total=total, initial=skipped, desc="sweep", disable=not progress, unit="run", dynamic_ncols=True)
+    started = time.monotonic()
+
+    def emit(kind: str, config: RunConfig, **extra: Any) -> None:
+        finished = skipped + done + len(failures)
+        ran = done + len(failures)
+        eta = (time.monotonic() - started) / ran * (total - finished) if ran else None
+        if kind in ("done", "failed", "skipped"):
+            bar.update(1)
+            bar.set_postfix(running=len(in_flight), failed=len(failures), refresh=False)
+        if kind == "failed" and progress:
+            bar.write(f"sweep: run failed: {_label(config)}: {extra['error'].splitlines()[0]}")
+        if on_event is not None:
+            on_event(SweepEvent(kind, config, finished=finished, total=total, eta_s=eta, **extra))
+
+    def recheck_elsewhere() -> None:
+        nonlocal skipped
+        keys = book.written()
+        for item in list(elsewhere):
+            if item[1].key() in keys:
+                elsewhere.remove(item)
+                skipped += 1
+                emit("skipped", item[1])
+            elif book.claim(item[1].key()):  # given up without a row (failed there, or that sweep died)
+                book.release(item[1].key())
+                elsewhere.remove(item)
+                pending.append(item)
+
+    cancel = True
+    try:
+        book.open()
+        while pending or in_flight or elsewhere:
+            while pending and backend.capacity() > 0:
+                tag, config, tuned = pending.popleft()
+                key = config.key()
+                if not book.claim(key):
+                    elsewhere.append((tag, config, tuned))
+                    continue
+                if key in book.written():  # written by another sweep since we read the file
+                    book.release(key)
+                    skipped += 1
+                    emit("skipped", config)
+                    continue
+                if device is not None:
+                    config = config.replace(device=device)
+                in_flight[tag] = (config, tuned)
+                emit("start", config, where=backend.submit(tag, config))
+            if in_flight:
+                outcomes = backend.wait(poll_s if elsewhere else None)
+            else:
+                outcomes = []
+                time.sleep(poll_s)  # only runs held by another sweep are left
+            for outcome in outcomes:
+                config, tuned = in_flight.pop(outcome.tag)
+                key = config.key()
+                if outcome.row is not None:
+                    row = {**outcome.row, "tuned": tuned}
+                    book.append(row)
+                    book.release(key)
+                    done += 1
+                    emit("done", config, row=row)
+                    if on_row is not None:
+                        on_row(row)
+                else:
+                    book.release(key)
+                    failures.append((config, outcome.error or "unknown error"))
+                    emit("failed", config, error=failures[-1][1])
+            if elsewhere:
+                recheck_elsewhere()
+        cancel = False
+    finally:
+        backend.close(cancel=cancel)
+        book.close()
+        bar.close()
+    counts = {"done": done, "skipped": skipped, "total": total}
+    if failures:
+        raise SweepFailed({**counts, "failed": len(failures)}, failures)
+    return counts
+
+
+def _label(config: RunConfig) -> str:
+    tuned = f"{config.optimizer}/{config.method} bs={config.batch_size} lr={config.lr:g} seed={config.seed}"
+    return f"{tuned} key={config.key()}"
