@@ -196,9 +196,18 @@ def test_diverged_seeds_count_as_zero() -> None:
     assert s.diverged == 1 and s.test_mean == pytest.approx(0.45)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((SRC.parent / "docs" / "sweeps").glob("*.toml")), ids=lambda p: p.name
-)
+SPECS = sorted((SRC.parent / "docs" / "sweeps").glob("*.toml"))
+LOTTERY_SPECS = [p for p in SPECS if p.name.startswith("study_lottery")]  # `lawn lottery` specs, not sweeps
+
+
+@pytest.mark.parametrize("path", LOTTERY_SPECS, ids=lambda p: p.name)
+def test_documented_lottery_specs_are_valid(path: Path) -> None:
+    from lawn.harness.lottery import LotterySpec
+
+    assert LotterySpec.load(path).seeds
+
+
+@pytest.mark.parametrize("path", [p for p in SPECS if p not in LOTTERY_SPECS], ids=lambda p: p.name)
 def test_documented_sweep_specs_are_valid(path: Path) -> None:
     spec = SweepSpec.load(path)
     sizes = {
