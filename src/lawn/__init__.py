@@ -11,6 +11,16 @@ from lawn.discovery.explain import explain
 from lawn.eman import EMAN, EMATeacher
 from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
+from lawn.nested import (
+    NestedConv2d,
+    NestedDropout,
+    NestedLinear,
+    mc_predict,
+    nested_kl,
+    recalibrate_batchnorm,
+    set_width,
+    slice_model,
+)
 from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
@@ -19,6 +29,9 @@ __all__ = [
     "EMATeacher",
     "HomogeneityReport",
     "LAWN",
+    "NestedConv2d",
+    "NestedDropout",
+    "NestedLinear",
     "NormConstraint",
     "ResidualBranch",
     "WRS",
@@ -28,11 +41,16 @@ __all__ = [
     "convert_to_mimicnorm",
     "explain",
     "final_homogeneous_params",
+    "mc_predict",
     "mimicnorm_filters",
+    "nested_kl",
     "norms",
     "params_feeding_normalization",
     "project_onto_tangent",
+    "recalibrate_batchnorm",
     "retract",
     "scale_shift_invariant_penalty",
+    "set_width",
+    "slice_model",
 ]
 __version__ = "0.1.0"
