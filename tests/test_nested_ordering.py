@@ -101,6 +101,7 @@ def test_set_width_keeps_a_prefix_of_groups() -> None:
         alive = (out.abs().sum((0, 2, 3)) > 0).tolist()
         assert alive == [True] * kept + [False] * (8 - kept), (width, alive)
         assert layer.units_kept(width) == kept
+        torch.testing.assert_close(layer(x[0]), out[0])  # unbatched input
     set_width(model, None)
     assert layer.width is None
 
@@ -116,6 +117,7 @@ def test_weight_noise_samples_in_training_and_mc_only() -> None:
     model.eval()
     torch.testing.assert_close(model(x), model(x))  # eval: the mean weights
     torch.testing.assert_close(model(x), nn.functional.linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(model(x[0]), model(x)[0])  # unbatched input
     model.train()
     assert not torch.allclose(model(x), model(x))
     p1, p2 = mc_predict(model, x, samples=4), mc_predict(model, x, samples=4)

@@ -40,8 +40,6 @@ def _check_groups(units: int, groups_of_units: int, name: str) -> int:
 
 def _mask_shape(mask: torch.Tensor, out: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """Broadcast a ``(B or 1, C)`` mask over ``out`` whose channels are at ``channel_dim``."""
-    if out.dim() == 1:  # unbatched Linear
-        return mask[0]
     shape = [1] * out.dim()
     shape[0], shape[channel_dim] = mask.shape[0], mask.shape[1]
     return mask.reshape(shape)
@@ -123,8 +121,10 @@ class _NestedWeights(NestedModule):
             out = out + torch.sqrt(var + 1e-8) * torch.randn_like(out)
         if self.norm is not None:
             out = self.norm(out)
-        batch = out.shape[0] if out.dim() > 1 else 1
-        return out * _mask_shape(self.unit_mask(batch).to(out.dtype), out, self.channel_dim)
+        if out.dim() == 1 or (self.channel_dim == 1 and out.dim() == 3):  # unbatched Linear / Conv2d input
+            mask = self.unit_mask(1)[0].to(out.dtype)
+            return out * (mask if out.dim() == 1 else mask.reshape(-1, 1, 1))
+        return out * _mask_shape(self.unit_mask(out.shape[0]).to(out.dtype), out, self.channel_dim)
 
     def log_alpha(self) -> torch.Tensor:
         """``log α = log σ² − log θ²``, clipped to [−10, 10]."""
