@@ -123,7 +123,7 @@ def test_weight_noise_samples_in_training_and_mc_only() -> None:
     p1, p2 = mc_predict(model, x, samples=4), mc_predict(model, x, samples=4)
     assert not torch.allclose(p1, p2) and model.training  # the mode is restored
     torch.testing.assert_close(p1.sum(1), torch.ones(7))
-    assert float(layer.weight_kl()) > 0 and torch.isfinite(nested_kl(model, "weights"))
+    assert float(layer.weight_kl().detach()) > 0 and torch.isfinite(nested_kl(model, "weights"))
 
 
 def test_weight_kl_is_weighted_by_keep_probability() -> None:
