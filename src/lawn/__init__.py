@@ -1,8 +1,10 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
+from lawn.constraint.auto_switch import AutoSwitch
 from lawn.discovery import (
     HomogeneityReport,
+    all_layer_weights,
     check_homogeneity,
     final_homogeneous_params,
     params_feeding_normalization,
@@ -11,17 +13,21 @@ from lawn.discovery.explain import explain
 from lawn.eman import EMAN, EMATeacher
 from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
+from lawn.schedule import LAWNSchedule
 from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [
+    "AutoSwitch",
     "EMAN",
     "EMATeacher",
     "HomogeneityReport",
     "LAWN",
+    "LAWNSchedule",
     "NormConstraint",
     "ResidualBranch",
     "WRS",
+    "all_layer_weights",
     "center_filters_",
     "center_filters_after_step",
     "check_homogeneity",
