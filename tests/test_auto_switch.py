@@ -36,7 +36,7 @@ def expected_switch(data) -> int | None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def log_norm() -> float:
-        return 0.5 * math.log(sum(float(p.double().pow(2).sum()) for _, p in model.tail()))
+        return 0.5 * math.log(sum(float(p.detach().double().pow(2).sum()) for _, p in model.tail()))
 
     last, peak = log_norm(), 0.0
     for step, (xb, yb) in enumerate(data, start=1):
