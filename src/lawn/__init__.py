@@ -2,8 +2,10 @@
 
 from lawn import unification
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
+from lawn.constraint.auto_switch import AutoSwitch
 from lawn.discovery import (
     HomogeneityReport,
+    all_layer_weights,
     check_homogeneity,
     final_homogeneous_params,
     params_feeding_normalization,
@@ -37,14 +39,17 @@ from lawn.pruning import (
     sparsity_report,
     weight_correlation,
 )
+from lawn.schedule import LAWNSchedule
 from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [
+    "AutoSwitch",
     "EMAN",
     "EMATeacher",
     "HomogeneityReport",
     "LAWN",
+    "LAWNSchedule",
     "NestedConv2d",
     "NestedDropout",
     "NestedLinear",
@@ -52,6 +57,7 @@ __all__ = [
     "ResidualBranch",
     "WRS",
     "WeightMask",
+    "all_layer_weights",
     "apply_masks",
     "center_filters_",
     "center_filters_after_step",

@@ -5,14 +5,25 @@ Train freely for ``free_steps`` steps; then freeze the norms of the final homoge
 is projected onto the tangent space of each norm sphere, the base optimizer steps, and the weights are
 rescaled back onto the sphere. With the weight norms fixed, the logits cannot grow without bound, so the
 loss does not collapse to ~0 and the network keeps moving.
+
+The switch comes after a fixed number of steps, or by itself (``free_steps="auto"``, see
+:mod:`lawn.constraint.auto_switch`); ``opt.switch_step`` says when, and :class:`lawn.LAWNSchedule` follows it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch.optim import Optimizer
 
+from lawn.constraint import auto_switch
+from lawn.constraint.auto_switch import AutoSwitch
 from lawn.constraint.engine import NamedParams, NormConstraint
 from lawn.constraint.reference import Granularity
+
+SWITCH_KEY = "lawn_switch_step"
+_NEVER = 2**62  # the engine's step count for an automatic switch (the rule decides, see _switch_due)
 
 
 class LAWN(NormConstraint):
@@ -22,7 +33,9 @@ class LAWN(NormConstraint):
         base: the optimizer to stack onto (SGD, Adam, LAMB, ...); it must hold every tensor of ``params``.
         params: the weights to constrain, plain or as ``(name, tensor)`` pairs, e.g.
             ``lawn.final_homogeneous_params(model, example_inputs)``.
-        free_steps: applied optimizer steps before the norms are frozen; 0 freezes them now.
+        free_steps: applied optimizer steps before the norms are frozen; 0 freezes them now; ``"auto"`` (or a
+            ``lawn.AutoSwitch`` with its own constants) switches when the constrained norms stop growing fast
+            (:mod:`lawn.constraint.auto_switch`).
         granularity: ``"tensor"`` keeps ``‖W‖``; ``"row"`` keeps each ``‖W_i‖`` (output unit / conv filter).
         project_gradient: project ``g`` onto the tangent space, ``g ← g − (⟨g, W⟩/‖W‖²) W``, before stepping.
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
@@ -30,14 +43,15 @@ class LAWN(NormConstraint):
         compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint.compiled``).
         fused: fp32 CPU weights (contiguous or channels-last) go through a C++ kernel (see ``lawn.constraint.fused``).
 
-    ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now.
+    ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now; ``opt.switch_step`` is the
+    number of applied steps before the switch (``None`` before it).
     """
 
     def __init__(
         self,
         base: Optimizer,
         params: NamedParams,
-        free_steps: int = 1000,
+        free_steps: int | str | AutoSwitch = 1000,
         granularity: Granularity = "tensor",
         project_gradient: bool = True,
         *,
@@ -46,10 +60,11 @@ class LAWN(NormConstraint):
         compiled: bool = False,
         fused: bool = False,
     ) -> None:
+        auto = auto_switch.resolve(free_steps)
         super().__init__(
             base,
             params,
-            free_steps=free_steps,
+            free_steps=_NEVER if auto is not None else free_steps,  # type: ignore[arg-type]
             granularity=granularity,
             project_gradient=project_gradient,
             target_scale=target_scale,
@@ -57,3 +72,35 @@ class LAWN(NormConstraint):
             compiled=compiled,
             fused=fused,
         )
+        extra: dict[str, Any] = {SWITCH_KEY: self.param_groups[0].get(SWITCH_KEY)}
+        if auto is not None:
+            extra.update({"lawn_free_steps": auto_switch.AUTO, **auto_switch.options(auto, self._all_constrained())})
+        for key, value in extra.items():
+            self.defaults[key] = value
+            for group in self.param_groups:
+                group[key] = value
+
+    @property
+    def switch_step(self) -> int | None:
+        """Applied steps before the switch (fixed or automatic); ``None`` while free."""
+        group = self.param_groups[0]
+        if not group["lawn_frozen"]:
+            return None
+        recorded = group.get(SWITCH_KEY)
+        return recorded if recorded is not None else group["lawn_free_steps"]  # a checkpoint older than the key
+
+    def freeze(self) -> None:
+        """Switch to the constrained phase now (see ``NormConstraint.freeze``) and record ``switch_step``."""
+        was_free = not self.param_groups[0]["lawn_frozen"]
+        super().freeze()
+        if was_free:
+            for group in self.param_groups:
+                group[SWITCH_KEY] = group["lawn_steps"]
+
+    def _switch_due(self, steps: int) -> bool:
+        if self.param_groups[0]["lawn_free_steps"] != auto_switch.AUTO:
+            return super()._switch_due(steps)
+        return auto_switch.switch_due(self.param_groups, steps, self._all_constrained())
+
+    def _all_constrained(self) -> list[torch.Tensor]:
+        return [p for _, p in self.constrained_parameters]

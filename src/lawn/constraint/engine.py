@@ -471,9 +471,13 @@ class NormConstraint(Optimizer):
             for p in constrained:
                 if TARGET_KEY not in self.state[p]:
                     self.state[p][TARGET_KEY] = _placeholder_target(p, group["lawn_granularity"])
-        if steps >= self.param_groups[0]["lawn_free_steps"]:
+        if self._switch_due(steps):
             self.freeze()
             self._mark_on_sphere([p for group in self._constrained for p in group])
+
+    def _switch_due(self, steps: int) -> bool:
+        """Whether the free phase ends after applied step ``steps`` (LAWN's ``free_steps="auto"`` overrides it)."""
+        return steps >= self.param_groups[0]["lawn_free_steps"]
 
 
 def _placeholder_target(p: torch.Tensor, granularity: Granularity) -> torch.Tensor:

@@ -32,7 +32,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("cosine", "step", "constant")
 GRANULARITIES = ("tensor", "row")
 KEY_IGNORES = ("device",)
-LATE_FIELDS = ("normalization", "wrs_every", "ssi_lambda")
+LATE_FIELDS = ("normalization", "wrs_every", "ssi_lambda", "rewarmup_fraction", "auto_threshold", "auto_checks")
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,14 @@ class RunConfig:
     warmup_fraction: float = 0.05
     step_milestones: tuple[float, ...] = (0.5, 0.75)
     step_gamma: float = 0.1
+    rewarmup_fraction: float = 0.0  # > 0: LAWN methods (only) get lawn.LAWNSchedule, see harness.schedule
     # LAWN
     free_fraction: float = 0.2
     granularity: str = "tensor"
     project_gradient: bool = True
     target_scale: float = 1.0
+    auto_threshold: float = 0.3  # method lawn_auto: lawn.AutoSwitch(threshold=..., check_every=total // auto_checks)
+    auto_checks: int = 20
     # WRS: rescale the weights feeding a normalization to norm 1 after every wrs_every-th step
     wrs_every: int = 1
     # SSI: the training loss gets + ssi_lambda × lawn.scale_shift_invariant_penalty (weight decay's scale)
@@ -256,6 +259,15 @@ def _validate(c: RunConfig) -> None:
         and list(c.step_milestones) == sorted(c.step_milestones),
         f"step_milestones: increasing fractions of training in (0, 1), got {list(c.step_milestones)}",
     )
+    _check(
+        0.0 <= c.rewarmup_fraction < 1.0, f"rewarmup_fraction: must be in [0, 1), got {c.rewarmup_fraction}"
+    )
+    _check(
+        c.rewarmup_fraction == 0.0 or c.schedule in ("cosine", "constant"),
+        f"rewarmup_fraction: the three-phase schedule decays by 'cosine' or 'constant', got schedule={c.schedule!r}",
+    )
+    _check(0.0 < c.auto_threshold < 1.0, f"auto_threshold: must be in (0, 1), got {c.auto_threshold}")
+    _check(c.auto_checks >= 1, f"auto_checks: must be >= 1, got {c.auto_checks}")
     _check(0.0 < c.step_gamma <= 1.0, f"step_gamma: must be in (0, 1], got {c.step_gamma}")
     _check(0.0 <= c.free_fraction <= 1.0, f"free_fraction: must be in [0, 1], got {c.free_fraction}")
     _check(

@@ -18,6 +18,12 @@ the training loss. To add one, register a :class:`Method`; configs and sweeps pi
   ResNet gives its residual branches). Biases, BN parameters and embeddings are not in the penalty.
 - ``lawn``: the base optimizer (no weight decay) over all parameters, wrapped by ``lawn.LAWN`` over the
   final homogeneous sub-network's weights, with ``free_steps = round(free_fraction × total_steps)``.
+- ``lawn_all``: ``lawn`` over ``lawn.all_layer_weights(model)`` (every weight with ≥ 2 dims) instead of the tail.
+- ``lawn_auto``: ``lawn`` with the automatic switch, ``free_steps = lawn.AutoSwitch(threshold=auto_threshold,
+  check_every=max(1, total_steps // auto_checks))``; ``free_fraction`` is not used.
+
+With ``rewarmup_fraction > 0`` the LAWN methods train under ``lawn.LAWNSchedule`` (see
+:mod:`lawn.harness.schedule`).
 """
 
 from __future__ import annotations
@@ -91,12 +97,31 @@ def free_steps(config: RunConfig, total_steps: int) -> int:
     return int(round(config.free_fraction * total_steps))
 
 
+def auto_switch(config: RunConfig, total_steps: int) -> lawn.AutoSwitch:
+    """``lawn_auto``'s switch: ``auto_checks`` checks over the run, at ``threshold = auto_threshold``."""
+    return lawn.AutoSwitch(check_every=max(1, total_steps // config.auto_checks), threshold=config.auto_threshold)
+
+
 def _lawn(base: Optimizer, setup: Setup) -> Optimizer:
+    return _lawn_over(base, setup, setup.constrained, free_steps(setup.config, setup.total_steps))
+
+
+def _lawn_all(base: Optimizer, setup: Setup) -> Optimizer:
+    return _lawn_over(base, setup, lawn.all_layer_weights(setup.model), free_steps(setup.config, setup.total_steps))
+
+
+def _lawn_auto(base: Optimizer, setup: Setup) -> Optimizer:
+    return _lawn_over(base, setup, setup.constrained, auto_switch(setup.config, setup.total_steps))
+
+
+def _lawn_over(
+    base: Optimizer, setup: Setup, params: NamedParams, free: int | lawn.AutoSwitch
+) -> Optimizer:
     config = setup.config
     return lawn.LAWN(
         base,
-        setup.constrained,
-        free_steps=free_steps(config, setup.total_steps),
+        params,
+        free_steps=free,
         granularity=config.granularity,  # type: ignore[arg-type]
         project_gradient=config.project_gradient,
         target_scale=config.target_scale,
@@ -145,6 +170,16 @@ register_method(
         False,
         _lawn,
         "LAWN on the final homogeneous weights, no weight decay",
+        needs_final_homogeneous=True,
+    )
+)
+register_method(Method("lawn_all", False, _lawn_all, "LAWN on every weight with >= 2 dims, no weight decay"))
+register_method(
+    Method(
+        "lawn_auto",
+        False,
+        _lawn_auto,
+        "LAWN on the final homogeneous weights, automatic switch, no weight decay",
         needs_final_homogeneous=True,
     )
 )

@@ -8,6 +8,9 @@ Each ends in a *final homogeneous sub-network*: the layers after the last normal
   gives its residual structure to the scale-shift-invariant penalty (:meth:`ResNet.ssi_layers`).
 - ``vgg``: [conv-BN-ReLU ×2, max-pool] × 2 → adaptive average pool 2×2 → Linear → ReLU → Linear (no BN in
   the classifier, so its final homogeneous part has two Linear layers).
+- ``vgg_nonorm``: the ``vgg`` layout without any normalization (conv-ReLU ×2, max-pool) × 2 → adaptive average
+  pool 2×2 → Linear → ReLU → Linear, no biases: the whole network is homogeneous, so its final homogeneous
+  sub-network is every layer (six weights).
 - ``cnn1d``: three conv1d-BN-ReLU layers (stride 2) on a length-L signal → flatten → Linear.
 - ``lenet300``: LeNet-300-100 (flatten → Linear 300 → ReLU → Linear 100 → ReLU → Linear), no normalization:
   the lottery-ticket literature's sanity-check network.
@@ -131,6 +134,36 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+class VGGNoNorm(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
+        super().__init__()
+        _need_image(input_shape, "vgg_nonorm")
+        w = width
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(input_shape[0], w),
+            *conv(w, w),
+            nn.MaxPool2d(2),
+            *conv(w, 2 * w),
+            *conv(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(8 * w, 8 * w, bias=False), nn.ReLU(), nn.Linear(8 * w, num_classes, bias=False)
+        )
+        for m in self.modules():  # He init keeps the signal's scale through the ReLU stack (no norm to do it)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class CNN1D(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
         super().__init__()
@@ -192,6 +225,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp", "classification", MLP, None),
         ModelSpec("resnet", "classification", ResNet, 3),
         ModelSpec("vgg", "classification", VGG, 3),
+        ModelSpec("vgg_nonorm", "classification", VGGNoNorm, 3),
         ModelSpec("cnn1d", "classification", CNN1D, 1),
         ModelSpec("ncf", "ranking", NCF, None),
         ModelSpec("lenet300", "classification", LeNet300, None),

@@ -18,7 +18,7 @@ from typing import Any
 from lawn.harness.selection import Selection, select
 
 PANEL_IGNORES = ("optimizer", "method", "batch_size")
-METHOD_ORDER = ("plain", "wd", "wrs", "ssi", "lawn")
+METHOD_ORDER = ("plain", "wd", "wrs", "ssi", "lawn", "lawn_all", "lawn_auto")
 METHOD_COLORS = {
     "plain": "tab:blue",
     "wd": "tab:orange",

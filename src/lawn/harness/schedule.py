@@ -4,6 +4,11 @@ With ``W`` warm-up steps out of ``T`` and ``t`` counted from 0, the factor multi
 ``(t + 1) / W`` for ``t < W``, then with progress ``p = (t − W) / (T − W)``:
 cosine ``½ (1 + cos(π p))``; step ``γ^k`` with ``k`` the number of milestones (fractions of ``T``) passed;
 constant ``1``.
+
+With ``rewarmup_fraction > 0`` a LAWN optimizer (other methods have no switch: they keep the schedule above)
+gets :class:`lawn.LAWNSchedule` instead (the paper's three
+phases): the same warm-up, then ``1`` until LAWN's switch, a re-warm-up over ``round(rewarmup_fraction × T)``
+steps from 0.1 of the value back to it, then the ``schedule``'s decay (cosine to 0, or constant) to ``T``.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+import lawn
 from lawn.harness.config import RunConfig
 
 _EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
@@ -49,8 +55,16 @@ def lr_factor(
     raise ValueError(f"schedule: unknown kind {kind!r}")
 
 
-def build_scheduler(optimizer: Optimizer, config: RunConfig, total_steps: int) -> LambdaLR:
+def build_scheduler(optimizer: Optimizer, config: RunConfig, total_steps: int) -> LRScheduler:
     warmup = warmup_steps(config, total_steps)
+    if config.rewarmup_fraction > 0.0 and isinstance(optimizer, lawn.LAWN):
+        return lawn.LAWNSchedule(
+            optimizer,
+            total_steps,
+            warmup_steps=warmup,
+            rewarmup_steps=max(1, int(round(config.rewarmup_fraction * total_steps))),
+            decay=config.schedule,
+        )
     return LambdaLR(
         optimizer,
         lambda step: lr_factor(

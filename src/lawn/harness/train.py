@@ -4,7 +4,9 @@ Per epoch (and once before training, epoch 0) the row's ``history`` records: tra
 (averaged over the epoch's batches), validation and test loss and metric, ``logit_norm`` (mean ‖logits‖ on
 the test set), ``constrained_norm`` (``sqrt(Σ‖W‖²)`` over the final homogeneous weights, recorded for every
 method so trajectories compare; ``None`` under MimicNorm, which has none), ``constrained_norms`` (each such
-``‖W‖``), ``weight_norm`` (all parameters), the learning rate and LAWN's phase. ``train_loss`` is the data
+``‖W‖``), ``weight_norm`` (all parameters), ``tangential_step`` (the mean over the epoch's steps of the step's part
+tangent to the sphere, relative: ``‖Δ − (⟨Δ, W⟩/‖W‖²) W‖ / ‖W‖`` over the final homogeneous weights taken as one
+vector), the learning rate and LAWN's phase. ``train_loss`` is the data
 loss: a method's penalty (``ssi``) is trained on but not included. The row's ``val_metric`` /
 ``test_metric`` are those of the last epoch; a run whose training loss stops being finite is marked
 ``diverged`` and has ``None`` there.
@@ -65,6 +67,16 @@ def _norms(model: torch.nn.Module, constrained: list[tuple[str, torch.Tensor]]) 
     }
 
 
+@torch.no_grad()
+def _tangential_step(before: list[torch.Tensor], after: list[torch.Tensor]) -> torch.Tensor:
+    """``‖Δ_tan‖ / ‖W‖`` for the step ``before → after`` (all tensors as one vector; no host sync)."""
+    delta = torch.cat([(a - b).flatten().double() for a, b in zip(after, before)])
+    w = torch.cat([b.flatten().double() for b in before])
+    w2 = w.dot(w)
+    tangent = delta - (delta.dot(w) / w2) * w
+    return tangent.norm() / w2.sqrt()
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -98,7 +110,9 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     scheduler = build_scheduler(optimizer, config, total_steps)
     is_lawn = isinstance(optimizer, lawn.LAWN)
 
-    def record(epoch: int, train_loss: float | None, train_acc: float | None) -> dict[str, Any]:
+    def record(
+        epoch: int, train_loss: float | None, train_acc: float | None, tangential: float | None = None
+    ) -> dict[str, Any]:
         model.eval()
         val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
         model.train()
@@ -114,6 +128,7 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
             "test_loss": _finite(test["loss"]),
             "test_metric": test["metric"],
             "logit_norm": _finite(test["logit_norm"]),
+            "tangential_step": tangential,
             **_norms(model, constrained),
         }
         if "auc" in test:
@@ -127,7 +142,8 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     for epoch in range(1, config.epochs + 1):
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        seen = 0
+        tangential_sum = torch.zeros((), dtype=torch.float64, device=device)
+        seen = steps_done = 0
         blew_up = False
         for inputs, targets in task.epoch(config.batch_size, generator):
             logits = model(inputs)
@@ -135,6 +151,7 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
             penalty = None if method.penalty is None else method.penalty(model, config)
             optimizer.zero_grad(set_to_none=True)
             (loss if penalty is None else loss + penalty).backward()
+            before = [p.detach().clone() for _, p in constrained]
             try:
                 optimizer.step()
             except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
@@ -143,12 +160,16 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
                 blew_up = True
                 break
             scheduler.step()
+            if constrained:
+                tangential_sum += _tangential_step(before, [p.detach() for _, p in constrained])
             loss_sum += loss.detach() * len(targets)
             correct += task.correct(logits.detach(), targets)
             seen += len(targets)
+            steps_done += 1
             bar.update(1)
         train_loss = math.nan if blew_up else float(loss_sum) / max(1, seen)
-        history.append(record(epoch, train_loss, float(correct) / max(1, seen)))
+        tangential = _finite(float(tangential_sum) / max(1, steps_done)) if constrained else None
+        history.append(record(epoch, train_loss, float(correct) / max(1, seen), tangential))
         bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
         if not math.isfinite(train_loss):
             diverged = True
@@ -167,7 +188,8 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "scaled_lr": lr,
-        "free_steps": free_steps(config, total_steps) if is_lawn else None,
+        "free_steps": free_steps(config, total_steps) if is_lawn and config.method != "lawn_auto" else None,
+        "switch_step": optimizer.switch_step if is_lawn else None,
         "constrained": [name for name, _ in constrained],
         "uses_weight_decay": method.uses_weight_decay,
         "history": history,

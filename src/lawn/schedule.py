@@ -1,0 +1,150 @@
+"""``LAWNSchedule``: the paper's three-phase learning-rate schedule, following the LAWN optimizer's switch.
+
+With ``t`` the scheduler's step (0-based, one per optimizer step), ``W`` warm-up steps, the switch after ``s``
+applied steps (read from ``optimizer.switch_step``), ``R`` re-warm-up steps, ``T`` total steps, ``a`` =
+``rewarmup_from`` and ``f`` = ``final_fraction``, the factor multiplying each group's initial learning rate is
+
+1. warm-up, ``t < W``: ``(t + 1) / W``;
+2. free phase, ``W ≤ t`` and no switch yet (or ``t < s``): ``1`` (``before_switch="constant"``), or the decay
+   curve from ``W`` to ``T`` (``"decay"``); call its value at the switch ``v = c(s)``;
+3. re-warm-up, ``s ≤ t < s + R``: ``v · (a + (1 − a) · (t − s + 1) / R)``: from a fraction of the current value
+   back up to it, while the base optimizer's state adapts to the sphere (at the switch the effective step on
+   the sphere changes abruptly);
+4. decay, ``s + R ≤ t``: ``v · d(p)`` with ``p = (t − s − R) / (T − s − R)`` clipped to ``[0, 1]`` and ``d`` the
+   ``decay`` curve: ``"cosine"`` ``f + (1 − f) · ½ (1 + cos πp)``, ``"linear"`` ``f + (1 − f)(1 − p)``,
+   ``"constant"`` ``1``.
+
+Before the switch nothing depends on ``s``, so the schedule follows a fixed or an automatic switch alike. Its
+``state_dict`` holds its step count, and the switch comes from the optimizer's own checkpoint, so a resumed run
+continues exactly. It is a ``torch.optim.lr_scheduler.LRScheduler``: plain loops, Lightning
+(``{"scheduler": s, "interval": "step"}``) and the HF Trainer (``optimizers=(opt, s)``) take it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+DECAYS = ("cosine", "linear", "constant")
+BEFORE_SWITCH = ("constant", "decay")
+
+
+def _curve(progress: float, decay: str, final_fraction: float) -> float:
+    p = min(1.0, max(0.0, progress))
+    if decay == "cosine":
+        return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if decay == "linear":
+        return final_fraction + (1.0 - final_fraction) * (1.0 - p)
+    return 1.0
+
+
+def lawn_schedule_factor(
+    step: int,
+    total_steps: int,
+    switch_step: int | None,
+    *,
+    warmup_steps: int = 0,
+    rewarmup_steps: int = 0,
+    decay: str = "cosine",
+    rewarmup_from: float = 0.1,
+    final_fraction: float = 0.0,
+    before_switch: str = "constant",
+) -> float:
+    """The multiplier at scheduler step ``step`` (0-based) when the switch came after ``switch_step`` steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+
+    def free(t: int) -> float:
+        if before_switch == "constant":
+            return 1.0
+        return _curve((t - warmup_steps) / max(1, total_steps - warmup_steps), decay, final_fraction)
+
+    if switch_step is None or step < switch_step:
+        return free(step)
+    value = free(max(switch_step, warmup_steps))
+    since = step - switch_step
+    if since < rewarmup_steps:
+        return value * (rewarmup_from + (1.0 - rewarmup_from) * (since + 1) / rewarmup_steps)
+    start = switch_step + rewarmup_steps
+    return value * _curve((step - start) / max(1, total_steps - start), decay, final_fraction)
+
+
+class LAWNSchedule(LRScheduler):
+    """Warm-up, free phase, re-warm-up at LAWN's switch, decay (the formula is in the module docstring).
+
+    Args:
+        optimizer: a :class:`lawn.LAWN` (anything with a ``switch_step`` attribute: ``None`` before the switch).
+        total_steps: the run's optimizer steps ``T``; the decay ends there at ``final_fraction``.
+        warmup_steps: ``W``, the first warm-up (0: none).
+        rewarmup_steps: ``R``, the re-warm-up after the switch (0: none, a one-warm-up schedule that decays
+            from the switch on).
+        decay: ``"cosine"``, ``"linear"`` or ``"constant"`` after the re-warm-up.
+        rewarmup_from: ``a``, the fraction of the current value the re-warm-up starts from, in ``[0, 1]``.
+        final_fraction: ``f``, the fraction left at ``total_steps``, in ``[0, 1]``.
+        before_switch: ``"constant"`` (the paper's: 1 until the switch) or ``"decay"`` (the decay curve over
+            ``[W, T]`` until the switch, then everything scaled by its value there).
+        last_epoch: as for every ``LRScheduler`` (-1: a fresh schedule).
+
+    The scheduler must be stepped once per optimizer step. If the switch never comes, the free phase lasts
+    to the end.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        rewarmup_steps: int = 0,
+        decay: str = "cosine",
+        *,
+        rewarmup_from: float = 0.1,
+        final_fraction: float = 0.0,
+        before_switch: str = "constant",
+        last_epoch: int = -1,
+    ) -> None:
+        if not hasattr(optimizer, "switch_step"):
+            raise TypeError(
+                f"optimizer: LAWNSchedule follows LAWN's switch; got {type(optimizer).__name__}, which has no "
+                "switch_step (wrap it: lawn.LAWN(base, params, free_steps=...))"
+            )
+        for name, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps),
+                            ("rewarmup_steps", rewarmup_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps: must be >= 1, got {total_steps}")
+        if decay not in DECAYS:
+            raise ValueError(f"decay: expected one of {DECAYS}, got {decay!r}")
+        if before_switch not in BEFORE_SWITCH:
+            raise ValueError(f"before_switch: expected one of {BEFORE_SWITCH}, got {before_switch!r}")
+        for name, value in (("rewarmup_from", rewarmup_from), ("final_fraction", final_fraction)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.rewarmup_steps = rewarmup_steps
+        self.decay = decay
+        self.rewarmup_from = float(rewarmup_from)
+        self.final_fraction = float(final_fraction)
+        self.before_switch = before_switch
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The multiplier at ``step`` given what the optimizer says about its switch now."""
+        return lawn_schedule_factor(
+            step,
+            self.total_steps,
+            self.optimizer.switch_step,  # type: ignore[attr-defined]
+            warmup_steps=self.warmup_steps,
+            rewarmup_steps=self.rewarmup_steps,
+            decay=self.decay,
+            rewarmup_from=self.rewarmup_from,
+            final_fraction=self.final_fraction,
+            before_switch=self.before_switch,
+        )
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        factor = self.factor(self.last_epoch)
+        return [base_lr * factor for base_lr in self.base_lrs]

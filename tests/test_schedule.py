@@ -1,0 +1,121 @@
+"""lawn.LAWNSchedule: the three phases at every step, following a fixed or an automatic switch, and an exact resume
+across the switch."""
+
+import math
+
+import pytest
+import torch
+
+import lawn
+from lawn.schedule import lawn_schedule_factor
+from lawn_helpers import BNNet, batches, roundtrip, train_step
+
+T, W, R, FREE, LR = 40, 5, 6, 15, 0.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(seed: int = 0, free_steps=FREE, **kwargs):
+    torch.manual_seed(seed)
+    model = BNNet()
+    opt = lawn.LAWN(torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9), model.tail(), free_steps=free_steps)
+    options = {"warmup_steps": W, "rewarmup_steps": R, "rewarmup_from": 0.2, "final_fraction": 0.1, **kwargs}
+    return model, opt, lawn.LAWNSchedule(opt, T, **options)
+
+
+def run(model, opt, sched, data) -> list[float]:
+    """The learning rate each step ran with."""
+    used = []
+    for xb, yb in data:
+        used.append(opt.param_groups[0]["lr"])
+        train_step(model, opt, xb, yb)
+        sched.step()
+    return used
+
+
+def test_every_phase_has_its_shape():
+    model, opt, sched = make()
+    used = run(model, opt, sched, batches(T))
+    assert opt.switch_step == FREE
+    for t in range(W):  # 1. linear warm-up
+        assert used[t] == pytest.approx(LR * (t + 1) / W)
+    for t in range(W, FREE):  # 2. constant until the switch
+        assert used[t] == pytest.approx(LR)
+    for t in range(FREE, FREE + R):  # 3. re-warm-up from 0.2 of the value back up to it
+        assert used[t] == pytest.approx(LR * (0.2 + 0.8 * (t - FREE + 1) / R))
+    assert used[FREE] < used[FREE - 1] and used[FREE + R - 1] == pytest.approx(LR)
+    start = FREE + R  # 4. cosine decay to 0.1 at T
+    for t in range(start, T):
+        p = (t - start) / (T - start)
+        assert used[t] == pytest.approx(LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))))
+    assert all(a >= b for a, b in zip(used[start:], used[start + 1 :]))
+    assert lawn_schedule_factor(T, T, FREE, warmup_steps=W, rewarmup_steps=R, final_fraction=0.1) == pytest.approx(0.1)
+
+
+def test_decay_before_the_switch_scales_the_rest_by_its_value_there():
+    kwargs = {"warmup_steps": W, "rewarmup_steps": R, "final_fraction": 0.0, "before_switch": "decay"}
+    value = lawn_schedule_factor(FREE - 1, T, None, **kwargs)
+    at_switch = 0.5 * (1 + math.cos(math.pi * (FREE - W) / (T - W)))
+    assert lawn_schedule_factor(FREE + R - 1, T, FREE, **kwargs) == pytest.approx(at_switch)
+    assert value > at_switch  # decaying before the switch
+    assert lawn_schedule_factor(FREE, T, FREE, **kwargs) == pytest.approx(at_switch * (0.1 + 0.9 / R))
+    linear = lawn_schedule_factor(FREE + R + 5, T, FREE, **{**kwargs, "decay": "linear"})  # linear before, too
+    assert linear == pytest.approx((1 - (FREE - W) / (T - W)) * (1 - 5 / (T - FREE - R)))
+    assert lawn_schedule_factor(T - 1, T, FREE, **{**kwargs, "decay": "constant"}) == 1.0  # no decay anywhere
+
+
+def test_follows_an_automatic_switch():
+    model, opt, sched = make(free_steps=lawn.AutoSwitch(check_every=4, threshold=0.5), rewarmup_from=0.0)
+    used = run(model, opt, sched, batches(T))
+    s = opt.switch_step
+    assert s is not None and W < s < T - R, "the case must switch inside the run"
+    assert used[s - 1] == pytest.approx(LR) and used[s] == pytest.approx(LR / R)
+
+
+def test_no_switch_no_rewarmup():
+    model, opt, sched = make(free_steps=10_000)
+    used = run(model, opt, sched, batches(T))
+    assert opt.switch_step is None and used[W:] == pytest.approx([LR] * (T - W))
+
+
+@pytest.mark.parametrize("stop", [FREE - 2, FREE, FREE + 3])  # before, at and after the switch
+def test_resumes_exactly_across_the_switch(stop):
+    data = batches(T)
+    model, opt, sched = make()
+    straight = run(model, opt, sched, data)
+
+    model, opt, sched = make()
+    first = run(model, opt, sched, data[:stop])
+    ckpt = roundtrip({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()})
+    model, opt, sched = make(seed=7)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    resumed = first + run(model, opt, sched, data[stop:])
+    assert resumed == straight
+    model2, opt2, sched2 = make()
+    run(model2, opt2, sched2, data)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_input_is_named():
+    model = BNNet()
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="switch_step"):
+        lawn.LAWNSchedule(plain, 10)
+    opt = lawn.LAWN(torch.optim.SGD(model.parameters(), lr=0.1), model.tail(), free_steps=3)
+    with pytest.raises(ValueError, match="decay"):
+        lawn.LAWNSchedule(opt, 10, decay="exp")
+    with pytest.raises(ValueError, match="rewarmup_from"):
+        lawn.LAWNSchedule(opt, 10, rewarmup_from=1.5)
+    with pytest.raises(ValueError, match="total_steps"):
+        lawn.LAWNSchedule(opt, 0)
+    assert opt.param_groups[0]["lr"] == 0.1  # nothing changed
