@@ -77,7 +77,8 @@ def build() -> ModuleType:
     return cpp_extension.load(
         name=NAME,
         sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp"],  # OpenMP: at::parallel_for runs on torch's intra-op threads
+        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],  # OpenMP: at::parallel_for on torch's threads;
+        # no errno from sqrt: it vectorises
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )
@@ -124,14 +125,17 @@ def _like(t: Any, w: torch.Tensor) -> bool:
 def _takes(p: torch.Tensor, state: dict[str, Any], keys: tuple[str, ...]) -> bool:
     """A CPU fp32/bf16 dense weight whose gradient and existing state tensors share its dtype and layout."""
     g = p.grad
-    if p.device.type != "cpu" or p.dtype not in _DTYPES or is_dtensor(p) or not _dense(p):
+    if g is None:
         return False
-    if g is None or g.is_sparse or not _like(g, p) or g.shape != p.shape:
+    w = p.detach()  # attribute reads on a plain tensor skip nn.Parameter's __torch_function__ (~1 µs each)
+    if w.device.type != "cpu" or w.dtype not in _DTYPES or is_dtensor(p) or not _dense(w):
+        return False
+    if g.is_sparse or not _like(g, w) or g.shape != w.shape:
         return False
     step = state.get("step")
     if step is not None and not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.numel() == 1):
         return False
-    return all(_like(state[key], p) for key in keys if state.get(key) is not None)
+    return all(_like(state[key], w) for key in keys if state.get(key) is not None)
 
 
 def _step_dtype(fused: bool | None) -> torch.dtype:
@@ -212,7 +216,11 @@ class FusedStep:
         return True
 
     def _run(
-        self, kernel: ModuleType, engine: NormConstraint, group: dict[str, Any], params: list[torch.Tensor],
+        self,
+        kernel: ModuleType,
+        engine: NormConstraint,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
         retract: bool,
     ) -> None:
         from lawn.constraint.engine import TARGET_KEY
@@ -229,11 +237,25 @@ class FusedStep:
             states = [_adam_state(p, engine.state[p], group) for p in params]
             beta1, beta2 = group["betas"]
             kernel.adam_(
-                weights, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states], norms, targets,
-                float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
-                bool(group.get("decoupled_weight_decay", isinstance(engine.base, torch.optim.AdamW))), amsgrad,
-                bool(group["maximize"]), project, retract, per_row,
+                weights,
+                grads,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+                [s["step"] for s in states],
+                norms,
+                targets,
+                float(group["lr"]),
+                float(beta1),
+                float(beta2),
+                float(group["eps"]),
+                float(group["weight_decay"]),
+                bool(group.get("decoupled_weight_decay", isinstance(engine.base, torch.optim.AdamW))),
+                amsgrad,
+                bool(group["maximize"]),
+                project,
+                retract,
+                per_row,
             )
             touched = [s[key] for s in states for key in _STATE_KEYS["adam"] if key in s]
         else:
@@ -245,9 +267,21 @@ class FusedStep:
                         engine.state[p]["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
             buffers = [engine.state[p]["momentum_buffer"] if momentum != 0 else _EMPTY for p in params]
             kernel.sgd_(
-                weights, grads, buffers, first, norms, targets, float(group["lr"]), momentum,
-                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                bool(group["maximize"]), project, retract, per_row,
+                weights,
+                grads,
+                buffers,
+                first,
+                norms,
+                targets,
+                float(group["lr"]),
+                momentum,
+                float(group["dampening"]),
+                float(group["weight_decay"]),
+                bool(group["nesterov"]),
+                bool(group["maximize"]),
+                project,
+                retract,
+                per_row,
             )
             touched = buffers if momentum != 0 else []
         torch.autograd.graph.increment_version(weights + touched)

@@ -102,7 +102,8 @@ LAWN_INLINE void dot_sq(const T* g, const T* w, int64_t n, bool want_sq, double*
 
 // The Adam update of n elements (g projected with coefficient c first); returns sum of the new w^2 (as stored).
 template <typename T>
-LAWN_INLINE double adam_span(T* w, const T* g, T* m, T* v, T* vmax, int64_t n, float c, const Adam& k) {
+LAWN_INLINE double adam_span(T* w, const T* g, T* m, T* v, T* vmax, int64_t n, float c, const Adam& hyper) {
+  const Adam k = hyper;  // a local copy: stores through w, m, v cannot alias it (keeps the loops vectorised)
   double total = 0.0;
   for (int64_t start = 0; start < n; start += BLOCK) {
     const int64_t len = std::min(BLOCK, n - start);
@@ -143,9 +144,26 @@ LAWN_INLINE double adam_span(T* w, const T* g, T* m, T* v, T* vmax, int64_t n, f
   return total;
 }
 
+// SGD with momentum over one block; FIRST: the buffer is new (takes the gradient), NESTEROV: look ahead.
+template <typename T, bool FIRST, bool NESTEROV>
+LAWN_INLINE float sgd_momentum_block(T* wb, const T* gb, T* bb, int64_t len, float c, const Sgd& k) {
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < len; ++i) {
+    const float w0 = load(wb[i]);
+    const float gi = (load(gb[i]) - c * w0) * k.sign + w0 * k.weight_decay;
+    const float bi = put(bb + i, FIRST ? gi : load(bb[i]) * k.momentum + gi * k.one_minus_dampening);
+    const float d = NESTEROV ? gi + bi * k.momentum : bi;
+    const float wi = put(wb + i, w0 - d * k.lr);
+    sq += wi * wi;
+  }
+  return sq;
+}
+
 // The SGD update of n elements (g projected with coefficient c first); returns sum of the new w^2 (as stored).
 template <typename T>
-LAWN_INLINE double sgd_span(T* w, const T* g, T* buf, int64_t n, float c, const Sgd& k, bool first) {
+LAWN_INLINE double sgd_span(T* w, const T* g, T* buf, int64_t n, float c, const Sgd& hyper, bool first) {
+  const Sgd k = hyper;  // a local copy: stores through w, buf cannot alias it
   double total = 0.0;
   for (int64_t start = 0; start < n; start += BLOCK) {
     const int64_t len = std::min(BLOCK, n - start);
@@ -160,18 +178,12 @@ LAWN_INLINE double sgd_span(T* w, const T* g, T* buf, int64_t n, float c, const 
         const float wi = put(wb + i, w0 - gi * k.lr);
         sq += wi * wi;
       }
+    } else if (first) {
+      sq = k.nesterov ? sgd_momentum_block<T, true, true>(wb, gb, buf + start, len, c, k)
+                      : sgd_momentum_block<T, true, false>(wb, gb, buf + start, len, c, k);
     } else {
-      T* bb = buf + start;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t i = 0; i < len; ++i) {
-        const float w0 = load(wb[i]);
-        const float gi = (load(gb[i]) - c * w0) * k.sign + w0 * k.weight_decay;
-        const float bi = first ? gi : load(bb[i]) * k.momentum + gi * k.one_minus_dampening;
-        put(bb + i, bi);
-        const float d = k.nesterov ? gi + bi * k.momentum : bi;
-        const float wi = put(wb + i, w0 - d * k.lr);
-        sq += wi * wi;
-      }
+      sq = k.nesterov ? sgd_momentum_block<T, false, true>(wb, gb, buf + start, len, c, k)
+                      : sgd_momentum_block<T, false, false>(wb, gb, buf + start, len, c, k);
     }
     total += sq;
   }
@@ -198,8 +210,19 @@ struct Job {
   bool project, first;
 };
 
-template <typename T, typename Update>
-LAWN_INLINE void rows_range(const Job<T>& j, int64_t first, int64_t last, const Update& update) {
+template <typename T>
+LAWN_INLINE double update(const Job<T>& j, const Adam& k, int64_t off, int64_t n, float c) {
+  return adam_span(j.w + off, j.g + off, j.a + off, j.b + off, j.x ? j.x + off : nullptr, n, c, k);
+}
+
+template <typename T>
+LAWN_INLINE double update(const Job<T>& j, const Sgd& k, int64_t off, int64_t n, float c) {
+  return sgd_span(j.w + off, j.g + off, j.a ? j.a + off : nullptr, n, c, k, j.first);
+}
+
+// Rows [first, last): each row's dot, its update (summing its new norm), its rescale, while it is in cache.
+template <typename T, typename K>
+LAWN_INLINE void rows_range(const Job<T>& j, const K& k, int64_t first, int64_t last) {
   for (int64_t r = first; r < last; ++r) {
     const int64_t off = r * j.cols;
     float c = 0.f;
@@ -209,22 +232,27 @@ LAWN_INLINE void rows_range(const Job<T>& j, int64_t first, int64_t last, const 
       if (j.norm != nullptr) sq = double(j.norm[r]) * double(j.norm[r]);
       c = static_cast<float>(dot / sq);
     }
-    const double nsq = update(off, j.cols, c);
+    const double nsq = update(j, k, off, j.cols, c);
     if (j.target != nullptr) scale_span(j.w + off, static_cast<float>(double(j.target[r]) / std::sqrt(nsq)), j.cols);
+  }
+}
+
+// Blocks [first, last) of a whole tensor: the update, each block's new sum of squares into out.
+template <typename T, typename K>
+LAWN_INLINE void blocks_range(const Job<T>& j, const K& k, float c, int64_t first, int64_t last, double* out) {
+  for (int64_t blk = first; blk < last; ++blk) {
+    const int64_t off = blk * BLOCK;
+    out[blk] = update(j, k, off, std::min(BLOCK, j.rows * j.cols - off), c);
   }
 }
 
 // One function per (optimizer, dtype) and piece, each compiled per instruction set.
 #define LAWN_DEFINE(T, NAME)                                                                                     \
   LAWN_VECTOR_CLONES void adam_rows_##NAME(const Job<T>& j, const Adam& k, int64_t first, int64_t last) {        \
-    rows_range(j, first, last, [&](int64_t off, int64_t n, float c) {                                           \
-      return adam_span(j.w + off, j.g + off, j.a + off, j.b + off, j.x ? j.x + off : nullptr, n, c, k);         \
-    });                                                                                                          \
+    rows_range(j, k, first, last);                                                                               \
   }                                                                                                              \
   LAWN_VECTOR_CLONES void sgd_rows_##NAME(const Job<T>& j, const Sgd& k, int64_t first, int64_t last) {          \
-    rows_range(j, first, last, [&](int64_t off, int64_t n, float c) {                                           \
-      return sgd_span(j.w + off, j.g + off, j.a ? j.a + off : nullptr, n, c, k, j.first);                       \
-    });                                                                                                          \
+    rows_range(j, k, first, last);                                                                               \
   }                                                                                                              \
   LAWN_VECTOR_CLONES void dot_range_##NAME(const Job<T>& j, int64_t first, int64_t last, double* out) {          \
     for (int64_t blk = first; blk < last; ++blk) {                                                               \
@@ -234,17 +262,11 @@ LAWN_INLINE void rows_range(const Job<T>& j, int64_t first, int64_t last, const 
   }                                                                                                              \
   LAWN_VECTOR_CLONES void adam_range_##NAME(const Job<T>& j, const Adam& k, float c, int64_t first, int64_t last, \
                                             double* out) {                                                       \
-    for (int64_t blk = first; blk < last; ++blk) {                                                               \
-      const int64_t off = blk * BLOCK, n = std::min(BLOCK, j.rows * j.cols - off);                               \
-      out[blk] = adam_span(j.w + off, j.g + off, j.a + off, j.b + off, j.x ? j.x + off : nullptr, n, c, k);     \
-    }                                                                                                            \
+    blocks_range(j, k, c, first, last, out);                                                                     \
   }                                                                                                              \
   LAWN_VECTOR_CLONES void sgd_range_##NAME(const Job<T>& j, const Sgd& k, float c, int64_t first, int64_t last,   \
                                            double* out) {                                                        \
-    for (int64_t blk = first; blk < last; ++blk) {                                                               \
-      const int64_t off = blk * BLOCK, n = std::min(BLOCK, j.rows * j.cols - off);                               \
-      out[blk] = sgd_span(j.w + off, j.g + off, j.a ? j.a + off : nullptr, n, c, k, j.first);                   \
-    }                                                                                                            \
+    blocks_range(j, k, c, first, last, out);                                                                     \
   }                                                                                                              \
   LAWN_VECTOR_CLONES void scale_range_##NAME(const Job<T>& j, float s, int64_t first, int64_t last) {            \
     const int64_t n = j.rows * j.cols, lo = first * BLOCK, hi = std::min(last * BLOCK, n);                       \
