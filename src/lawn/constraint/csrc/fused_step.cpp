@@ -7,9 +7,10 @@
 //                SGD (momentum, dampening, nesterov, weight_decay, maximize), on the state in torch's own format
 //   retraction   w <- w * (target / |w|)                       (optional)
 //
-// Per row: a row is read from memory once. Its dot <g_i, w_i> is summed as it streams through the cache, the
-// update follows while it is still there (summing |w_i'|^2 as the new values are stored), and the rescale
-// after that: the memory traffic of the base step alone (Adam: read w, g, m, v; write w, m, v).
+// Per row: a row is read from memory once, software-pipelined: the loop over row i's elements updates row i
+// (summing |w_i'|^2 as the new values are stored), sums <g, w> of row i+1 as it streams in from memory, and
+// rescales row i-1, still in cache. The memory traffic is the base step's alone (Adam: read w, g, m, v; write w,
+// m, v) and the memory streams overlap the update's arithmetic.
 // Per tensor: the coefficient needs the whole tensor's dot before the update, and the rescale the whole
 // tensor's new norm after it, so there are three passes (dot; update + norm; rescale). Each thread handles the
 // same contiguous range of the tensor in all three, so what it touched last is still in its caches.
@@ -220,20 +221,122 @@ LAWN_INLINE double update(const Job<T>& j, const Sgd& k, int64_t off, int64_t n,
   return sgd_span(j.w + off, j.g + off, j.a ? j.a + off : nullptr, n, c, k, j.first);
 }
 
-// Rows [first, last): each row's dot, its update (summing its new norm), its rescale, while it is in cache.
-template <typename T, typename K>
-LAWN_INLINE void rows_range(const Job<T>& j, const K& k, int64_t first, int64_t last) {
-  for (int64_t r = first; r < last; ++r) {
-    const int64_t off = r * j.cols;
-    float c = 0.f;
-    if (j.project) {
-      double dot, sq;
-      dot_sq(j.g + off, j.w + off, j.cols, j.norm == nullptr, &dot, &sq);
-      if (j.norm != nullptr) sq = double(j.norm[r]) * double(j.norm[r]);
-      c = static_cast<float>(dot / sq);
+// Per-element updates for the pipelined rows below: op(i, w, g) stores the state at i and returns the new weight,
+// g being the projected gradient.
+template <typename T, bool AMSGRAD>
+struct AdamOp {
+  Adam k;
+  T* m;
+  T* v;
+  T* x;
+  LAWN_INLINE float operator()(int64_t i, float w0, float g) const {
+    const float gi = g * k.sign + w0 * k.weight_decay;
+    const float m0 = load(m[i]);
+    const float mi = put(m + i, m0 + k.one_minus_beta1 * (gi - m0));
+    float vi = put(v + i, load(v[i]) * k.beta2 + k.one_minus_beta2 * gi * gi);
+    if constexpr (AMSGRAD) vi = put(x + i, std::max(load(x[i]), vi));
+    return w0 * k.decay - k.step_size * mi / (std::sqrt(vi) / k.bias_correction2_sqrt + k.eps);
+  }
+};
+
+template <typename T, bool MOMENTUM, bool FIRST, bool NESTEROV>
+struct SgdOp {
+  Sgd k;
+  T* b;
+  LAWN_INLINE float operator()(int64_t i, float w0, float g) const {
+    const float gi = g * k.sign + w0 * k.weight_decay;
+    if constexpr (!MOMENTUM) {
+      return w0 - gi * k.lr;
+    } else {
+      const float bi = put(b + i, FIRST ? gi : load(b[i]) * k.momentum + gi * k.one_minus_dampening);
+      return w0 - (NESTEROV ? gi + bi * k.momentum : bi) * k.lr;
     }
-    const double nsq = update(j, k, off, j.cols, c);
-    if (j.target != nullptr) scale_span(j.w + off, static_cast<float>(double(j.target[r]) / std::sqrt(nsq)), j.cols);
+  }
+};
+
+// One row's loop (elements [off, off + n) of the tensor): the update of this row with coefficient c (returning its
+// new sum of squares), and, in the same loop, the dot (and |w|^2) of the next row (gn, wn: its g and w, streaming
+// in from memory while this row's arithmetic runs) and, if SCALE, the rescale of the previous row (wp, by sp:
+// still in cache). Without a next row, gn = wn = g (read only, the sums unused).
+template <bool SCALE, typename T, typename Op>
+LAWN_INLINE double row_loop(T* w, const T* g, int64_t off, int64_t n, float c, const Op& op, const T* gn, const T* wn,
+                            T* wp, float sp, double* dot_next, double* sq_next) {
+  double total = 0.0, dot = 0.0, sq = 0.0;
+  for (int64_t start = 0; start < n; start += BLOCK) {
+    const int64_t len = std::min(BLOCK, n - start);
+    float bt = 0.f, bd = 0.f, bs = 0.f;
+#pragma omp simd reduction(+ : bt, bd, bs)
+    for (int64_t i = start; i < start + len; ++i) {
+      const float w0 = load(w[i]);
+      const float wi = put(w + i, op(off + i, w0, load(g[i]) - c * w0));
+      bt += wi * wi;
+      const float wni = load(wn[i]);
+      bd += load(gn[i]) * wni;
+      bs += wni * wni;
+      if constexpr (SCALE) put(wp + i, load(wp[i]) * sp);
+    }
+    total += bt;
+    dot += bd;
+    sq += bs;
+  }
+  *dot_next = dot;
+  *sq_next = sq;
+  return total;
+}
+
+// Rows [first, last), software-pipelined: row r's loop also sums row r+1's dot and rescales row r-1, so the memory
+// streams (this row's state, the next row's g and w) overlap the arithmetic, and each row is read from memory once.
+template <typename T, typename Op>
+LAWN_INLINE void rows_pipelined(const Job<T>& j, const Op& op, int64_t first, int64_t last) {
+  const int64_t n = j.cols;
+  auto coefficient = [&](int64_t r, double dot, double sq) -> float {
+    if (!j.project) return 0.f;
+    if (j.norm != nullptr) sq = double(j.norm[r]) * double(j.norm[r]);
+    return static_cast<float>(dot / sq);
+  };
+  auto scale_of = [&](int64_t r, double nsq) -> float {
+    return j.target == nullptr ? 1.f : static_cast<float>(double(j.target[r]) / std::sqrt(nsq));
+  };
+  double dot, sq;
+  dot_sq(j.g + first * n, j.w + first * n, n, true, &dot, &sq);
+  float c = coefficient(first, dot, sq), sp = 1.f;
+  for (int64_t r = first; r < last; ++r) {
+    T* w = j.w + r * n;
+    const T* g = j.g + r * n;
+    const bool next = r + 1 < last;
+    const T* gn = next ? g + n : g;
+    const T* wn = next ? w + n : g;
+    double nsq;
+    if (r == first) {
+      nsq = row_loop<false>(w, g, r * n, n, c, op, gn, wn, static_cast<T*>(nullptr), 1.f, &dot, &sq);
+    } else {
+      nsq = row_loop<true>(w, g, r * n, n, c, op, gn, wn, w - n, sp, &dot, &sq);
+    }
+    sp = scale_of(r, nsq);
+    if (next) c = coefficient(r + 1, dot, sq);
+  }
+  if (j.target != nullptr) scale_span(j.w + (last - 1) * n, sp, n);
+}
+
+template <typename T>
+LAWN_INLINE void rows_range(const Job<T>& j, const Adam& k, int64_t first, int64_t last) {
+  if (k.amsgrad) {
+    rows_pipelined(j, AdamOp<T, true>{k, j.a, j.b, j.x}, first, last);
+  } else {
+    rows_pipelined(j, AdamOp<T, false>{k, j.a, j.b, nullptr}, first, last);
+  }
+}
+
+template <typename T>
+LAWN_INLINE void rows_range(const Job<T>& j, const Sgd& k, int64_t first, int64_t last) {
+  if (!k.has_momentum) {
+    rows_pipelined(j, SgdOp<T, false, false, false>{k, nullptr}, first, last);
+  } else if (j.first) {
+    if (k.nesterov) rows_pipelined(j, SgdOp<T, true, true, true>{k, j.a}, first, last);
+    else rows_pipelined(j, SgdOp<T, true, true, false>{k, j.a}, first, last);
+  } else {
+    if (k.nesterov) rows_pipelined(j, SgdOp<T, true, false, true>{k, j.a}, first, last);
+    else rows_pipelined(j, SgdOp<T, true, false, false>{k, j.a}, first, last);
   }
 }
 
