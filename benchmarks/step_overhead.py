@@ -672,7 +672,7 @@ NOTES = [
     "Fused into the base step, the constrained step per row moves exactly the base step's memory (read `w`, `g`",
     "and the state, write `w` and the state), with every sum taken while a row is in cache: per row its traffic",
     "limit is the base step itself (1.000×), and what it costs beyond that is arithmetic (a dot, a norm and a",
-    "rescale per row: three more short loops over data in L1/L2) and per-step Python work. Per tensor the",
+    "rescale per row, in the same loop as the update of a neighbouring row) and per-step Python work. Per tensor the",
     "projection's coefficient needs the whole tensor's `⟨g, w⟩` before the update and the retraction the whole",
     "`‖w‖` after it, so a tensor larger than the cache is read once more (`g`, `w`) and read and written once",
     "more (`w`). The *traffic limit, per tensor* row measures the base step plus those two passes (`g ← g + 0·w`,",
