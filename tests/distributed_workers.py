@@ -156,10 +156,11 @@ def run_ddp(rank: int, out: Path, fused: bool = False) -> None:
     """LAWN around the optimizer of a ``DistributedDataParallel`` model (``fused``: on lawn's C++ kernel)."""
     model = make_model()
     ddp_model = DistributedDataParallel(model)
-    opt = make_lawn(model, fused=fused)
+    opt = make_lawn(model, fused=fused)  # fused=False: the foreach path, fused=True: the fused step
     train(ddp_model, opt, global_batches(), rank, WORLD)
     result = summary(model, opt)
-    result["kernel_loaded"] = lawn.constraint.fused._Kernel.module is not None
+    # fused=True with an Adam base: the fused step's kernel (lawn.constraint.fused_step) runs the constrained step
+    result["kernel_loaded"] = lawn.constraint.fused_step._Kernel.module is not None
     _save(result, out, "ddp_fused" if fused else "ddp", rank)
 
 

@@ -19,7 +19,7 @@ def test_benchmark_writes_every_table(tmp_path, monkeypatch):
     for heading in ("## Targets, 1 thread(s)", "/ Adam, 1 thread(s)", "/ SGD-momentum", "/ AdamW", "Whole training"):
         assert heading in text
     rows = ("| LAWN all row |", "| OrthoGrad(Adam) final |", "| AdamP all (foreach) |", "| LAWN final tensor |")
-    rows += ("| LAWN all row, fused |", "| traffic limit, all", "| base, a second copy (noise gauge) |")
+    rows += ("| LAWN all row, unfused (fused=False) |", "| traffic limit, all", "| base, a second copy (noise gauge) |")
     for row in rows:
         assert row in text
     assert "--smoke" in text  # the command that produced it

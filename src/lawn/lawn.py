@@ -41,7 +41,9 @@ class LAWN(NormConstraint):
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
         compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint.compiled``).
-        fused: fp32 CPU weights (contiguous or channels-last) go through a C++ kernel (see ``lawn.constraint.fused``).
+        fused: ``None`` (default) fuses the whole constrained step of Adam/AdamW/SGD bases on CPU into one C++ kernel
+            (see ``lawn.constraint.fused_step``); ``True`` also sends other bases' fp32 CPU weights through the
+            projection/retraction kernel (``lawn.constraint.fused``); ``False`` uses neither.
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now; ``opt.switch_step`` is the
     number of applied steps before the switch (``None`` before it).
@@ -58,7 +60,7 @@ class LAWN(NormConstraint):
         target_scale: float = 1.0,
         foreach: bool | None = None,
         compiled: bool = False,
-        fused: bool = False,
+        fused: bool | None = None,
     ) -> None:
         auto = auto_switch.resolve(free_steps)
         super().__init__(

@@ -31,6 +31,7 @@ from lawn.constraint._dtensor import full, is_dtensor
 from lawn.constraint.compiled import compiled_project_onto_tangent_, compiled_retract_
 from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
 from lawn.constraint.fused import fused_project_onto_tangent_, fused_retract_
+from lawn.constraint.fused_step import FusedStep
 from lawn.constraint.reference import GRANULARITIES, Granularity, compute_dtype
 
 TARGET_KEY = "lawn_target_norm"
@@ -82,9 +83,12 @@ class NormConstraint(Optimizer):
         retract_every: retract after steps ``k, 2k, ...`` only (WRS's interval); 1 retracts after every step.
         compiled: fuse the projection and the retraction with ``torch.compile`` (compiles at the first
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
-        fused: run fp32 CPU tensors (contiguous or channels-last) through the C++ kernel of
-            :mod:`lawn.constraint.fused` (one pass per row; built at first use, about 30 s, then cached; falls
-            back to the foreach path, with a warning, if building fails).
+        fused: ``None`` (default): with a ``torch.optim.Adam``/``AdamW``/``SGD`` base, the constrained CPU fp32/bf16
+            tensors' whole step (projection, base update, retraction) runs in the C++ kernel of
+            :mod:`lawn.constraint.fused_step`; every other tensor and base takes the foreach path. ``True``: the
+            same, and the remaining fp32 CPU tensors' projection and retraction go through the C++ kernel of
+            :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are built at first use (about a
+            minute, then cached); if building fails, one warning and the foreach path.
     """
 
     def __init__(
@@ -100,7 +104,7 @@ class NormConstraint(Optimizer):
         foreach: bool | None = None,
         retract_every: int = 1,
         compiled: bool = False,
-        fused: bool = False,
+        fused: bool | None = None,
     ) -> None:
         _require(
             isinstance(base, Optimizer),
@@ -132,7 +136,7 @@ class NormConstraint(Optimizer):
         )
         _require(isinstance(compiled, bool), f"compiled: expected a bool, got {compiled!r}", TypeError)
         _require(not (compiled and foreach is False), "compiled=True runs the fused path: leave foreach unset")
-        _require(isinstance(fused, bool), f"fused: expected a bool, got {fused!r}", TypeError)
+        _require(fused is None or isinstance(fused, bool), f"fused: expected None or a bool, got {fused!r}", TypeError)
         _require(not (fused and foreach is False), "fused=True runs the fused kernel: leave foreach unset")
         _require(not (fused and compiled), "fused and compiled: choose one of the two fast paths")
         _require(
@@ -166,7 +170,10 @@ class NormConstraint(Optimizer):
         self._names: dict[torch.Tensor, str] = {p: seen[id(p)] for group in self._constrained for p in group}
         self._foreach = True if foreach is None else foreach
         self._compiled = compiled
-        self._fused = fused
+        self._fused = fused is True
+        # lawn.constraint.fused_step: the fused constrained step for the bases it implements (None: not used)
+        use_fused_step = fused is not False and not compiled and foreach is not False
+        self._fused_step = FusedStep.for_base(base) if use_fused_step else None
         # p → (p._version, target) recorded when ‖p‖ = target held (after a retraction, at the switch, at a
         # load): while both are unchanged, the projection reuses the target as ‖p‖ instead of computing it.
         self._on_sphere: dict[torch.Tensor, tuple[int, torch.Tensor]] = {}
@@ -346,6 +353,11 @@ class NormConstraint(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._refuse_sparse_gradients()
+        # ---- lawn.constraint.fused_step: project → base step → retract, fused (False: it took no tensor) ----
+        if self._fused_step is not None and self.param_groups[0]["lawn_frozen"] and self._fused_step.step(self):
+            self._count_step()
+            return loss
+        # ----
         # Under torch.compile, the code after base.step() is a separate resume function. Reading the phase from
         # param_groups there (base.step() does not change it) and keeping loop variables out of this frame make it
         # one function in both phases that has seen the step counter change before the switch: the switch then
