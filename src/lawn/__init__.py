@@ -1,5 +1,6 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
+from lawn.afan import AFAN
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
 from lawn.discovery import (
     HomogeneityReport,
@@ -15,6 +16,7 @@ from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [
+    "AFAN",
     "EMAN",
     "EMATeacher",
     "HomogeneityReport",
