@@ -298,3 +298,42 @@ def test_a_module_called_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="ran 2 times"):
         AFAN(model, "layer", steps=1, step_size=0.1).loss(torch.randn(8, 4), torch.randint(0, 4, (8,)), F.cross_entropy)
     assert same(before, buffers(model))
+
+
+# ---------------------------------------------------------------------- harness: method "afan"
+TINY = {"dataset": "digits", "model": "resnet", "train_limit": 96, "test_limit": 48, "width": 4, "epochs": 1}
+
+
+def test_harness_afan_runs_and_reports_its_cost() -> None:
+    from lawn.harness.config import RunConfig
+    from lawn.harness.train import train
+
+    plain = train(RunConfig.from_dict({**TINY, "eval_noise_std": 0.5}))
+    afan = train(RunConfig.from_dict({**TINY, "method": "afan", "afan_steps": 2, "afan_step_size": 0.05}))
+    assert plain["cost"] == {"passes_per_step": 1} and afan["cost"] == {"passes_per_step": 4}  # T + 2
+    assert afan["timing"]["step_seconds"] > 0 and "noisy_test_metric" not in afan
+    assert 0.0 <= plain["noisy_test_metric"] <= 1.0
+    assert afan["history"][-1]["test_loss"] != plain["history"][-1]["test_loss"]
+    off = train(RunConfig.from_dict({**TINY, "method": "afan", "afan_steps": 0}))  # A-FAN off: plain training
+    assert off["history"] == plain["history"] and off["cost"] == {"passes_per_step": 1}
+
+
+def test_harness_afan_fields_keep_earlier_keys_and_are_checked() -> None:
+    from lawn.harness.config import LATE_FIELDS, RunConfig
+
+    assert RunConfig(dataset="digits", lr=0.01).key() == "4d62fa55b0335e2504a3"  # the key before A-FAN
+    assert {f for f in LATE_FIELDS if f.startswith("afan_")} >= {"afan_layer", "afan_steps", "afan_direction"}
+    for fields, culprit in [
+        ({"afan_normalize": "layer"}, "afan_normalize"),
+        ({"afan_steps": -1}, "afan_steps"),
+        ({"afan_step_size": 0.0}, "afan_step_size"),
+        ({"afan_strengths": [0.5, 2.0]}, "afan_strengths"),
+        ({"afan_bn": "keep"}, "afan_bn"),
+        ({"eval_noise_std": -1.0}, "eval_noise_std"),
+    ]:
+        with pytest.raises(ValueError, match=culprit):
+            RunConfig.from_dict({**TINY, "method": "afan", **fields})
+    from lawn.harness.train import train
+
+    with pytest.raises(ValueError, match=r"unknown module 'stages\.9'.*stages\.0"):
+        train(RunConfig.from_dict({**TINY, "method": "afan", "afan_layer": "stages.9"}))
