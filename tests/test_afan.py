@@ -268,13 +268,16 @@ def test_bad_options_name_the_culprit(options: dict, culprit: str) -> None:
         AFAN(model, "stem", **options)
 
 
+@pytest.mark.parametrize("direction", ["adversarial", "random"])
 @pytest.mark.parametrize(
     ("layer", "message"), [("unused", "did not run"), ("aux", "not on the path"), ("stem.1", None)]
 )
-def test_a_split_off_the_path_is_refused_and_the_model_untouched(layer: str, message: str | None) -> None:
+def test_a_split_off_the_path_is_refused_and_the_model_untouched(
+    layer: str, message: str | None, direction: str
+) -> None:
     model, x, y = make()
     before, hooked = buffers(model), hooks(model)
-    afan = AFAN(model, layer, steps=2, step_size=0.1)
+    afan = AFAN(model, layer, steps=2, step_size=0.1, direction=direction)
     if message is None:  # a module on the path is accepted
         afan.loss(x, y, F.cross_entropy)
         return

@@ -234,6 +234,9 @@ class AFAN:
         delta_dtype = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
 
         attack_losses = None
+        if self.direction == "random" and not self._checked:  # the attack checks the path; check it once here
+            probe = torch.zeros(h.shape, device=h.device, dtype=delta_dtype, requires_grad=True)
+            self._check_path(criterion(self._run_from(x, h + probe), y), probe)
         if self.direction == "random":
             radius = self.steps * self.step_size if self.eps is None else min(self.eps, self.steps * self.step_size)
             delta = radius * torch.randn(h.shape, device=h.device, dtype=delta_dtype).sign()
@@ -261,17 +264,22 @@ class AFAN:
         for _ in range(self.steps):
             delta.requires_grad_(True)
             loss = criterion(self._run_from(x, h + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta, allow_unused=True)
-            if grad is None:
-                raise ValueError(
-                    f"layer {self.layer!r} is not on the path to the output: the loss does not depend on its "
-                    "output; choose a module the output is computed from"
-                )
+            grad = self._check_path(loss, delta)
             losses.append(loss.detach().float())
             delta = delta.detach() + self.step_size * grad.sign()
             if self.eps is not None:
                 delta = delta.clamp(-self.eps, self.eps)
         return delta.detach(), torch.stack(losses)
+
+    def _check_path(self, loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``∇_δ loss``; a ``ValueError`` when the loss does not depend on ``δ`` (the split is off the path)."""
+        (grad,) = torch.autograd.grad(loss, delta, allow_unused=True)
+        if grad is None:
+            raise ValueError(
+                f"layer {self.layer!r} is not on the path to the output: the loss does not depend on its "
+                "output; choose a module the output is computed from"
+            )
+        return grad
 
     def _run_from(self, x: Any, feature: torch.Tensor) -> Any:
         """The model's output with ``layer``'s output replaced by ``feature``; the part before the split runs
