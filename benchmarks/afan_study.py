@@ -5,8 +5,8 @@
 Per arm: test accuracy and test accuracy under input noise N(0, 0.5²), mean ± std over seeds; and paired
 (same seed) differences against compute-matched plain training and against the random-sign control.
 ``--measure-cost`` also times training steps of each arm's configuration in this process (CPU time,
-``time.process_time``, one thread, batch 128), since the rows' wall-clock ``step_seconds`` depend on how
-busy the shared machine was.
+``time.process_time``, one thread, batch 128; saved to ``cost.json`` in the folder and reused by later
+reports), since the rows' wall-clock ``step_seconds`` depend on how busy the shared machine was.
 """
 
 from __future__ import annotations
@@ -160,7 +160,11 @@ def main() -> None:
     parser.add_argument("--measure-cost", action="store_true")
     args = parser.parse_args()
     rows = load(args.folder)
-    text = table(rows, measure_cost() if args.measure_cost else None)
+    cost_file = args.folder / "cost.json"  # measured once, reused by later reports
+    if args.measure_cost:
+        cost_file.write_text(json.dumps(measure_cost(), indent=1) + "\n")
+    cost = json.loads(cost_file.read_text()) if cost_file.is_file() else None
+    text = table(rows, cost)
     (args.folder / "report.md").write_text(text)
     plot(rows, args.folder / "accuracy.png")
     print(text)
