@@ -71,7 +71,7 @@ def test_perturbation_increases_the_loss_at_the_split() -> None:
     _, rand = AFAN(model, "stem", steps=4, step_size=0.05, direction="random").loss(x, y, F.cross_entropy)
     assert float(rand.perturbation) == pytest.approx(0.2)
     assert float(rand.adversarial_loss.detach()) - float(rand.clean_loss.detach()) < 0.5 * (
-        float(pieces.adversarial_loss.detach()) - float(pieces.clean_loss)
+        float(pieces.adversarial_loss.detach()) - float(pieces.clean_loss.detach())
     )
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("stem", "block", "head")))
