@@ -216,5 +216,6 @@ def test_documented_sweep_specs_are_valid(path: Path) -> None:
         for m in spec.methods
     }
     for o in spec.optimizers:  # the regularising methods (all but plain) get grids of the same size
-        assert len({size for (o2, m), size in sizes.items() if o2 == o and m != "plain"}) == 1
+        # (<= 1: a spec of plain runs only, e.g. a compute-matched control, has none)
+        assert len({size for (o2, m), size in sizes.items() if o2 == o and m != "plain"}) <= 1
     assert len(spec.expand()) > 0

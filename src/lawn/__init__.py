@@ -1,6 +1,7 @@
 """lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
 
 from lawn import unification
+from lawn.afan import AFAN
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
 from lawn.constraint.auto_switch import AutoSwitch
 from lawn.discovery import (
@@ -44,6 +45,7 @@ from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
 
 __all__ = [
+    "AFAN",
     "AutoSwitch",
     "EMAN",
     "EMATeacher",

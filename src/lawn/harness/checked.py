@@ -9,6 +9,7 @@ that runs a config (``lawn run``, sweeps, :func:`lawn.harness.train.train`) goes
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ def checked(config: RunConfig) -> RunConfig:
         f"weight_decay: method {config.method!r} trains without weight decay, got weight_decay={config.weight_decay}",
     )
     normalization.check_config(config)
+    methods.check_config(config)
+    classification = datasets.DATASETS[config.dataset].task != "ranking"
+    _check(
+        config.eval_noise_std == 0.0
+        or (math.isfinite(config.eval_noise_std) and config.eval_noise_std > 0 and classification),
+        f"eval_noise_std: a number >= 0, for classification data sets only, got {config.eval_noise_std}",
+    )
     _check(
         config.batch_size >= 2 or not (models.MODELS[config.model].batchnorm or config.normalization == "mimicnorm"),
         f"batch_size: 1 cannot train model {config.model!r}: BatchNorm needs at least 2 examples per batch "

@@ -32,7 +32,25 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("cosine", "step", "constant")
 GRANULARITIES = ("tensor", "row")
 KEY_IGNORES = ("device",)
-LATE_FIELDS = ("normalization", "wrs_every", "ssi_lambda", "rewarmup_fraction", "auto_threshold", "auto_checks")
+LATE_FIELDS = (
+    "normalization",
+    "wrs_every",
+    "ssi_lambda",
+    "rewarmup_fraction",
+    "auto_threshold",
+    "auto_checks",
+    "afan_layer",
+    "afan_steps",
+    "afan_step_size",
+    "afan_eps",
+    "afan_random_start",
+    "afan_strengths",
+    "afan_normalize",
+    "afan_adv_weight",
+    "afan_bn",
+    "afan_direction",
+    "eval_noise_std",
+)
 
 
 @dataclass(frozen=True)
@@ -78,11 +96,24 @@ class RunConfig:
     wrs_every: int = 1
     # SSI: the training loss gets + ssi_lambda × lawn.scale_shift_invariant_penalty (weight decay's scale)
     ssi_lambda: float = 1e-4
+    # A-FAN (method "afan", lawn.AFAN): feature perturbation at module afan_layer ("auto": the model's default)
+    afan_layer: str = "auto"
+    afan_steps: int = 5
+    afan_step_size: float = 0.5 / 255
+    afan_eps: float | None = None
+    afan_random_start: bool = False
+    afan_strengths: tuple[float, ...] = (1.0,)
+    afan_normalize: str = "none"  # "none", "position" or "batch"
+    afan_adv_weight: float = 0.5
+    afan_bn: str = "freeze"  # "freeze" or "update"
+    afan_direction: str = "adversarial"  # or "random": the random-sign control of the same size
     # ranking task: sampled negatives per observed (user, item) pair, redrawn every epoch
     negatives_per_positive: int = 4
     # run
     seed: int = 0
     device: str = "cpu"
+    # extra evaluation: test accuracy with N(0, eval_noise_std²) noise added to the inputs (0: off)
+    eval_noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)

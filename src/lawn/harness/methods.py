@@ -24,10 +24,16 @@ the training loss. To add one, register a :class:`Method`; configs and sweeps pi
 
 With ``rewarmup_fraction > 0`` the LAWN methods train under ``lawn.LAWNSchedule`` (see
 :mod:`lawn.harness.schedule`).
+
+- ``afan``: the base optimizer, no weight decay; the training loss is ``lawn.AFAN``'s (adversarial feature
+  augmentation at module ``afan_layer``; ``"auto"`` picks the model's entry in ``AFAN_LAYERS``, after its
+  first stage as in the released CIFAR run), with the ``afan_*`` fields as its options
+  (``afan_normalize="none"`` is ``normalize=None``). ``train_loss`` logs the clean loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +71,9 @@ class Setup:
 
 Wrap = Callable[[Optimizer, Setup], Optimizer]
 Penalty = Callable[[nn.Module, "RunConfig"], "torch.Tensor | None"]
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (inputs, targets, the task's loss) → (the loss to train on, the clean logits, the clean data loss)
+StepLoss = Callable[[Any, torch.Tensor, Criterion], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,9 @@ class Method:
     """A training method. ``wrap`` turns the base optimizer into the one stepped; ``penalty`` (called on
     every training batch) returns a term added to the loss, or ``None`` for none;
     ``needs_final_homogeneous``: the method acts on the final homogeneous sub-network, so the model must
-    have one (not with ``normalization="mimicnorm"``)."""
+    have one (not with ``normalization="mimicnorm"``); ``step_loss`` (called once per run with the model
+    and config) returns the function that computes a training batch's loss in place of
+    ``task.loss(model(x), y)``, or ``None``; ``passes_after_split`` counts its passes per step (cost)."""
 
     name: str
     uses_weight_decay: bool
@@ -80,6 +91,7 @@ class Method:
     summary: str
     penalty: Penalty | None = None
     needs_final_homogeneous: bool = False
+    step_loss: Callable[[nn.Module, RunConfig], StepLoss] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -181,6 +193,84 @@ register_method(
         _lawn_auto,
         "LAWN on the final homogeneous weights, automatic switch, no weight decay",
         needs_final_homogeneous=True,
+    )
+)
+
+
+# ---------------------------------------------------------------------- A-FAN
+AFAN_LAYERS = {"resnet": "stages.0", "vgg": "features.6", "mlp": "body.3", "cnn1d": "features.2", "ncf": "body.2"}
+AFAN_NORMALIZE = ("none", "position", "batch")
+
+
+def afan_layer(config: RunConfig, model: nn.Module) -> str:
+    """``afan_layer``, with ``"auto"`` read from ``AFAN_LAYERS`` (looking through MimicNorm's wrapper)."""
+    if config.afan_layer != "auto":
+        return config.afan_layer
+    name = AFAN_LAYERS[config.model]
+    return f"body.{name}" if isinstance(model, LastBatchNorm) else name
+
+
+def build_afan(model: nn.Module, config: RunConfig) -> lawn.AFAN:
+    """``lawn.AFAN`` over ``model`` with the config's ``afan_*`` options."""
+    return lawn.AFAN(
+        model,
+        afan_layer(config, model),
+        steps=config.afan_steps,
+        step_size=config.afan_step_size,
+        eps=config.afan_eps,
+        random_start=config.afan_random_start,
+        strengths=config.afan_strengths,
+        normalize=None if config.afan_normalize == "none" else config.afan_normalize,  # type: ignore[arg-type]
+        adv_weight=config.afan_adv_weight,
+        bn=config.afan_bn,  # type: ignore[arg-type]
+        direction=config.afan_direction,  # type: ignore[arg-type]
+    )
+
+
+def _afan_step_loss(model: nn.Module, config: RunConfig) -> StepLoss:
+    afan = build_afan(model, config)
+
+    def step_loss(inputs: Any, targets: torch.Tensor, criterion: Criterion) -> Any:
+        total, pieces = afan.loss(inputs, targets, criterion)
+        return total, pieces.output, pieces.clean_loss
+
+    step_loss.passes_after_split = 1 + afan.extra_passes  # type: ignore[attr-defined]
+    return step_loss
+
+
+def check_config(c: RunConfig) -> None:
+    """Raise ``ValueError`` naming the field when an ``afan_*`` option is out of range (checked for every
+    method, so a sweep's rows never carry a value ``afan`` would refuse)."""
+    problems = []
+    if c.afan_steps < 0:
+        problems.append(f"afan_steps: must be >= 0 (0 is the plain loss), got {c.afan_steps}")
+    if not (math.isfinite(c.afan_step_size) and c.afan_step_size > 0):
+        problems.append(f"afan_step_size: must be a finite number > 0, got {c.afan_step_size}")
+    if c.afan_eps is not None and not (math.isfinite(c.afan_eps) and c.afan_eps > 0):
+        problems.append(f"afan_eps: must be null (no bound) or a number > 0, got {c.afan_eps}")
+    if not c.afan_strengths or not all(0.0 < s <= 1.0 for s in c.afan_strengths):
+        problems.append(f"afan_strengths: a non-empty list of numbers in (0, 1], got {list(c.afan_strengths)}")
+    if c.afan_normalize not in AFAN_NORMALIZE:
+        problems.append(f"afan_normalize: expected one of {AFAN_NORMALIZE}, got {c.afan_normalize!r}")
+    if not 0.0 <= c.afan_adv_weight <= 1.0:
+        problems.append(f"afan_adv_weight: must be in [0, 1], got {c.afan_adv_weight}")
+    if c.afan_bn not in ("freeze", "update"):
+        problems.append(f"afan_bn: expected 'freeze' or 'update', got {c.afan_bn!r}")
+    if c.afan_direction not in ("adversarial", "random"):
+        problems.append(f"afan_direction: expected 'adversarial' or 'random', got {c.afan_direction!r}")
+    if c.method == "afan" and c.afan_layer == "auto" and c.model not in AFAN_LAYERS:
+        problems.append(f"afan_layer: no default for model {c.model!r}; give a module name")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+register_method(
+    Method(
+        "afan",
+        False,
+        None,
+        "A-FAN: loss on clean and adversarially perturbed features at afan_layer, no weight decay",
+        step_loss=_afan_step_loss,
     )
 )
 

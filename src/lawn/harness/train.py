@@ -31,7 +31,7 @@ from lawn.harness.methods import METHODS, build_optimizer, constrained_params, f
 from lawn.harness.models import build_model
 from lawn.harness.normalization import attach, convert, has_final_homogeneous
 from lawn.harness.schedule import build_scheduler, scaled_lr
-from lawn.harness.tasks import batch_starts, make_task
+from lawn.harness.tasks import EVAL_BATCH, batch_starts, make_task
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,6 +109,7 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     attach(optimizer, model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
     is_lawn = isinstance(optimizer, lawn.LAWN)
+    step_loss = None if method.step_loss is None else method.step_loss(model, config)
 
     def record(
         epoch: int, train_loss: float | None, train_acc: float | None, tangential: float | None = None
@@ -139,18 +140,23 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     diverged = False
     bar = tqdm(total=total_steps, desc=_label(config), disable=not progress, leave=False, dynamic_ncols=True)
     model.train()
+    train_seconds, steps_run = 0.0, 0
     for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         tangential_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = steps_done = 0
         blew_up = False
         for inputs, targets in task.epoch(config.batch_size, generator):
-            logits = model(inputs)
-            loss = task.loss(logits, targets)
+            if step_loss is None:
+                logits = model(inputs)
+                loss = trained = task.loss(logits, targets)
+            else:  # the method's own loss (afan); ``loss`` stays the clean data loss for logging
+                trained, logits, loss = step_loss(inputs, targets, task.loss)
             penalty = None if method.penalty is None else method.penalty(model, config)
             optimizer.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
+            (trained if penalty is None else trained + penalty).backward()
             before = [p.detach().clone() for _, p in constrained]
             try:
                 optimizer.step()
@@ -166,7 +172,9 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
             correct += task.correct(logits.detach(), targets)
             seen += len(targets)
             steps_done += 1
+            steps_run += 1
             bar.update(1)
+        train_seconds += time.perf_counter() - epoch_started
         train_loss = math.nan if blew_up else float(loss_sum) / max(1, seen)
         tangential = _finite(float(tangential_sum) / max(1, steps_done)) if constrained else None
         history.append(record(epoch, train_loss, float(correct) / max(1, seen), tangential))
@@ -196,10 +204,32 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
         "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(device)},
     }
+    result["cost"] = {"passes_per_step": getattr(step_loss, "passes_after_split", 1)}
+    result["timing"]["step_seconds"] = round(train_seconds / max(1, steps_run), 6)
+    if config.eval_noise_std > 0:
+        result["noisy_test_metric"] = None if diverged else noisy_accuracy(task, model, config)
     if "test_auc" in last:
         result["val_auc"] = None if diverged else last["val_auc"]
         result["test_auc"] = None if diverged else last["test_auc"]
     return result
+
+
+@torch.no_grad()
+def noisy_accuracy(task: Any, model: torch.nn.Module, config: RunConfig) -> float:
+    """Test accuracy (eval mode) on ``x + eval_noise_std · ξ``, ``ξ ~ N(0, I)`` drawn from a generator seeded
+    with ``data_seed``: the same noisy test set for every run of a data set."""
+    x, y = task.splits["test"]
+    generator = torch.Generator().manual_seed(config.data_seed)
+    was_training = model.training
+    model.eval()
+    correct = 0.0
+    for start in range(0, len(y), EVAL_BATCH):
+        batch = x[start : start + EVAL_BATCH]
+        noise = torch.randn(batch.shape, generator=generator).to(batch.device, batch.dtype)
+        logits = model(batch + config.eval_noise_std * noise)
+        correct += float(task.correct(logits, y[start : start + EVAL_BATCH]))
+    model.train(was_training)
+    return correct / len(y)
 
 
 def _label(config: RunConfig) -> str:
