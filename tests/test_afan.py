@@ -322,9 +322,10 @@ def test_harness_afan_runs_and_reports_its_cost() -> None:
 
 
 def test_harness_afan_fields_keep_earlier_keys_and_are_checked() -> None:
+    from lawn.harness.checked import run_config
     from lawn.harness.config import LATE_FIELDS, RunConfig
 
-    assert RunConfig(dataset="digits", lr=0.01).key() == "4d62fa55b0335e2504a3"  # the key before A-FAN
+    assert run_config({"dataset": "digits", "lr": 0.01}).key() == "4d62fa55b0335e2504a3"  # the key before A-FAN
     assert {f for f in LATE_FIELDS if f.startswith("afan_")} >= {"afan_layer", "afan_steps", "afan_direction"}
     for fields, culprit in [
         ({"afan_normalize": "layer"}, "afan_normalize"),
@@ -335,7 +336,7 @@ def test_harness_afan_fields_keep_earlier_keys_and_are_checked() -> None:
         ({"eval_noise_std": -1.0}, "eval_noise_std"),
     ]:
         with pytest.raises(ValueError, match=culprit):
-            RunConfig.from_dict({**TINY, "method": "afan", **fields})
+            run_config({**TINY, "method": "afan", **fields})
     from lawn.harness.train import train
 
     with pytest.raises(ValueError, match=r"unknown module 'stages\.9'.*stages\.0"):

@@ -300,7 +300,7 @@ def test_normalizations_are_separate_panels(tmp_path: Path) -> None:
             "vary.normalization",
         ),
         ({"vary": ["normalization"]}, "'vary' must map"),
-        ({"vary": {"colour": ["red"]}}, "unknown run config field 'colour'"),
+        ({"vary": {"colour": ["red"]}}, r"unknown field\(s\) \['colour'\]"),
         ({"grids": {"ssi": {"ssi_lambda": {"sgd": [1e-4]}}}}, r"grids.ssi.ssi_lambda: no list for .*adam"),
         ({"grids": {"wrs": {"wrs_every": [0]}}}, "wrs_every: must be >= 1"),
     ],

@@ -59,9 +59,11 @@ def _colors(methods: list[str]) -> dict[str, str]:
     return {**METHOD_COLORS, **{m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}}
 
 
-def _mean_std(mean: float, std: float, seeds: int) -> str:
+def _mean_std(mean: float, std: float, seeds: int, count: bool = True) -> str:
     """``mean ± std (n)``; with one seed there is no spread to show: ``mean (1 seed)``."""
-    return f"{mean:.4f} (1 seed)" if seeds == 1 else f"{mean:.4f} ± {std:.4f} ({seeds})"
+    if seeds == 1:
+        return f"{mean:.4f}" + (" (1 seed)" if count else "")
+    return f"{mean:.4f} ± {std:.4f}" + (f" ({seeds})" if count else "")
 
 
 def _cell(s: Selection) -> str:
@@ -130,7 +132,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     auc = f" {s.test_auc_mean:.4f} ± {s.test_auc_std:.4f} |" if has_auc else ""
                     lines.append(
                         f"| {o} | {m} | {b} | {s.grid_size} | {chosen} | {s.val_mean:.4f} | "
-                        f"{_mean_std(s.test_mean, s.test_std, s.seeds)} | {s.seeds} | {s.diverged} | "
+                        f"{_mean_std(s.test_mean, s.test_std, s.seeds, count=False)} | {s.seeds} | {s.diverged} | "
                         f"{_final_mean(s.rows, 'train_loss')} | {_final_mean(s.rows, 'logit_norm')} |" + auc
                     )
         suffix = _suffix(index, panel, len(panel_list))
