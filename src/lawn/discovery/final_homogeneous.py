@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node
 
+from lawn.constraint.reference import set_output_dim
 from lawn.discovery._forward import ExampleInputs, call, check_model, output_tensors, untouched
 from lawn.discovery.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
 
@@ -347,4 +348,22 @@ def final_homogeneous_params(
     found = discover(model, example_inputs, strict=strict)
     if not found.constrained:
         raise ValueError(found.why_empty())
+    record_output_dims(model)
     return found.constrained
+
+
+def _output_dim_of(module: nn.Module) -> int:
+    """The dim of ``module.weight`` that indexes output units: 1 for ``ConvTranspose*`` (``in × out × k…``)
+    and HF ``Conv1D`` (``in × out``), 0 for every other layer."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) or type(module).__name__ == "Conv1D":
+        return 1
+    return 0
+
+
+def record_output_dims(model: nn.Module) -> None:
+    """Tell the constraint engine, for every layer weight of ``model``, which dim its output units lie along
+    (``lawn.constraint.set_output_dim``), so that ``granularity="row"`` keeps one norm per output unit."""
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            set_output_dim(weight, _output_dim_of(module))
