@@ -210,11 +210,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lawn.harness.report import write_report
-    from lawn.harness.results import read_rows
+    from lawn.harness.report import read_reported_rows, write_report
 
-    rows = [row for path in args.results for row in read_rows(path)]
-    rows = _only(rows, args.only)
+    rows = _only(read_reported_rows(args.results), args.only)
     from lawn.harness.selection import DEFAULT_TUNED
 
     for row in rows:  # a split field becomes part of the setting, so each of its values is reported
