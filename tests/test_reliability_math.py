@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 import lawn
-from lawn.constraint import output_dim
 
 
 class _Decoder(nn.Module):
@@ -26,7 +25,7 @@ def test_item12_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_c
     model = _Decoder()
     x = torch.randn(8, 4)
     tail = lawn.final_homogeneous_params(model, x)
-    assert "up.weight" in dict(tail) and output_dim(model.up.weight) == 1
+    assert "up.weight" in dict(tail) and lawn.constraint.output_dim(model.up.weight) == 1
     opt = lawn.LAWN(
         torch.optim.Adam(model.parameters(), lr=0.05), tail, free_steps=0, granularity="row", foreach=foreach
     )
