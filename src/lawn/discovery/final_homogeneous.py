@@ -292,8 +292,8 @@ def discover(
         )
     if not tensors:
         raise ValueError(
-            f"{model_name}: the output does not depend on any trainable parameter (no autograd graph): does "
-            "forward() detach its output or run under torch.no_grad()? (frozen parameters are judged only with "
+            f"{model_name}: the output does not depend on any parameter (no autograd graph): does forward() "
+            "detach its output or run under torch.no_grad()? (frozen parameters are tracked only with "
             "judge_frozen=True)"
         )
     roots = list(dict.fromkeys(torch.autograd.graph.get_gradient_edge(t).node for t in tensors))
