@@ -108,7 +108,7 @@ def foreach_project_onto_tangent_(
     if tensor_by_tensor:
         for g, w, norm in zip(grads, params, known):
             w = w.detach()
-            squared_norm = _norm(w, granularity).square_() if norm is None else norm * norm
+            squared_norm = _norm(w, granularity).square() if norm is None else norm * norm  # a DTensor norm is partial
             coefficient = _finite_or(_dot(g, w, granularity) / squared_norm, 0.0)  # out of place: may be partial
             g.addcmul_(w, _broadcastable(coefficient, w), value=-1.0)
         return
