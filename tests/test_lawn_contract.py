@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lawn
-from lawn.constraint.engine import TARGET_KEY
+from lawn.constraint.engine import TARGETS_KEY
 from lawn_helpers import OPTIMIZERS, BNNet, assert_same_tree, batches, roundtrip, train_step
 
 
@@ -90,7 +90,9 @@ def test_free_steps_zero_switches_at_construction_and_survives_the_lazy_init_of_
     norms_at_start = {name: p.detach().norm().item() for name, p in model.tail()}
     for xb, yb in batches(3):
         train_step(model, opt, xb, yb)
-    assert "exp_avg" in base.state[model.head.weight] and TARGET_KEY in base.state[model.head.weight]
+    head_state = base.state[model.head.weight]
+    assert "exp_avg" in head_state and not any(k.startswith("lawn") for k in head_state)
+    assert opt.target_norms["head.weight"].item() == pytest.approx(norms_at_start["head.weight"], rel=1e-6)
     for name, p in model.tail():
         assert p.detach().norm().item() == pytest.approx(norms_at_start[name], rel=1e-5)
 
@@ -100,7 +102,7 @@ def test_stateless_base_keeps_working_with_lawn_state_present():
     model, base, opt = make("sgd_plain", free_steps=1)
     for xb, yb in batches(4):
         train_step(model, opt, xb, yb)
-    assert set(base.state[model.head.weight]) == {TARGET_KEY}
+    assert not base.state.get(model.head.weight), "LAWN writes nothing into the base's per-tensor state"
 
 
 def test_manual_freeze_and_target_scale():
@@ -173,7 +175,7 @@ def test_add_param_group_inherits_counters_and_stays_unconstrained():
         extra.grad = torch.ones_like(extra)
         train_step(model, opt, xb, yb)
     assert opt.phase == "constrained" and opt.param_groups[-1]["lawn_frozen"]
-    assert TARGET_KEY not in base.state[extra] and not torch.equal(extra, torch.zeros_like(extra))
+    assert opt.param_groups[-1][TARGETS_KEY] == [None] and not torch.equal(extra, torch.zeros_like(extra))
 
 
 SCHEDULERS = {
@@ -265,14 +267,17 @@ def test_resume_is_bit_identical(checkpoint_at, granularity):
     assert_same_tree(roundtrip(opt.state_dict()), roundtrip(opt_b.state_dict()))
 
 
-def test_state_dict_is_standard_and_has_targets_from_the_first_step():
+def test_state_dict_is_standard_and_has_targets_in_param_groups():
     model, _, opt = make(free_steps=3)
     train_step(model, opt, *batches(1)[0])
     sd = roundtrip(opt.state_dict())
     assert set(sd) == {"state", "param_groups"}
     ids = [i for i, p in enumerate(model.parameters()) if any(p is q for _, q in model.tail())]
+    flat = [p for group in sd["param_groups"] for p in group["params"]]
+    targets = [t for group in sd["param_groups"] for t in group[TARGETS_KEY]]
     for i in ids:
-        assert sd["state"][i][TARGET_KEY].dtype == torch.float32
+        assert targets[flat.index(i)].dtype == torch.float32
+        assert not any(k.startswith("lawn") for k in sd["state"].get(i, {}))
     assert sd["param_groups"][0]["lawn_frozen"] is False and sd["param_groups"][0]["lawn_steps"] == 1
 
 

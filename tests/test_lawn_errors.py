@@ -1,5 +1,7 @@
 """Bad input: a clear error naming the culprit, raised before anything is modified."""
 
+import copy
+
 import pytest
 import torch
 
@@ -82,7 +84,7 @@ def test_non_tensors_and_empty_selections(model):
 
 def test_wrapping_twice_is_refused(model):
     opt = lawn.LAWN(adam(model), model.tail())
-    with pytest.raises(ValueError, match="already wrapped"):
+    with pytest.raises(ValueError, match="already (wrapped|constrained)"):
         lawn.LAWN(opt, model.tail())
 
 
@@ -129,15 +131,15 @@ def test_sparse_gradient_is_refused_before_anything_moves():
 def test_bad_checkpoint_is_refused_before_loading(model):
     opt = lawn.LAWN(adam(model), model.tail(), free_steps=1)
     train_step(model, opt, *batches(1)[0])
-    sd = opt.state_dict()
+    sd = copy.deepcopy(opt.state_dict())
     head_id = [i for i, p in enumerate(model.parameters()) if p is model.head.weight][0]
-    sd["state"][head_id]["lawn_target_norm"] = torch.ones(3)
+    sd["param_groups"][0]["lawn_target_norms"][head_id] = torch.ones(3)
     other = lawn.LAWN(adam(model), model.tail(), free_steps=1)
     before = snapshot(model, other)
     with pytest.raises(ValueError, match="target of 'head.weight' has shape"):
         other.load_state_dict(sd)
     assert_same_tree(before, snapshot(model, other))
-    del sd["state"][head_id]["lawn_target_norm"]
+    sd["param_groups"][0]["lawn_target_norms"][head_id] = None
     with pytest.raises(ValueError, match="no target norm for \\['head.weight'\\]"):
         other.load_state_dict(sd)
 

@@ -125,9 +125,9 @@ def test_signatures_past_the_budget_run_on_the_foreach_path(monkeypatch):
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
-def test_projection_reuses_targets_only_while_the_weights_are_on_their_spheres(granularity):
-    """After each retraction ‖w‖ is the target and the projection reuses it; any in-place change of a weight
-    (here: a model load and a manual rescale) makes it compute ‖w‖ again, so it still matches the reference."""
+def test_projection_matches_the_reference_when_weights_change_behind_its_back(granularity):
+    """The projection computes ‖w‖ every step, so a model load, a checkpoint load or a manual rescale between
+    steps leaves the fast path equal to the reference."""
     model, opt = _model_and_opt(granularity, free_steps=2)
     torch.manual_seed(0)
     reference_model = BNNet()
@@ -142,13 +142,8 @@ def test_projection_reuses_targets_only_while_the_weights_are_on_their_spheres(g
     for xb, yb in data[:4]:
         train_step(model, opt, xb, yb)
         train_step(reference_model, reference, xb, yb)
-    tail = [p for _, p in model.tail()]
-    assert all(k is opt.state[p]["lawn_target_norm"] for k, p in zip(opt._known_norms(tail), tail))
-
     model.load_state_dict(reference_model.state_dict())
-    assert opt._known_norms(tail) == [None, None], "a model load changes the weights: norms must be recomputed"
-    opt.load_state_dict(copy.deepcopy(reference.state_dict()))  # trusted: a checkpoint's weights are on the spheres
-    assert all(k is not None for k in opt._known_norms(tail))
+    opt.load_state_dict(copy.deepcopy(reference.state_dict()))
 
     for step, (xb, yb) in enumerate(data[4:]):
         if step % 2 == 0:  # off the spheres, behind the optimizer's back

@@ -23,7 +23,7 @@ from lawn.constraint.engine import NamedParams, NormConstraint
 from lawn.constraint.reference import Granularity
 
 SWITCH_KEY = "lawn_switch_step"
-_NEVER = 2**62  # the engine's step count for an automatic switch (the rule decides, see _switch_due)
+_NEVER = 2**62  # the engine's step count for an automatic switch (the rule decides, see _should_switch)
 
 
 class LAWN(NormConstraint):
@@ -76,7 +76,8 @@ class LAWN(NormConstraint):
         )
         extra: dict[str, Any] = {SWITCH_KEY: self.param_groups[0].get(SWITCH_KEY)}
         if auto is not None:
-            extra.update({"lawn_free_steps": auto_switch.AUTO, **auto_switch.options(auto, self._all_constrained())})
+            extra[self._keys.free_steps] = auto_switch.AUTO
+            extra.update(auto_switch.options(auto, self._all_constrained()))
         for key, value in extra.items():
             self.defaults[key] = value
             for group in self.param_groups:
@@ -86,23 +87,27 @@ class LAWN(NormConstraint):
     def switch_step(self) -> int | None:
         """Applied steps before the switch (fixed or automatic); ``None`` while free."""
         group = self.param_groups[0]
-        if not group["lawn_frozen"]:
+        if not group[self._keys.frozen]:
             return None
         recorded = group.get(SWITCH_KEY)
-        return recorded if recorded is not None else group["lawn_free_steps"]  # a checkpoint older than the key
+        return recorded if recorded is not None else group[self._keys.free_steps]  # a checkpoint older than the key
 
     def freeze(self) -> None:
         """Switch to the constrained phase now (see ``NormConstraint.freeze``) and record ``switch_step``."""
-        was_free = not self.param_groups[0]["lawn_frozen"]
+        was_free = not self.param_groups[0][self._keys.frozen]
         super().freeze()
         if was_free:
             for group in self.param_groups:
-                group[SWITCH_KEY] = group["lawn_steps"]
+                group[SWITCH_KEY] = group[self._keys.steps]
 
-    def _switch_due(self, steps: int) -> bool:
-        if self.param_groups[0]["lawn_free_steps"] != auto_switch.AUTO:
-            return super()._switch_due(steps)
-        return auto_switch.switch_due(self.param_groups, steps, self._all_constrained())
+    def _should_switch(self) -> bool:
+        """The engine's rule (after ``free_steps``), or with ``free_steps="auto"`` the automatic one."""
+        first = self.param_groups[0]
+        if first[self._keys.free_steps] != auto_switch.AUTO:
+            return super()._should_switch()
+        if first[self._keys.frozen]:
+            return False
+        return auto_switch.switch_due(self.param_groups, first[self._keys.steps], self._all_constrained())
 
     def _all_constrained(self) -> list[torch.Tensor]:
         return [p for _, p in self.constrained_parameters]

@@ -47,8 +47,9 @@ class LastBatchNorm(nn.Module):
         super().__init__()
         self.body = body
         where = next(iter(body.parameters()), None)
-        self.last_bn = nn.BatchNorm1d(
-            num_classes, affine=False, device=where.device if where is not None else None
+        dtype = where.dtype if where is not None and where.is_floating_point() else None
+        self.last_bn = nn.BatchNorm1d(  # on the body's device and in its floating dtype (fp64 models stay fp64)
+            num_classes, affine=False, device=where.device if where is not None else None, dtype=dtype
         )
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:

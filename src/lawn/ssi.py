@@ -73,7 +73,14 @@ def _log_factor(item: Layer, where: str) -> torch.Tensor:
         raise TypeError(f"{where}: expected a weight tensor, a layer with a weight, or a ResidualBranch")
     if weight.dim() < 2:
         raise ValueError(f"{where}: a weight needs >= 2 dims, got shape {tuple(weight.shape)}")
-    return torch.log(torch.linalg.vector_norm(weight.float()))
+    return _safe_log(torch.linalg.vector_norm(weight.float()))
+
+
+def _safe_log(norm: torch.Tensor) -> torch.Tensor:
+    """``log(norm)``, ``-inf`` at 0 with a zero gradient there (not NaN): an all-zero weight (a zero-initialised
+    head) makes the product 0, and its subgradient 0 is taken."""
+    positive = norm > 0
+    return torch.where(positive, torch.log(torch.where(positive, norm, torch.ones_like(norm))), -torch.inf)
 
 
 def _as_list(items: Sequence[Layer], where: str) -> list[Layer]:

@@ -76,4 +76,4 @@ class WRS(NormConstraint):
     @property
     def every(self) -> int:
         """Rescale interval in steps (stored in ``param_groups``, so it survives a checkpoint)."""
-        return self.param_groups[0]["lawn_retract_every"]
+        return self.param_groups[0][self._keys.retract_every]

@@ -5,7 +5,16 @@ must agree with it; ``engine.NormConstraint`` is the optimizer wrapper that LAWN
 """
 
 from lawn.constraint.engine import NormConstraint
-from lawn.constraint.reference import GRANULARITIES, Granularity, compute_dtype, norms, project_onto_tangent, retract
+from lawn.constraint.reference import (
+    GRANULARITIES,
+    Granularity,
+    compute_dtype,
+    norms,
+    output_dim,
+    project_onto_tangent,
+    retract,
+    set_output_dim,
+)
 
 __all__ = [
     "GRANULARITIES",
@@ -13,6 +22,8 @@ __all__ = [
     "NormConstraint",
     "compute_dtype",
     "norms",
+    "output_dim",
     "project_onto_tangent",
     "retract",
+    "set_output_dim",
 ]

@@ -14,6 +14,9 @@ per-tensor scalar arithmetic is batched with ``_foreach_*`` kernels to save laun
 The projection takes ``‖w‖`` where the caller knows it (the target, right after a retraction onto it): that
 saves the pass computing ``‖w‖²``. :class:`lawn.NormConstraint` decides when it is known.
 
+A coefficient or scale that is not finite (a NaN or inf in ``g`` or ``w``, a zero norm) leaves its tensor (or row)
+unchanged (coefficient 0, scale 1), as in the reference: non-finite entries do not spread (``_finite_or``).
+
 All tensors of one call share a device; callers group by device (see :class:`lawn.NormConstraint`).
 """
 
@@ -74,6 +77,11 @@ def _norm(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     return torch.linalg.vector_norm(w, dim=dims, dtype=compute_dtype(w.dtype))
 
 
+def _finite_or(x: torch.Tensor, fallback: float) -> torch.Tensor:
+    """``x`` with every NaN / inf replaced by ``fallback`` (one kernel, no host synchronisation)."""
+    return torch.nan_to_num(x, nan=fallback, posinf=fallback, neginf=fallback)
+
+
 def _tensor_by_tensor(tensors: list[torch.Tensor]) -> bool:
     return tensors[0].device.type == "cpu"
 
@@ -100,8 +108,8 @@ def foreach_project_onto_tangent_(
     if tensor_by_tensor:
         for g, w, norm in zip(grads, params, known):
             w = w.detach()
-            squared_norm = _norm(w, granularity).square_() if norm is None else norm * norm
-            coefficient = _dot(g, w, granularity) / squared_norm  # out of place: a sharded dot may be partial
+            squared_norm = _norm(w, granularity).square() if norm is None else norm * norm  # a DTensor norm is partial
+            coefficient = _finite_or(_dot(g, w, granularity) / squared_norm, 0.0)  # out of place: may be partial
             g.addcmul_(w, _broadcastable(coefficient, w), value=-1.0)
         return
     if any(norm is None for norm in known):
@@ -109,7 +117,7 @@ def foreach_project_onto_tangent_(
     squared_norms = torch._foreach_mul(known, known)
     coefficients = torch._foreach_div([_dot(g, w, granularity) for g, w in zip(grads, params)], squared_norms)
     for g, w, c in zip(grads, params, coefficients):
-        g.addcmul_(w.detach(), _broadcastable(c, w), value=-1.0)
+        g.addcmul_(w.detach(), _broadcastable(_finite_or(c, 0.0), w), value=-1.0)
 
 
 def foreach_retract_(
@@ -130,8 +138,8 @@ def foreach_retract_(
     if tensor_by_tensor:
         for w, target in zip(params, targets):
             w = w.detach()
-            w.mul_(_broadcastable(target / _norm(w, granularity), w))
+            w.mul_(_broadcastable(_finite_or(target / _norm(w, granularity), 1.0), w))
         return
     scales = torch._foreach_div(targets, foreach_norms(params, granularity))
     for w, s in zip(params, scales):
-        w.detach().mul_(_broadcastable(s, w))
+        w.detach().mul_(_broadcastable(_finite_or(s, 1.0), w))

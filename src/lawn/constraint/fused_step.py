@@ -38,7 +38,7 @@ import torch
 
 from lawn.constraint._dtensor import is_dtensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type hints only: the engine imports this module
     from lawn.constraint.engine import NormConstraint
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
@@ -179,11 +179,17 @@ class FusedStep:
         own paths for everything else. ``False`` (nothing done) if the kernel takes no tensor or is unavailable."""
         if torch.compiler.is_compiling():
             return False
-        taken: list[list[torch.Tensor]] = []
+        taken: list[list[tuple[int, torch.Tensor]]] = []
         for group, constrained in zip(engine.param_groups, engine._constrained):
             keys = _STATE_KEYS[self.kind]
             ok = _group_supported(self.kind, group)
-            taken.append([p for p in constrained if ok and _takes(p, engine.state[p], keys)])
+            taken.append(
+                [
+                    (j, p)
+                    for j, p in constrained
+                    if ok and p not in engine._row_dims and _takes(p, engine.state.get(p, {}), keys)
+                ]
+            )
         if not any(taken):
             return False
         kernel = _Kernel.get()
@@ -191,18 +197,19 @@ class FusedStep:
             return False
 
         retract = engine._retracts_this_step()
+        keys = engine._keys
         others = [
-            [p for p in constrained if p.grad is not None and not any(p is q for q in mine)]
+            [(j, p) for j, p in constrained if p.grad is not None and not any(p is q for _, q in mine)]
             for constrained, mine in zip(engine._constrained, taken)
         ]
         for group, rest in zip(engine.param_groups, others):
-            if group["lawn_project_gradient"] and rest:
-                engine._project(group, rest)
-        hidden = [(p, p.grad) for mine in taken for p in mine]
+            if group[keys.project_gradient] and rest:
+                engine._project(group, [p for _, p in rest])
+        hidden = [(p, p.grad) for mine in taken for _, p in mine]
         for p, _ in hidden:
             p.grad = None  # the base's own step skips tensors without a gradient
         try:
-            engine._base_step()
+            engine.base.step()
         finally:
             for p, g in hidden:
                 p.grad = g
@@ -220,18 +227,17 @@ class FusedStep:
         kernel: ModuleType,
         engine: NormConstraint,
         group: dict[str, Any],
-        params: list[torch.Tensor],
+        constrained: list[tuple[int, torch.Tensor]],
         retract: bool,
     ) -> None:
-        from lawn.constraint.engine import TARGET_KEY
-
-        project = bool(group["lawn_project_gradient"])
-        per_row = group["lawn_granularity"] == "row"
+        keys = engine._keys
+        params = [p for _, p in constrained]
+        project = bool(group[keys.project_gradient])
+        per_row = group[keys.granularity] == "row"
         weights = [p.detach() for p in params]
         grads = [p.grad for p in params]
-        known = engine._known_norms(params) if project else None
-        norms = [_EMPTY if n is None else n for n in known] if known is not None else [_EMPTY] * len(params)
-        targets = [engine.state[p][TARGET_KEY] for p in params] if retract else [_EMPTY] * len(params)
+        norms = [_EMPTY] * len(params)  # ‖w‖ is computed by the kernel in the same pass, every step
+        targets = [group[keys.targets][j] for j, _ in constrained] if retract else [_EMPTY] * len(params)
         if self.kind == "adam":
             amsgrad = bool(group["amsgrad"])
             states = [_adam_state(p, engine.state[p], group) for p in params]
@@ -285,5 +291,3 @@ class FusedStep:
             )
             touched = buffers if momentum != 0 else []
         torch.autograd.graph.increment_version(weights + touched)
-        if retract:
-            engine._mark_on_sphere(params)

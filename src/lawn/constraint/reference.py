@@ -9,8 +9,16 @@ A constrained weight ``w`` lives on a sphere ``‖w‖ = r`` (per tensor), or on
 * ``retract(w, target)``: ``w · (target / ‖w‖)``, which puts ``w`` back on its sphere.
 
 All arithmetic is done in fp32 (fp64 for fp64 weights: ``compute_dtype``) and the result is cast back to the
-input's dtype. The fast multi-tensor
-versions in :mod:`lawn.constraint.foreach` must agree with these (``tests/test_constraint.py``).
+input's dtype. ``norms`` is computed without overflow or underflow for any finite weight (in fp64 for
+low-precision weights, rescaled by the largest entry for fp64 weights, as BLAS ``nrm2`` does).
+
+Non-finite values: a projection coefficient or a retraction scale that is not finite (a NaN or inf in ``g`` or
+``w``, a zero norm) is replaced by the value that leaves that tensor (or row) unchanged (0, 1), so a non-finite
+entry stays where it is, as under the base optimizer alone, instead of spreading over the whole tensor.
+
+The fast multi-tensor versions in :mod:`lawn.constraint.foreach` must agree with these
+(``tests/test_constraint.py``). Rows are always dim 0 here; the engine passes a ``movedim`` view for weights
+whose output units lie along another dim (``output_dim``: ``ConvTranspose*``, HF ``Conv1D``).
 """
 
 from __future__ import annotations
@@ -18,16 +26,44 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from lawn.constraint._dtensor import reduce_partial
 
 Granularity = Literal["tensor", "row"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "row")
 
+#: tensor → the dim that indexes its output units, where it is not 0 (recorded by ``set_output_dim``)
+_OUTPUT_DIMS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the math and the targets use: fp64 for fp64 weights, fp32 for all others (fp32, bf16, fp16)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_granularity(granularity: object, w: torch.Tensor | None = None, what: str = "w") -> None:
+    """``ValueError`` unless ``granularity`` is ``"tensor"`` or ``"row"`` (and ``w`` has >= 2 dims for ``"row"``)."""
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES:
+        raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "row" and w is not None and w.dim() < 2:
+        raise ValueError(f"granularity='row': {what} has {w.dim()} dim(s); rows need >= 2 (use granularity='tensor')")
+
+
+def set_output_dim(w: torch.Tensor, dim: int) -> None:
+    """Record that ``w``'s output units (its "rows") lie along ``dim`` (1 for ``ConvTranspose*`` and HF
+    ``Conv1D`` weights, ``in × out × ...``). Discovery records it for the weights it returns."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < max(w.dim(), 1):
+        raise ValueError(f"dim: expected an int in [0, {w.dim()}), got {dim!r}")
+    if dim == 0:
+        _OUTPUT_DIMS.pop(w, None)
+    else:
+        _OUTPUT_DIMS[w] = dim
+
+
+def output_dim(w: torch.Tensor) -> int:
+    """The dim of ``w`` that indexes its output units: 0 unless ``set_output_dim`` said otherwise."""
+    return _OUTPUT_DIMS.get(w, 0)
 
 
 def _reduced_dims(x: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:
@@ -41,24 +77,38 @@ def _reduced_dims(x: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:
 def norms(w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``‖w‖₂`` in ``compute_dtype``: a 0-d tensor per tensor, shape ``(rows,)`` per row.
 
+    Exact in range for every finite ``w`` (no overflow of the squares near 1e19, no underflow below 1e-19).
     For a sharded ``DTensor`` the norms are the global ones: replicated per tensor, sharded like dim 0 per row.
     """
+    check_granularity(granularity, w)
     w = w.detach()
-    return reduce_partial(torch.linalg.vector_norm(w, dim=_reduced_dims(w, granularity), dtype=compute_dtype(w.dtype)))
+    dims = _reduced_dims(w, granularity)
+    if w.dtype != torch.float64:  # fp64 squares hold any fp32 / bf16 / fp16 value without over- or underflow
+        result = torch.linalg.vector_norm(w, dim=dims, dtype=torch.float64)
+    else:  # nrm2-style: scale by the largest entry
+        largest = reduce_partial(w.abs().amax(dim=dims, keepdim=True))
+        scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+        result = (torch.linalg.vector_norm(w / scale, dim=dims, keepdim=True) * scale).squeeze(dims)
+    return reduce_partial(result).to(compute_dtype(w.dtype))
 
 
 def project_onto_tangent(g: torch.Tensor, w: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``g − (⟨g, w⟩ / ‖w‖²) · w`` (per row when ``granularity == "row"``), in ``g``'s dtype."""
+    check_granularity(granularity, w)
     dtype = compute_dtype(w.dtype)
     g32, w32 = g.detach().to(dtype), w.detach().to(dtype)
     dims = _reduced_dims(w, granularity)
     coefficient = (g32 * w32).sum(dim=dims, keepdim=True) / (w32 * w32).sum(dim=dims, keepdim=True)
+    coefficient = torch.where(torch.isfinite(coefficient), coefficient, torch.zeros_like(coefficient))
     return (g32 - coefficient * w32).to(g.dtype)
 
 
 def retract(w: torch.Tensor, target: torch.Tensor, granularity: Granularity = "tensor") -> torch.Tensor:
     """``w · (target / ‖w‖)`` (per row when ``granularity == "row"``), in ``w``'s dtype."""
+    check_granularity(granularity, w)
     dtype = compute_dtype(w.dtype)
     w32 = w.detach().to(dtype)
     norm = torch.linalg.vector_norm(w32, dim=_reduced_dims(w, granularity), keepdim=True)
-    return (w32 * (target.to(dtype).reshape(norm.shape) / norm)).to(w.dtype)
+    scale = target.to(dtype).reshape(norm.shape) / norm
+    scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
+    return (w32 * scale).to(w.dtype)

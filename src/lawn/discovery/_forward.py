@@ -2,13 +2,15 @@
 
 A forward pass in ``train()`` mode updates BatchNorm running statistics and ``num_batches_tracked`` and draws
 dropout masks from the global RNG. :func:`untouched` puts all of that back: buffers bit for bit (even ones the
-forward replaced rather than updated in place), ``requires_grad`` flags, and the CPU/CUDA RNG states. It
+forward replaced rather than updated in place; buffers it registered, such as a lazily built table, are
+removed), ``requires_grad`` flags, and the CPU/CUDA RNG states. It
 never calls ``train()``/``eval()``: the model runs in the mode it is in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +18,8 @@ import torch
 from torch import nn
 
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+#: which part of a model's output to analyse: a key / attribute name, a position, or a function of the output
+OutputSelector = str | int | Callable[[Any], Any] | None
 
 
 def check_model(model: Any) -> nn.Module:
@@ -48,14 +52,44 @@ def call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple / list / dict output, in order; a tensor output is ``[output]``."""
+    """Every tensor in a (nested) tuple / list / dict / dataclass output, in order; a tensor is ``[output]``."""
+    return [t for _, t in named_output_tensors(output)]
+
+
+def named_output_tensors(output: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` for every tensor of the output (``"logits"``, ``"[0]"``, ``"hidden[1]"``), in order."""
     if isinstance(output, torch.Tensor):
-        return [output]
+        return [(prefix or "output", output)]
     if isinstance(output, Mapping):
-        return [t for value in output.values() for t in output_tensors(value)]
-    if isinstance(output, (tuple, list)):
-        return [t for value in output for t in output_tensors(value)]
-    return []
+        items = list(output.items())
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = [(f.name, getattr(output, f.name)) for f in dataclasses.fields(output)]
+    elif isinstance(output, (tuple, list)):
+        return [x for i, value in enumerate(output) for x in named_output_tensors(value, f"{prefix}[{i}]")]
+    else:
+        return []
+    return [x for key, value in items for x in named_output_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def select_output(output: Any, selector: OutputSelector) -> Any:
+    """The part of ``output`` to analyse: all of it (``None``), ``output[k]`` / ``output.k`` (a name),
+    ``output[i]`` (a position), or ``selector(output)`` (a function)."""
+    if selector is None:
+        return output
+    if callable(selector):
+        return selector(output)
+    if isinstance(selector, str):
+        if isinstance(output, Mapping) and selector in output:
+            return output[selector]
+        if not isinstance(output, Mapping) and hasattr(output, selector):
+            return getattr(output, selector)
+    elif isinstance(selector, int) and not isinstance(selector, bool) and isinstance(output, (tuple, list)):
+        if -len(output) <= selector < len(output):
+            return output[selector]
+    else:
+        raise TypeError(f"output: expected a name, a position or a function, got {type(selector).__name__}")
+    available = [name for name, _ in named_output_tensors(output)]
+    raise ValueError(f"output={selector!r}: the model's output has no such part; its tensors are {available}")
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:
@@ -68,14 +102,16 @@ def untouched(model: nn.Module, *, track_all_parameters: bool = False) -> Iterat
     """Restore ``model``'s buffers, ``requires_grad`` flags and the RNG states on exit.
 
     With ``track_all_parameters`` every parameter requires grad inside the block, so that frozen ones show up
-    in the autograd graph too.
+    in the autograd graph too (their activations are then saved as in training: only on request).
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    modules = list(model.modules())
     buffers = [
         (module, name, buffer, None if buffer is None else buffer.detach().clone())
-        for module in model.modules()
+        for module in modules
         for name, buffer in module._buffers.items()
     ]
+    registered = [(module, set(module._buffers)) for module in modules]
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         try:
             if track_all_parameters:
@@ -85,6 +121,10 @@ def untouched(model: nn.Module, *, track_all_parameters: bool = False) -> Iterat
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+            for module, names in registered:
+                for name in [n for n in module._buffers if n not in names]:  # registered by this forward
+                    del module._buffers[name]
+                    module._non_persistent_buffers_set.discard(name)
             with torch.no_grad():
                 for module, name, buffer, saved in buffers:
                     module._buffers[name] = buffer

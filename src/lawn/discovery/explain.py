@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lawn.discovery._forward import ExampleInputs
+from lawn.discovery._forward import ExampleInputs, OutputSelector
 from lawn.discovery.final_homogeneous import Discovery, ParameterVerdict, discover
 
 
@@ -45,10 +45,17 @@ def render(found: Discovery) -> str:
     return "\n".join(lines)
 
 
-def explain(model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = False) -> str:
+def explain(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    strict: bool = False,
+    output: OutputSelector = None,
+    judge_frozen: bool = False,
+) -> str:
     """A table of every parameter of ``model``: in or out of the final homogeneous sub-network, and why.
 
     Same pass as :func:`lawn.final_homogeneous_params` (same arguments), but it never raises for a model
     without a homogeneous tail: it shows which operation blocks each parameter. ``print(lawn.explain(m, x))``.
     """
-    return render(discover(model, example_inputs, strict=strict))
+    return render(discover(model, example_inputs, strict=strict, output=output, judge_frozen=judge_frozen))

@@ -36,6 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from lawn.discovery._forward import untouched
+
 _T = torch.Tensor
 
 #: layer ops, called as ``layer(input, weight, bias, ...)``
@@ -138,17 +140,13 @@ def params_feeding_normalization(
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     recorder = _Recorder()
     modes = {m: m.training for m in model.modules()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), recorder:
+        with untouched(model), torch.no_grad(), recorder:  # buffers (new ones removed) and RNG restored
             model.train()
             output = model(*args)
     finally:
         for m, training in modes.items():
             m.training = training
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
     returned = {id(t) for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)}
 
     qualifying: dict[int, int] = {}

@@ -24,8 +24,13 @@ sub-network is then exactly homogeneous in its weights.
 
 Tied (shared) weights are one ``Parameter``: discovery sees one leaf with every use as a path to it, judges it
 once by the rule above, and returns it once, under its first name in ``model.named_parameters()`` (the other
-names are listed by :func:`lawn.explain`). Frozen parameters (``requires_grad=False``) are judged too but
-never returned.
+names are listed by :func:`lawn.explain`). Frozen parameters (``requires_grad=False``) are never returned,
+and not judged unless ``judge_frozen=True``: judging them means recording their part of the graph, which for a
+frozen backbone saves its activations as a training forward would (many times what the trainable part needs).
+
+**Which output.** Every tensor of the output is analysed (a tuple, dict or dataclass output included), unless
+``output=`` names the one to use (``output="logits"`` for a Hugging Face model given labels, whose ``loss``
+is not homogeneous in anything).
 
 **Why the autograd graph.** It is recorded while the model's own Python runs on a real input, so
 data-dependent control flow, Python loops, hooks, functional calls and any module structure need nothing
@@ -51,7 +56,16 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node
 
-from lawn.discovery._forward import ExampleInputs, call, check_model, output_tensors, untouched
+from lawn.constraint.reference import set_output_dim
+from lawn.discovery._forward import (
+    ExampleInputs,
+    OutputSelector,
+    call,
+    check_model,
+    named_output_tensors,
+    select_output,
+    untouched,
+)
 from lawn.discovery.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
 
 #: ops left out when a homogeneous path is printed (they only move numbers around)
@@ -83,6 +97,8 @@ class Discovery:
     strict: bool
     parameters: list[ParameterVerdict]  # forward order; parameters the output does not use come last
     output_breaks: list[str]  # the non-homogeneous operations nearest to the output
+    output_names: tuple[str, ...] = ()  # the output's tensors that were analysed ("logits", "loss", "[0]")
+    unjudged_frozen: tuple[str, ...] = ()  # frozen parameters left out (judge_frozen=False)
 
     @property
     def constrained(self) -> list[tuple[str, nn.Parameter]]:
@@ -91,6 +107,13 @@ class Discovery:
     def why_empty(self) -> str:
         """The message of the ``ValueError`` raised when no weight qualifies."""
         frozen = [v.name for v in self.parameters if v.in_tail and len(v.shape) >= 2 and not v.constrained]
+        losses = [name for name in self.output_names if name.split(".")[-1].lower().endswith("loss")]
+        if losses:
+            return (
+                f"{self.model_name}: the output includes a loss ({', '.join(losses)}): the example batch contains "
+                "labels, so the model computed its loss, which is not homogeneous in any weight. Name the output "
+                "to analyse (output='logits') or drop the labels from example_inputs."
+            )
         if frozen:
             return (
                 f"{self.model_name}: every weight of the final homogeneous sub-network is frozen "
@@ -114,6 +137,10 @@ class Discovery:
             )
         if self.strict:
             message += "strict=True counts every bias as breaking homogeneity: try strict=False. "
+        if self.unjudged_frozen:
+            message += (
+                f"{len(self.unjudged_frozen)} frozen parameter(s) were not judged (judge_frozen=True judges them). "
+            )
         return message + "lawn.explain(model, example_inputs) lists every parameter and why it is out."
 
 
@@ -229,23 +256,45 @@ def _path(leaf: Node, parent: dict[Node, Node | None]) -> str:
     return " → ".join([*ops, "output"])
 
 
-def discover(model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = False) -> Discovery:
-    """Judge every parameter of ``model`` by the rule in this module's docstring, from one forward pass."""
+def discover(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    strict: bool = False,
+    output: OutputSelector = None,
+    judge_frozen: bool = False,
+) -> Discovery:
+    """Judge every parameter of ``model`` by the rule in this module's docstring, from one forward pass.
+
+    ``output``: the part of the model's output to analyse (a key or attribute name such as ``"logits"``, a
+    position, or a function of the output); all of it by default. ``judge_frozen``: judge frozen parameters
+    too (their part of the graph is then recorded).
+    """
     check_model(model)
     if not isinstance(strict, bool):
         raise TypeError(f"strict: expected True or False, got {strict!r}")
-    with untouched(model, track_all_parameters=True), torch.inference_mode(False), torch.enable_grad():
+    if not isinstance(judge_frozen, bool):
+        raise TypeError(f"judge_frozen: expected True or False, got {judge_frozen!r}")
+    with untouched(model, track_all_parameters=judge_frozen), torch.inference_mode(False), torch.enable_grad():
         spans = _ModuleSpans(model)
         try:
-            output = call(model, example_inputs)
+            raw = call(model, example_inputs)
         finally:
             spans.remove()
     model_name = type(model).__name__
-    tensors = [t for t in output_tensors(output) if t.requires_grad]
+    named_outputs = named_output_tensors(select_output(raw, output))
+    tensors = [t for _, t in named_outputs if t.requires_grad]
+    if not named_outputs:
+        raise ValueError(
+            f"{model_name}: the output ({type(raw).__name__}) holds no tensor that discovery can find (it reads "
+            "tensors, tuples, lists, dicts and dataclasses): pass output=<name, position or function> to pick "
+            "the logits"
+        )
     if not tensors:
         raise ValueError(
             f"{model_name}: the output does not depend on any parameter (no autograd graph): does forward() "
-            "detach its output or run under torch.no_grad()?"
+            "detach its output or run under torch.no_grad()? (frozen parameters are tracked only with "
+            "judge_frozen=True)"
         )
     roots = list(dict.fromkeys(torch.autograd.graph.get_gradient_edge(t).node for t in tensors))
 
@@ -298,7 +347,9 @@ def discover(model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = 
         homogeneous, broken = leaf in parent, leaf in broken_by
         in_tail = leaf is not None and homogeneous and not broken
         constrained = in_tail and p.dim() >= 2 and p.requires_grad
-        if leaf is None:
+        if leaf is None and not p.requires_grad and not judge_frozen:
+            reason = "frozen (requires_grad=False): not judged (judge_frozen=True judges it)"
+        elif leaf is None:
             reason = "does not reach the output for these inputs"
         elif broken and homogeneous:
             reason = (
@@ -331,20 +382,46 @@ def discover(model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = 
         strict=strict,
         parameters=verdicts,
         output_breaks=[describe[n] for n in frontier],
+        output_names=tuple(name for name, t in named_outputs if t.requires_grad),
+        unjudged_frozen=() if judge_frozen else tuple(v.name for v in verdicts if not v.parameter.requires_grad),
     )
 
 
 def final_homogeneous_params(
-    model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = False
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    strict: bool = False,
+    output: OutputSelector = None,
+    judge_frozen: bool = False,
 ) -> list[tuple[str, nn.Parameter]]:
     """The weights of ``model``'s final homogeneous sub-network, as ``(name, Parameter)`` in forward order.
 
     ``lawn.LAWN(torch.optim.Adam(model.parameters()), final_homogeneous_params(model, x), free_steps=...)``.
     ``example_inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments for one
     forward pass. Raises ``ValueError`` when no trainable weight qualifies (e.g. the model returns
-    ``sigmoid(logits)``): the message says which operations block the way.
+    ``sigmoid(logits)``): the message says which operations block the way. ``output`` and ``judge_frozen``:
+    see :func:`discover`.
     """
-    found = discover(model, example_inputs, strict=strict)
+    found = discover(model, example_inputs, strict=strict, output=output, judge_frozen=judge_frozen)
     if not found.constrained:
         raise ValueError(found.why_empty())
+    record_output_dims(model)
     return found.constrained
+
+
+def _output_dim_of(module: nn.Module) -> int:
+    """The dim of ``module.weight`` that indexes output units: 1 for ``ConvTranspose*`` (``in × out × k…``)
+    and HF ``Conv1D`` (``in × out``), 0 for every other layer."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) or type(module).__name__ == "Conv1D":
+        return 1
+    return 0
+
+
+def record_output_dims(model: nn.Module) -> None:
+    """Tell the constraint engine, for every layer weight of ``model``, which dim its output units lie along
+    (``lawn.constraint.set_output_dim``), so that ``granularity="row"`` keeps one norm per output unit."""
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            set_output_dim(weight, _output_dim_of(module))

@@ -5,9 +5,12 @@ positively homogeneous in the inputs (``f(αx) = α^d f(x)`` for ``α > 0``): ma
 lookups (linear in the activation *and* in the weight), ``mul`` (bilinear), ``relu``, ``leaky_relu``, max /
 average pooling, ``sum``/``mean``/``max``, every reshape / index / concat, dropout, copies, and addition (a
 residual sum of homogeneous paths, or a bias). ``x / y`` passes along ``x`` only; attention ``softmax(q kᵀ)
-v`` only along ``v``. Everything else breaks homogeneity, and so does **every operation not named here**:
+v`` only along ``v``; ``maximum``/``minimum``/``fmax``/``fmin`` of two tracked values, or of a value and zeros
+(a ReLU). Everything else breaks homogeneity, and so does **every operation not named here**:
 normalization layers, ``gelu``/``silu``/``tanh``/``sigmoid``/``softmax``/``exp``/``log``, norms, ``rsqrt``,
-clipping, custom autograd Functions, compiled regions. An unknown operation is thus treated as breaking (the
+clipping (``clamp(min=c)``, ``maximum(h, c)`` with ``c ≠ 0``), thresholds (``where(h > t, h, 0)``: the mask
+moves with the scale, and ``where`` is not told apart from a fixed mask, so it always breaks), custom autograd
+Functions, compiled regions. An unknown operation is thus treated as breaking (the
 safe side: it can only make discovery choose fewer weights).
 
 Nodes are named after their autograd class without the ``Backward<n>`` suffix (``AddmmBackward0`` →
@@ -34,9 +37,8 @@ _EVERY_INPUT = frozenset(
         # sums: residual addition, biases, constants (strict mode looks at the summands, see ADDITIVE_INPUTS)
         "Add", "Sub", "Rsub", "IndexAdd", "ScatterAdd",
         # positively homogeneous pointwise maps and selections
-        "Relu", "LeakyRelu", "RreluWithNoise", "Prelu", "PreluKernel", "Abs", "Maximum", "Minimum",
-        "Fmax", "Fmin", "Max", "Min", "Amax", "Amin", "Topk", "Sort", "Kthvalue", "Median", "NanMedian",
-        "Where",
+        "Relu", "LeakyRelu", "RreluWithNoise", "Prelu", "PreluKernel", "Abs",
+        "Max", "Min", "Amax", "Amin", "Topk", "Sort", "Kthvalue", "Median", "NanMedian",
         # pooling and resampling
         "MaxPool2DWithIndices", "MaxPool3DWithIndices", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool2D",
         "AdaptiveAvgPool3D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D", "MaxUnpool2D", "MaxUnpool3D",
@@ -94,6 +96,21 @@ def _is_relu_clamp(node: torch.autograd.graph.Node) -> bool:
     return getattr(node, "_saved_min", None) == 0 and getattr(node, "_saved_max", None) is None
 
 
+#: elementwise max / min of two inputs: homogeneous if both are tracked, or the untracked one is all zeros
+_PAIRWISE_EXTREMA = frozenset({"Maximum", "Minimum", "Fmax", "Fmin"})
+
+
+def _is_relu_like(node: torch.autograd.graph.Node) -> bool:
+    """``maximum(h, c)`` (and min, fmax, fmin) is positively homogeneous iff ``c`` is tracked too or is zero:
+    ``max(αh, c) = α max(h, c)`` for all ``α > 0`` only when ``c = 0``."""
+    for (child, _), saved in zip(node.next_functions, ("_saved_self", "_saved_other")):
+        if child is None:
+            constant = getattr(node, saved, None)
+            if not isinstance(constant, torch.Tensor) or bool(constant.detach().any()):
+                return False
+    return True
+
+
 def homogeneous_inputs(node: torch.autograd.graph.Node) -> frozenset[int] | None:
     """Input positions of ``node`` along which the operation is positively homogeneous.
 
@@ -102,6 +119,8 @@ def homogeneous_inputs(node: torch.autograd.graph.Node) -> frozenset[int] | None
     op = op_name(node)
     if op in _EVERY_INPUT:
         return None
+    if op in _PAIRWISE_EXTREMA:
+        return None if _is_relu_like(node) else frozenset()
     if op in ("Clamp", "ClampMin"):
         return None if _is_relu_clamp(node) else frozenset()
     if op in _SOME_INPUTS:

@@ -450,11 +450,9 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lawn.harness.report import write_report
-    from lawn.harness.results import read_rows
+    from lawn.harness.report import read_reported_rows, write_report
 
-    rows = [row for path in args.results for row in read_rows(path)]
-    rows = _only(rows, args.only)
+    rows = _only(read_reported_rows(args.results), args.only)
     lottery = [row for row in rows if row.get("experiment") == "lottery"]
     if lottery:
         from lawn.harness.lottery_report import write_lottery_report

@@ -36,6 +36,35 @@ TRAJECTORIES = (
 )
 
 
+def unique_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
+    """``rows`` checked and de-duplicated by ``key`` (the first row of each key is kept).
+
+    Reporting several files that share runs (a sweep file and a copy of part of it) must count each run once:
+    a duplicate would count a seed twice and shrink the std. A row without a ``config`` dict is a
+    ``ValueError`` naming its key (and, with ``sources``, the files read).
+    """
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if not isinstance(row.get("config"), dict):
+            where = f" (in {', '.join(sources)})" if sources else ""
+            raise ValueError(
+                f"result row {row.get('key', '?')!r}{where} has no 'config' object; it is not a row written by "
+                "lawn run / lawn sweep"
+            )
+        if row["key"] not in seen:
+            seen.add(row["key"])
+            unique.append(row)
+    return unique
+
+
+def read_reported_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of every results file in ``paths``, checked and de-duplicated by key (:func:`unique_rows`)."""
+    from lawn.harness.results import read_rows
+
+    return unique_rows([row for path in paths for row in read_rows(path)], [str(p) for p in paths])
+
+
 def panels(selections: list[Selection]) -> list[tuple[dict[str, Any], list[Selection]]]:
     """Group selections by their setting minus optimizer/method/batch size and any tuned axis."""
     tuned_anywhere = {t for s in selections for t in s.tuned}
@@ -271,6 +300,7 @@ def write_report(
     rows: list[dict[str, Any]], out_dir: str | Path, sources: list[str] | None = None
 ) -> list[Path]:
     """Write ``report.md`` and the plots into ``out_dir``; return the paths written."""
+    rows = unique_rows(rows, sources)
     if not rows:
         raise ValueError("report: no result rows to report")
     out = Path(out_dir)

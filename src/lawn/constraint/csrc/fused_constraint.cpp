@@ -60,6 +60,10 @@ inline Sums sums(const float* a, const float* b, int64_t n, bool want_sq) {
 
 inline double squared_norm(const float* w, int64_t n) { return sums(w, w, n, false).dot; }
 
+// A projection coefficient or a retraction scale that is not finite (a NaN or inf in g or w, a zero norm) is
+// replaced by the value that leaves the tensor as it is (0, 1): non-finite values then stay where they are.
+inline float finite_or(double x, float fallback) { return std::isfinite(x) ? static_cast<float>(x) : fallback; }
+
 inline void axpy(float* g, const float* w, float c, int64_t n) {  // g <- g - c w
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) g[i] -= c * w[i];
@@ -96,7 +100,7 @@ LAWN_VECTOR_CLONES void project_rows(float* g, const float* w, const float* r, i
     const float* wi = w + i * cols;
     const Sums s = sums(gi, wi, cols, r == nullptr);
     const double sq = r != nullptr ? double(r[i]) * double(r[i]) : s.sq;
-    axpy(gi, wi, static_cast<float>(s.dot / sq), cols);
+    axpy(gi, wi, finite_or(s.dot / sq, 0.0f), cols);
   }
 }
 
@@ -104,7 +108,7 @@ LAWN_VECTOR_CLONES void project_rows(float* g, const float* w, const float* r, i
 LAWN_VECTOR_CLONES void retract_rows(float* w, const float* target, int64_t cols, int64_t first, int64_t last) {
   for (int64_t i = first; i < last; ++i) {
     float* wi = w + i * cols;
-    scale(wi, static_cast<float>(double(target[i]) / std::sqrt(squared_norm(wi, cols))), cols);
+    scale(wi, finite_or(double(target[i]) / std::sqrt(squared_norm(wi, cols)), 1.0f), cols);
   }
 }
 
@@ -166,7 +170,7 @@ void project_(std::vector<torch::Tensor> grads, std::vector<torch::Tensor> param
     if (!per_row) {
       const Sums s = tensor_sums(g, w, n, !known);
       const double sq = known ? double(r[0]) * double(r[0]) : s.sq;
-      const float c = static_cast<float>(s.dot / sq);
+      const float c = finite_or(s.dot / sq, 0.0f);
       at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { axpy_range(g, w, c, first, last); });
       continue;
     }
@@ -190,7 +194,7 @@ void retract_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> targ
     TORCH_CHECK(targets[k].numel() == rows, "retract_: expected ", rows, " target(s)");
     const float* target = targets[k].data_ptr<float>();
     if (!per_row) {
-      const float s = static_cast<float>(double(target[0]) / std::sqrt(tensor_sums(w, w, n, false).dot));
+      const float s = finite_or(double(target[0]) / std::sqrt(tensor_sums(w, w, n, false).dot), 1.0f);
       at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { scale_range(w, s, first, last); });
       continue;
     }

@@ -1,0 +1,103 @@
+"""Reliability, math at the edges (issue 12, items 12-16): rows, non-finite values, extreme scales, `.data`."""
+
+import pytest
+import torch
+from torch import nn
+
+import lawn
+
+
+class _Decoder(nn.Module):
+    """Linear → ConvTranspose1d → logits: discovery returns the transposed conv's weight (in × out × k)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6 * 5)
+        self.up = nn.ConvTranspose1d(6, 3, kernel_size=3)  # weight: 6 (in) × 3 (out) × 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.fc(x)).view(-1, 6, 5))
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_item12_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_conv(foreach):
+    torch.manual_seed(0)
+    model = _Decoder()
+    x = torch.randn(8, 4)
+    tail = lawn.final_homogeneous_params(model, x)
+    assert "up.weight" in dict(tail) and lawn.constraint.output_dim(model.up.weight) == 1
+    opt = lawn.LAWN(
+        torch.optim.Adam(model.parameters(), lr=0.05), tail, free_steps=0, granularity="row", foreach=foreach
+    )
+    assert opt.target_norms["up.weight"].shape == (3,)  # one per output channel, not per input channel
+    unit_norms = model.up.weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    after = model.up.weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
+    torch.testing.assert_close(after, unit_norms, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+@pytest.mark.parametrize("path", ["foreach", "reference"])
+def test_item13_one_non_finite_gradient_entry_stays_one(granularity, path):
+    def run(constrained: bool) -> int:
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(8, 16))
+        base = torch.optim.Adam([w], lr=1e-2)
+        opt = lawn.LAWN(base, [w], free_steps=0, granularity=granularity, foreach=path == "foreach") if (
+            constrained
+        ) else base
+        w.grad = torch.randn(8, 16)
+        w.grad[3, 5] = float("nan")
+        opt.step()
+        return int(torch.isnan(w).sum())
+
+    assert run(constrained=False) == 1
+    assert run(constrained=True) == 1  # was 128 (the whole tensor) or 16 (the row)
+
+
+def test_item14_target_scale_is_bounded_and_norms_do_not_overflow_or_underflow():
+    w = nn.Parameter(torch.randn(4, 8))
+    for scale in (1e-25, 1e20):
+        with pytest.raises(ValueError, match="target_scale: must be a number in"):
+            lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=0, target_scale=scale)
+    big = torch.full((128,), 1e20)
+    assert lawn.norms(big).item() == pytest.approx(1e20 * 128**0.5, rel=1e-6)  # was inf
+    tiny = torch.full((128,), 1e-25)
+    assert lawn.norms(tiny).item() == pytest.approx(1e-25 * 128**0.5, rel=1e-5)  # was 0.0
+    huge = torch.full((128,), 1e220, dtype=torch.float64)
+    assert lawn.norms(huge).item() == pytest.approx(1e220 * 128**0.5, rel=1e-12)
+    with torch.no_grad():
+        w.mul_(1e18)
+    with pytest.raises(ValueError, match="outside \\[1e-12, 1e\\+12\\]"):
+        lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_item15_a_write_through_data_does_not_leave_a_stale_norm(fused):
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(16, 32))
+    opt = lawn.LAWN(torch.optim.SGD([w], lr=0.1), [("w", w)], free_steps=0, fused=fused)
+    w.grad = torch.randn(16, 32)
+    opt.step()
+    swapped = torch.randn(16, 32) * 3  # e.g. EMA weights swapped in, bypassing the version counter
+    nn.utils.vector_to_parameters(swapped.flatten().clone(), [w])
+    w.grad = torch.randn(16, 32)
+    opt.step()
+    cosine = torch.nn.functional.cosine_similarity(w.grad.flatten(), swapped.flatten(), dim=0)
+    assert abs(cosine.item()) < 1e-5  # was -0.98: the projection used the old norm
+
+
+def test_item16_public_helpers_refuse_bad_granularity():
+    w = torch.randn(3, 4)
+    for call in (
+        lambda: lawn.norms(w, "rows"),
+        lambda: lawn.project_onto_tangent(w, w, "Row"),
+        lambda: lawn.retract(w, torch.ones(3), "per_row"),
+    ):
+        with pytest.raises(ValueError, match="granularity: expected one of"):
+            call()
+    with pytest.raises(ValueError, match="rows need >= 2"):
+        lawn.norms(torch.ones(5), "row")
