@@ -178,9 +178,8 @@ class TrafficLimit:
 def own_copy(params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
     """Fresh copies of the parameters that share the originals' gradient tensors.
 
-    Every configuration needs weights of its own: LAWN's projection reuses the target as ``‖w‖`` only while
-    nothing else has changed ``w`` since its last retraction, which another optimizer stepping the same weights
-    would break. Sharing the (fixed) gradients costs nothing in realism and saves memory.
+    Every configuration needs weights of its own, so that one optimizer's steps do not change the weights (and
+    the norms) another one sees. Sharing the (fixed) gradients costs nothing in realism and saves memory.
     """
     copies = {}
     for name, p in params.items():
@@ -637,14 +636,10 @@ NOTES = [
     "  path does each tensor's passes back to back (`⟨g, w⟩` then the update; `‖w‖` then the rescale): the second",
     "  pass can find the tensor still in cache. On other devices the small per-tensor arithmetic is batched with",
     "  `_foreach_*` kernels.",
-    "- **The target norm as ‖w‖ in the projection.** Right after a retraction ‖w‖ is the target, so the",
-    "  projection divides by target² instead of computing ‖w‖² (one pass over every constrained weight fewer).",
-    "  The invariant is checked, not assumed: each weight's version counter and target are recorded at the",
-    "  retraction (and at the switch, and when a checkpoint is loaded: its weights were saved on their spheres, so",
-    "  resume stays bit-identical); any in-place change since (a model load, an edit under `no_grad`) makes the",
-    "  projection compute ‖w‖ again. Only writes through `.data` bypass version counters: then one projection",
-    "  is off by the norm's change, and the retraction right after restores the invariant. Under `torch.compile`",
-    "  of the whole step the norms are always computed (version counters in a graph would recompile per step).",
+    "- **‖w‖ computed at every projection.** An earlier version reused the target as ‖w‖ right after a",
+    "  retraction (one pass fewer). Writes through `.data` (`vector_to_parameters`, EMA/SWA swaps) bypass version",
+    "  counters, so that shortcut could use a stale norm; it was removed (issue 12, item 15). The fused step",
+    "  (`fused_step.py`) computes ‖w‖ in the same pass as the update, so it pays nothing for this.",
     "- **No temporaries the size of a weight.** Per-tensor fp32 dot products are one BLAS `dot`; per-row (and",
     "  low-precision) dot products sum fp32 products over blocks of rows of at most 2^18 elements (`vecdot`",
     "  makes a full-size product, and `einsum`'s batched matrix-vector products measured twice as slow).",

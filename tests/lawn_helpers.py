@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import pytorch_optimizer
 import torch
 from torch import nn
+
+import lawn
 
 # Every torch optimizer the core issue names, in its plain / foreach / fused flavours, and LAMB.
 OPTIMIZERS = {
@@ -101,9 +105,12 @@ def assert_falls_back_once(fast: tuple, plain: tuple, match: str, steps: int = 6
     """``fast = (model, opt)`` warns (a ``RuntimeWarning`` matching ``match``) in its first steps and never
     again, and trains its model like ``plain = (model, opt)`` trains its own."""
     data = batches(steps)
-    with pytest.warns(RuntimeWarning, match=match):
+    with pytest.warns(RuntimeWarning, match=match) as caught:
         for xb, yb in data[: steps // 2]:
             train_step(*fast, xb, yb)
+    lawn_dir = Path(lawn.__file__).resolve().parent
+    (warned,) = [w for w in caught if w.category is RuntimeWarning and re.search(match, str(w.message))]
+    assert not Path(warned.filename).resolve().is_relative_to(lawn_dir), "the warning must point at the caller"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: not again
         for xb, yb in data[steps // 2 :]:

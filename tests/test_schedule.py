@@ -119,3 +119,16 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="total_steps"):
         lawn.LAWNSchedule(opt, 0)
     assert opt.param_groups[0]["lr"] == 0.1  # nothing changed
+
+
+def test_a_schedule_shorter_than_the_free_phase_warns() -> None:
+    import warnings
+
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=1000)
+    with pytest.warns(UserWarning, match=r"free_steps=1000 .* total_steps=100: the run never leaves the free phase"):
+        lawn.LAWNSchedule(opt, total_steps=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lawn.LAWNSchedule(lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=10), total_steps=100)
+        lawn.LAWNSchedule(lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps="auto"), total_steps=100)

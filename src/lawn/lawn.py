@@ -84,6 +84,11 @@ class LAWN(NormConstraint):
                 group[key] = value
 
     @property
+    def free_steps_setting(self) -> int | str:
+        """``free_steps`` as configured: a step count, or ``"auto"``."""
+        return self.param_groups[0][self._keys.free_steps]
+
+    @property
     def switch_step(self) -> int | None:
         """Applied steps before the switch (fixed or automatic); ``None`` while free."""
         group = self.param_groups[0]

@@ -23,6 +23,7 @@ continues exactly. It is a ``torch.optim.lr_scheduler.LRScheduler``: plain loops
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -122,6 +123,15 @@ class LAWNSchedule(LRScheduler):
         for name, value in (("rewarmup_from", rewarmup_from), ("final_fraction", final_fraction)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+        free = getattr(optimizer, "free_steps_setting", None)
+        if isinstance(free, int) and free >= total_steps and optimizer.switch_step is None:  # type: ignore[attr-defined]
+            warnings.warn(
+                f"LAWNSchedule: the LAWN optimizer switches after free_steps={free} steps but the schedule ends "
+                f"at total_steps={total_steps}: the run never leaves the free phase. Set free_steps below "
+                "total_steps (e.g. a fraction of it) or free_steps='auto'",
+                UserWarning,
+                stacklevel=2,
+            )
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.rewarmup_steps = rewarmup_steps

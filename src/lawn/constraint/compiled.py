@@ -14,13 +14,13 @@ Inside an outer ``torch.compile`` (e.g. of the whole ``step``) the reference is 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from lawn.constraint import reference
+from lawn.constraint._warn import warn_at_caller
 from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
 from lawn.constraint.reference import Granularity
 
@@ -61,11 +61,9 @@ class _Compiled:
             self.compiled(tensors, others, granularity)
         except Exception as error:  # any compiler failure: warn once, then stay on the foreach path
             _Compiled.failed = True
-            warnings.warn(
+            warn_at_caller(
                 f"lawn: torch.compile of the norm constraint failed ({type(error).__name__}: {error}); "
                 "using the foreach path instead",
-                RuntimeWarning,
-                stacklevel=3,
             )
             self.fallback(tensors, others, granularity)
             return

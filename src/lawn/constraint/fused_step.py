@@ -29,7 +29,6 @@ minute, then cached by torch); if that fails, one warning, and the unfused path 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lawn.constraint._dtensor import is_dtensor
+from lawn.constraint._warn import warn_at_caller
 
 if TYPE_CHECKING:  # type hints only: the engine imports this module
     from lawn.constraint.engine import NormConstraint
@@ -61,11 +61,9 @@ class _Kernel:
                 cls.module = build()
             except Exception as error:  # no compiler, no ninja, a compile error: warn once, use the unfused path
                 cls.failed = True
-                warnings.warn(
+                warn_at_caller(
                     f"lawn: building the fused step kernel failed ({type(error).__name__}: {error}); "
                     "using the unfused path instead",
-                    RuntimeWarning,
-                    stacklevel=5,
                 )
         return cls.module
 

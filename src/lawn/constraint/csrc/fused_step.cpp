@@ -62,6 +62,9 @@ LAWN_INLINE float put(bf16* p, float x) {  // round to nearest even, NaN stays N
   return load(h);
 }
 
+// x as a float if finite, else fallback (issue 12, item 13: one non-finite entry must not spread to the tensor).
+inline float finite_or(double x, float fallback) { return std::isfinite(x) ? static_cast<float>(x) : fallback; }
+
 // Per-element coefficients. sign: -1 with maximize; weight_decay: L2 (Adam, SGD), 0 for AdamW, whose decoupled
 // decay is the factor decay = 1 - lr * weight_decay (1 otherwise).
 struct Adam {
@@ -292,10 +295,10 @@ LAWN_INLINE void rows_pipelined(const Job<T>& j, const Op& op, int64_t first, in
   auto coefficient = [&](int64_t r, double dot, double sq) -> float {
     if (!j.project) return 0.f;
     if (j.norm != nullptr) sq = double(j.norm[r]) * double(j.norm[r]);
-    return static_cast<float>(dot / sq);
+    return finite_or(dot / sq, 0.f);  // a non-finite gradient or norm: this row is not projected
   };
   auto scale_of = [&](int64_t r, double nsq) -> float {
-    return j.target == nullptr ? 1.f : static_cast<float>(double(j.target[r]) / std::sqrt(nsq));
+    return j.target == nullptr ? 1.f : finite_or(double(j.target[r]) / std::sqrt(nsq), 1.f);  // else: not rescaled
   };
   double dot, sq;
   dot_sq(j.g + first * n, j.w + first * n, n, true, &dot, &sq);
@@ -417,13 +420,13 @@ void run(const Job<T>& j, const K& k, bool per_row) {
       sq += part[2 * b + 1];
     }
     if (j.norm != nullptr) sq = double(j.norm[0]) * double(j.norm[0]);
-    c = static_cast<float>(dot / sq);
+    c = finite_or(dot / sq, 0.f);  // a non-finite gradient or norm: the tensor is not projected
   }
   at::parallel_for(0, nblocks, BLOCK_GRAIN, [&](int64_t f, int64_t l) { blocks(j, k, c, f, l, part.data()); });
   if (j.target == nullptr) return;
   double nsq = 0.0;
   for (int64_t b = 0; b < nblocks; ++b) nsq += part[b];
-  const float s = static_cast<float>(double(j.target[0]) / std::sqrt(nsq));
+  const float s = finite_or(double(j.target[0]) / std::sqrt(nsq), 1.f);  // non-finite: not rescaled
   at::parallel_for(0, nblocks, BLOCK_GRAIN, [&](int64_t f, int64_t l) { scales(j, s, f, l); });
 }
 
