@@ -168,7 +168,7 @@ def test_sweep_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["demo", "--dataset", "digits", "--epochs", "1", "--seeds", "1", "--batch-sizes", "32", "128"]
+    argv = ["demo", "--dataset", "digits", "--epochs", "1", "--seeds", "1", "--batch-sizes", "32", "128", "--jobs", "1"]
     argv += ["--lrs", "0.001", "--train-limit", "200", "--test-limit", "100", "--out", str(tmp_path), *QUIET]
     assert main(argv) == 0
     out = capsys.readouterr().out

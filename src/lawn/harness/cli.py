@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-limit", type=int, help="training pool size (default: 10000 on image data sets)")
     demo.add_argument("--test-limit", type=int, help="test examples (default: 5000 on image data sets)")
     demo.add_argument(
-        "--jobs", type=int, default=1, help="runs trained at once, in worker processes (default: %(default)s)"
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="runs trained at once, in worker processes (default: %(default)s, up to 2 on this machine's cores)",
     )
     _add_runtime(demo)
 
