@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 
 from lawn.constraint._dtensor import is_dtensor
-from lawn.constraint._warn import warn_at_caller
+from lawn.constraint._lazy_kernel import LazyKernel
 from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
 from lawn.constraint.reference import Granularity
 
@@ -34,24 +34,15 @@ SOURCE = Path(__file__).with_name("csrc") / "fused_constraint.cpp"
 _EMPTY = torch.empty(0)  # "norm not known" for the kernel
 
 
-class _Kernel:
+class _Kernel(LazyKernel):
     """The extension, built once per process on first use; ``None`` after a failed build."""
 
-    module: ModuleType | None = None
-    failed: bool = False
+    what = "the fused kernel"
+    instead = "the foreach path"
 
-    @classmethod
-    def get(cls) -> ModuleType | None:
-        if cls.module is None and not cls.failed:
-            try:
-                cls.module = build()
-            except Exception as error:  # no compiler, no ninja, a compile error: warn once, use the foreach path
-                cls.failed = True
-                warn_at_caller(
-                    f"lawn: building the fused kernel failed ({type(error).__name__}: {error}); "
-                    "using the foreach path instead",
-                )
-        return cls.module
+    @staticmethod
+    def _build() -> ModuleType:
+        return build()
 
 
 def build() -> ModuleType:

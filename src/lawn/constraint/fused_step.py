@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lawn.constraint._dtensor import is_dtensor
-from lawn.constraint._warn import warn_at_caller
+from lawn.constraint._lazy_kernel import LazyKernel
 
 if TYPE_CHECKING:  # type hints only: the engine imports this module
     from lawn.constraint.engine import NormConstraint
@@ -48,24 +48,15 @@ _DTYPES = (torch.float32, torch.bfloat16)
 _DENSE_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-class _Kernel:
+class _Kernel(LazyKernel):
     """The extension, built once per process on first use; ``None`` after a failed build."""
 
-    module: ModuleType | None = None
-    failed: bool = False
+    what = "the fused step kernel"
+    instead = "the unfused path"
 
-    @classmethod
-    def get(cls) -> ModuleType | None:
-        if cls.module is None and not cls.failed:
-            try:
-                cls.module = build()
-            except Exception as error:  # no compiler, no ninja, a compile error: warn once, use the unfused path
-                cls.failed = True
-                warn_at_caller(
-                    f"lawn: building the fused step kernel failed ({type(error).__name__}: {error}); "
-                    "using the unfused path instead",
-                )
-        return cls.module
+    @staticmethod
+    def _build() -> ModuleType:
+        return build()
 
 
 def build() -> ModuleType:
