@@ -8,7 +8,7 @@ import lawn
 from lawn.harness.config import RunConfig
 from lawn.harness.datasets import load_data
 from lawn.harness.methods import build_optimizer, constrained_params
-from lawn.harness.models import VGGNoNorm, build_model
+from lawn.harness.models import CNN1D, MODELS, VGGNoNorm, build_model
 from lawn.harness.train import train
 
 TINY = {"dataset": "digits", "train_limit": 160, "test_limit": 60, "width": 4, "epochs": 3, "batch_size": 32}
@@ -26,6 +26,17 @@ def test_vgg_without_normalization_is_homogeneous_all_the_way():
     model = VGGNoNorm((1, 8, 8), 10, 4)
     tail = [name for name, _ in lawn.final_homogeneous_params(model, torch.randn(2, 1, 8, 8))]
     assert len(tail) == 6 and tail == [name for name, _ in lawn.all_layer_weights(model)]
+
+
+def test_cnn1d_without_normalization_is_homogeneous_all_the_way():
+    model = MODELS["cnn1d_nonorm"].build((40,), 10, 4)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    assert all(getattr(m, "bias", None) is None for m in model.modules() if isinstance(m, torch.nn.Conv1d))
+    tail = [name for name, _ in lawn.final_homogeneous_params(model, torch.randn(2, 40))]
+    assert len(tail) == 4 and tail == [name for name, _ in lawn.all_layer_weights(model)]
+    # the BN model's tail is the classifier only
+    bn_tail = lawn.final_homogeneous_params(CNN1D((40,), 10, 4), torch.randn(2, 40))
+    assert [name for name, _ in bn_tail] == ["fc.weight"]
 
 
 @pytest.mark.parametrize("method", ["lawn", "lawn_all", "lawn_auto"])

@@ -12,6 +12,8 @@ Each ends in a *final homogeneous sub-network*: the layers after the last normal
   pool 2×2 → Linear → ReLU → Linear, no biases: the whole network is homogeneous, so its final homogeneous
   sub-network is every layer (six weights).
 - ``cnn1d``: three conv1d-BN-ReLU layers (stride 2) on a length-L signal → flatten → Linear.
+- ``cnn1d_nonorm``: ``cnn1d`` without BatchNorm and without biases (He init): the whole network is homogeneous,
+  so its final homogeneous sub-network is every layer (four weights).
 - ``lenet300``: LeNet-300-100 (flatten → Linear 300 → ReLU → Linear 100 → ReLU → Linear), no normalization:
   the lottery-ticket literature's sanity-check network.
 - ``ncf``: NCF-style MLP for (user, item) pairs: concat(embeddings) → [Linear → BN → ReLU] × 2 → Linear(1).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -165,19 +168,27 @@ class VGGNoNorm(nn.Module):
 
 
 class CNN1D(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, width: int, normalization: bool = True
+    ) -> None:
         super().__init__()
+        name = "cnn1d" if normalization else "cnn1d_nonorm"
         if len(input_shape) != 1:
-            raise ValueError(f"model 'cnn1d': expects 1-D signals, got input shape {input_shape}")
+            raise ValueError(f"model {name!r}: expects 1-D signals, got input shape {input_shape}")
         length = input_shape[0]
         layers: list[nn.Module] = []
         cin = 1
         for _ in range(3):
-            layers += [nn.Conv1d(cin, width, 5, 2, 2, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
+            layers.append(nn.Conv1d(cin, width, 5, 2, 2, bias=False))
+            layers += [nn.BatchNorm1d(width), nn.ReLU()] if normalization else [nn.ReLU()]
             cin = width
             length = (length + 1) // 2
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.fc = nn.Linear(width * length, num_classes)
+        self.fc = nn.Linear(width * length, num_classes, bias=normalization)
+        if not normalization:  # He init keeps the signal's scale through the ReLU stack (no norm to do it)
+            for m in self.modules():
+                if isinstance(m, (nn.Conv1d, nn.Linear)):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x.unsqueeze(1)))
@@ -227,6 +238,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("vgg", "classification", VGG, 3),
         ModelSpec("vgg_nonorm", "classification", VGGNoNorm, 3),
         ModelSpec("cnn1d", "classification", CNN1D, 1),
+        ModelSpec("cnn1d_nonorm", "classification", partial(CNN1D, normalization=False), 1, batchnorm=False),
         ModelSpec("ncf", "ranking", NCF, None),
         ModelSpec("lenet300", "classification", LeNet300, None),
     ]
