@@ -70,6 +70,28 @@ def main_table(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), cells
 
 
+def difference_table(cells: dict) -> str:
+    """Each arm's test accuracy minus plain's (points), per optimizer and batch, and whether the difference is
+    larger than the larger of the two seed stds ("noise" otherwise)."""
+    batches = sorted({k[2] for k in cells})
+    lines = ["| optimizer | arm | " + " | ".join(f"batch {b}: Δ vs plain (points)" for b in batches) + " |",
+             "|---|---|" + "---|" * len(batches)]
+    for opt in ("sgd", "adam", "lamb"):
+        for label, _, _ in ARMS[1:]:
+            parts = []
+            for b in batches:
+                arm, plain = cells.get((opt, label, b)), cells.get((opt, "plain", b))
+                if arm is None or plain is None:
+                    parts.append("—")
+                    continue
+                delta = 100 * (arm.test_mean - plain.test_mean)
+                noise = 100 * max(arm.test_std, plain.test_std)
+                parts.append(f"{delta:+.2f} ({'beyond' if abs(delta) > noise else 'within'} ±{noise:.2f})")
+            if any(p != "—" for p in parts):
+                lines.append(f"| {opt} | {label} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def pilot_table(rows: list[dict]) -> str:
     lines = [
         "| optimizer | batch | method | value | val acc | test acc | switch step / total |",
@@ -87,7 +109,8 @@ def pilot_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def mechanism_plot(cells: dict, out: Path, optimizer: str = "adam", batch: int = 16) -> None:
+def mechanism_plot(cells: dict, out: Path, optimizer: str = "adam", batch: int | None = None) -> None:
+    """Train loss, logit norm and tangential step over training for one cell (default: the smallest batch)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +118,8 @@ def mechanism_plot(cells: dict, out: Path, optimizer: str = "adam", batch: int =
 
     panels = [("train_loss", "train loss", True), ("logit_norm", "mean ‖logits‖ (test)", False),
               ("tangential_step", "tangential step ‖Δ_tan‖/‖W‖ (tail)", True)]
+    if batch is None:
+        batch = min(k[2] for k in cells)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for label, _, _ in ARMS:
         sel = cells.get((optimizer, label, batch))
@@ -120,6 +145,8 @@ def main(folder: str) -> None:
     study = [p for p in sorted(root.glob("*.jsonl")) if not p.name.startswith("pilot")]
     table, cells = main_table(rows_of(study))
     print(table)
+    print()
+    print(difference_table(cells))
     pilots = sorted(root.glob("pilot*.jsonl"))
     if pilots:
         print()
