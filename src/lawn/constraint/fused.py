@@ -20,17 +20,15 @@ foreach path.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from lawn.constraint._dtensor import is_dtensor
-from lawn.constraint._lazy_kernel import LazyKernel
+from lawn.constraint._lazy_kernel import LazyKernel, build_extension
 from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
 from lawn.constraint.reference import Granularity
 
-SOURCE = Path(__file__).with_name("csrc") / "fused_constraint.cpp"
 _EMPTY = torch.empty(0)  # "norm not known" for the kernel
 
 
@@ -46,16 +44,8 @@ class _Kernel(LazyKernel):
 
 
 def build() -> ModuleType:
-    """Compile (or load from torch's extension cache) ``csrc/fused_constraint.cpp``."""
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(
-        name="lawn_fused_constraint",
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp"],  # OpenMP: at::parallel_for then runs on torch's intra-op threads
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    """lawn's C++ extension (both kernels, one build: :func:`lawn.constraint._lazy_kernel.build_extension`)."""
+    return build_extension()
 
 
 def available() -> bool:

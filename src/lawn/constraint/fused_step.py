@@ -29,20 +29,17 @@ minute, then cached by torch); if that fails, one warning, and the unfused path 
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lawn.constraint._dtensor import is_dtensor
-from lawn.constraint._lazy_kernel import LazyKernel
+from lawn.constraint._lazy_kernel import LazyKernel, build_extension
 
 if TYPE_CHECKING:  # type hints only: the engine imports this module
     from lawn.constraint.engine import NormConstraint
 
-SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
-NAME = "lawn_fused_step"  # the extension's name (torch's cache key), distinct from fused.py's kernel
 _EMPTY = torch.empty(0)
 _DTYPES = (torch.float32, torch.bfloat16)
 _DENSE_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -60,17 +57,8 @@ class _Kernel(LazyKernel):
 
 
 def build() -> ModuleType:
-    """Compile (or load from torch's extension cache) ``csrc/fused_step.cpp``."""
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(
-        name=NAME,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],  # OpenMP: at::parallel_for on torch's threads;
-        # no errno from sqrt: it vectorises
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    """lawn's C++ extension (both kernels, one build: :func:`lawn.constraint._lazy_kernel.build_extension`)."""
+    return build_extension()
 
 
 def available() -> bool:

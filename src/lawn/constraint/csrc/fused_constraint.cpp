@@ -1,4 +1,4 @@
-// Fused CPU kernels for LAWN's norm constraint on contiguous fp32 tensors (see lawn/constraint_fused.py).
+// Fused CPU kernels for LAWN's norm constraint on contiguous fp32 tensors (see lawn/constraint/fused.py).
 //
 //   projection: g <- g - (<g, w> / |w|^2) w      retraction: w <- w * (target / |w|)
 //
@@ -19,11 +19,15 @@
 #include <cmath>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef LAWN_VECTOR_CLONES
+// defined by the other kernel of the same translation unit (csrc/kernels.cpp)
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LAWN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LAWN_VECTOR_CLONES
 #endif
+
+namespace lawn_constraint {
 
 namespace {
 
@@ -204,7 +208,4 @@ void retract_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> targ
   }
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("project_", &project_, "fused tangent projection of gradients, in place");
-  m.def("retract_", &retract_, "fused retraction of weights onto their norms, in place");
-}
+}  // namespace lawn_constraint

@@ -29,12 +29,16 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef LAWN_VECTOR_CLONES
+// defined by the other kernel of the same translation unit (csrc/kernels.cpp)
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LAWN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LAWN_VECTOR_CLONES
 #endif
 #define LAWN_INLINE inline __attribute__((always_inline))
+
+namespace lawn_step {
 
 namespace {
 
@@ -565,7 +569,4 @@ void sgd_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
   }
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("adam_", &adam_, "projection + Adam/AdamW step + retraction, fused, in place");
-  m.def("sgd_", &sgd_, "projection + SGD step + retraction, fused, in place");
-}
+}  // namespace lawn_step
