@@ -188,7 +188,12 @@ def test_ctrl_c_ends_the_workers_and_keeps_finished_rows(tmp_path: Path) -> None
     grid = {"methods": ["plain"], "seeds": [0], "vary": {"epochs": [1, 5000]}}
     spec.write_text(json.dumps({**SPEC, "base": base, **grid}))
     path = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "lawn.harness.cli", "sweep", str(spec), "--results", str(path)]
+    # A job a shell starts in the background (`pytest ... &`) inherits SIGINT *ignored*, and so would the driver:
+    # give it Ctrl-C's default handler, as in a terminal, whatever started this test run.
+    cli = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); " + (
+        "from lawn.harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command = [sys.executable, "-c", cli, "sweep", str(spec), "--results", str(path)]
     driver = subprocess.Popen(
         [*command, "--jobs", "2", "--threads", "1", "--no-progress"],
         stdout=subprocess.PIPE,
