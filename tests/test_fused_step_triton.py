@@ -145,7 +145,7 @@ def test_kernels_compile_for_an_sm90_gpu():
     for name, dtype, constexprs, warps in _variants():
         fn = getattr(kernels, name)
         source = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
-        compiled = triton.compile(source, target=target, options={"num_warps": warps})
+        compiled = triton.compile(source, target=target, options={"num_warps": warps, "enable_fp_fusion": kernels.FMA})
         assert compiled.asm.get("cubin"), (name, dtype, constexprs)
 
 

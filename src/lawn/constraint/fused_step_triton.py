@@ -49,6 +49,7 @@ import triton.language as tl
 ONE_CHUNK_MAX = 4096  # longest row held in registers whole (one load, one store)
 TILE = 2048  # elements per program when rows are short (several rows per program)
 CHUNK = 2048  # elements per loop iteration for long rows and large tensors
+FMA = True  # a * b + c as one fused multiply-add (as nvcc does for torch's kernels); said explicitly
 SMALL_TENSOR = 32768  # per tensor, up to this many elements: one program
 MAX_PROGRAMS = 1024  # per tensor, larger: at most this many programs (partials one program sums at once)
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -341,23 +342,22 @@ def _launch(
         else:
             block, tile_rows, one_chunk = CHUNK, 1, False
         _rows_kernel[(triton.cdiv(rows, tile_rows),)](
-            w, g, a, b, x, step, target, rows, cols, **hyper, **flags,
-            ROWS=tile_rows, BLOCK=block, ONE_CHUNK=one_chunk, num_warps=_warps(tile_rows * block),
+            w, g, a, b, x, step, target, rows, cols, **hyper, **flags, ROWS=tile_rows, BLOCK=block,
+            ONE_CHUNK=one_chunk, num_warps=_warps(tile_rows * block), enable_fp_fusion=FMA,
         )  # fmt: skip
         return
     chunks = triton.cdiv(triton.cdiv(n, CHUNK), MAX_PROGRAMS)
     programs = triton.cdiv(n, chunks * CHUNK)
     parts = max(16, triton.next_power_of_2(programs))
     partials = torch.empty(3 * programs, dtype=torch.float32, device=w.device)
+    options = {"BLOCK": CHUNK, "num_warps": _warps(CHUNK), "enable_fp_fusion": FMA}
     if flags["PROJECT"]:
-        _tensor_dot_kernel[(programs,)](w, g, partials, n, chunks, BLOCK=CHUNK, num_warps=_warps(CHUNK))
+        _tensor_dot_kernel[(programs,)](w, g, partials, n, chunks, **options)
     _tensor_update_kernel[(programs,)](
-        w, g, a, b, x, step, partials, n, chunks, **hyper, **flags, BLOCK=CHUNK, PARTS=parts, num_warps=_warps(CHUNK)
-    )
+        w, g, a, b, x, step, partials, n, chunks, **hyper, **flags, PARTS=parts, **options
+    )  # fmt: skip
     if flags["RETRACT"]:
-        _tensor_scale_kernel[(programs,)](
-            w, target, partials, n, chunks, BLOCK=CHUNK, PARTS=parts, num_warps=_warps(CHUNK)
-        )
+        _tensor_scale_kernel[(programs,)](w, target, partials, n, chunks, PARTS=parts, **options)
 
 
 def _on_device(w: torch.Tensor) -> contextlib.AbstractContextManager:
