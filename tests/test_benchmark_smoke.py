@@ -33,3 +33,17 @@ def test_norm_accuracy_script_measures_the_kernel_within_fp32_rounding():
     errors = module.relative_errors(1 << 20)
     assert abs(errors["fused kernel (after retraction)"]) < 1e-6
     assert set(errors) == {"torch vector_norm", "torch dot", "fused kernel (after retraction)"}
+
+
+def test_gpu_benchmark_refuses_cleanly_without_cuda(capsys):
+    """benchmarks/gpu_fused_step.py needs a CUDA GPU: without one it measures nothing and exits with status 2."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would run for real")
+    spec = importlib.util.spec_from_file_location("gpu_fused_step", BENCHMARK.with_name("gpu_fused_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().out

@@ -154,7 +154,8 @@ class NormConstraint(Optimizer):
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
         fused: ``None`` (default): with a ``torch.optim.Adam``/``AdamW``/``SGD`` base, the constrained CPU fp32/bf16
             tensors' whole step (projection, base update, retraction) runs in the C++ kernel of
-            :mod:`lawn.constraint.fused_step`; every other tensor and base takes the foreach path. ``True``: the
+            :mod:`lawn.constraint.fused_step`, and the CUDA ones' in its Triton kernels (where ``triton`` is
+            installed); every other tensor and base takes the foreach path. ``True``: the
             same, and the remaining fp32 CPU tensors' projection and retraction go through the C++ kernel of
             :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are built at first use (about a
             minute, then cached); if building fails, one warning and the foreach path.

@@ -1,4 +1,5 @@
-"""The fused constrained step: projection, the base optimizer's update and retraction in one C++ kernel (CPU).
+"""The fused constrained step: projection, the base optimizer's update and retraction in one kernel (C++ on CPU,
+Triton on CUDA).
 
 For the bases users run most, LAWN takes over the whole step of the constrained tensors::
 
@@ -14,7 +15,10 @@ per tensor, three passes (the dot before the update, the update, the rescale aft
 * ``torch.optim.SGD`` with ``momentum`` (0 too), ``dampening``, ``nesterov``, ``weight_decay``, ``maximize``;
   not ``differentiable``;
 * CPU weights in fp32 or bf16 (contiguous or channels-last), with gradients and state of the same dtype and
-  layout; the math is fp32 and each value is rounded once when stored (as torch's fused optimizers do).
+  layout; the math is fp32 and each value is rounded once when stored (as torch's fused optimizers do);
+* the same on CUDA weights, in the Triton kernels of :mod:`lawn.constraint.fused_step_triton` (no host
+  synchronisation: Adam's ``step`` on the device is read by the kernels), where ``triton`` is installed (it is
+  imported at the first CUDA step, never by ``import lawn``); without it, the unfused path as before.
 
 The base's state stays in torch's own format (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
 ``momentum_buffer``, created as the base would create it), so a checkpoint loads into the unfused path or a
@@ -22,13 +26,17 @@ plain optimizer and back. Every other tensor (unconstrained, on another device o
 group) goes through the base's own ``step()`` and LAWN's other paths, as before. Unlike the other paths, the
 fused step leaves ``p.grad`` as it was (the projected gradient is never stored).
 
-The kernel is built at first use like :mod:`lawn.constraint.fused` (a C++ compiler and ``ninja``; about a
-minute, then cached by torch); if that fails, one warning, and the unfused path from then on. Under
-``torch.compile`` the unfused path runs.
+The C++ kernel is built at first use, with :mod:`lawn.constraint.fused`'s in one extension (a C++ compiler and
+``ninja``; about a minute, then cached by torch); if that fails, one warning, and the unfused path from then on
+(for CPU tensors; likewise for CUDA tensors if importing the Triton module fails). Under ``torch.compile`` the
+unfused path runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +62,37 @@ class _Kernel(LazyKernel):
     @staticmethod
     def _build() -> ModuleType:
         return build()
+
+
+class _Triton(LazyKernel):
+    """:mod:`lawn.constraint.fused_step_triton` (CUDA), imported once on first use; ``None`` if that failed."""
+
+    what = "the Triton fused step"
+    instead = "the unfused path on CUDA"
+
+    @staticmethod
+    def _build() -> ModuleType:
+        return importlib.import_module("lawn.constraint.fused_step_triton")
+
+
+@cache
+def triton_installed() -> bool:
+    """Whether ``triton`` can be imported (looked up, not imported)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend(w: torch.Tensor) -> str | None:
+    """Which kernel takes a weight on ``w``'s device: ``"cpu"`` (C++), ``"triton"`` (CUDA, where ``triton`` is
+    installed), else ``None`` (the unfused path)."""
+    kind = w.device.type
+    if kind == "cpu":
+        return "cpu"
+    if kind == "cuda" and triton_installed():
+        return "triton"
+    return None
+
+
+_KERNELS: dict[str, type[LazyKernel]] = {"cpu": _Kernel, "triton": _Triton}
 
 
 def build() -> ModuleType:
@@ -99,20 +138,24 @@ def _like(t: Any, w: torch.Tensor) -> bool:
     return isinstance(t, torch.Tensor) and t.dtype == w.dtype and t.device == w.device and t.stride() == w.stride()
 
 
-def _takes(p: torch.Tensor, state: dict[str, Any], keys: tuple[str, ...]) -> bool:
-    """A CPU fp32/bf16 dense weight whose gradient and existing state tensors share its dtype and layout."""
+def _takes(p: torch.Tensor, state: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The backend (:func:`backend`) that takes ``p``: an fp32/bf16 dense weight on a device a kernel serves, whose
+    gradient and existing state tensors share its dtype and layout; ``None`` if no kernel takes it."""
     g = p.grad
     if g is None:
-        return False
+        return None
     w = p.detach()  # attribute reads on a plain tensor skip nn.Parameter's __torch_function__ (~1 µs each)
-    if w.device.type != "cpu" or w.dtype not in _DTYPES or is_dtensor(p) or not _dense(w):
-        return False
+    where = backend(w)
+    if where is None or w.dtype not in _DTYPES or is_dtensor(p) or not _dense(w):
+        return None
     if g.is_sparse or not _like(g, w) or g.shape != w.shape:
-        return False
+        return None
     step = state.get("step")
-    if step is not None and not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.numel() == 1):
-        return False
-    return all(_like(state[key], w) for key in keys if state.get(key) is not None)
+    if step is not None and not (
+        isinstance(step, torch.Tensor) and step.numel() == 1 and (step.device.type == "cpu" or step.device == w.device)
+    ):  # torch keeps it on the CPU, or (fused / capturable) on the weight's device
+        return None
+    return where if all(_like(state[key], w) for key in keys if state.get(key) is not None) else None
 
 
 def _step_dtype(fused: bool | None) -> torch.dtype:
@@ -129,7 +172,9 @@ def _adam_state(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -
     """Adam's state for ``p`` exactly as ``torch.optim.Adam`` creates it at its first step."""
     amsgrad = bool(group["amsgrad"])
     if "step" not in state:
-        state["step"] = torch.zeros((), dtype=_step_dtype(group.get("fused")))
+        fused = group.get("fused")  # torch keeps `step` on the weight's device only if fused or capturable
+        device = p.device if fused or group.get("capturable") else torch.device("cpu")
+        state["step"] = torch.zeros((), dtype=_step_dtype(fused), device=device)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if amsgrad and "max_exp_avg_sq" not in state:
@@ -156,22 +201,22 @@ class FusedStep:
         own paths for everything else. ``False`` (nothing done) if the kernel takes no tensor or is unavailable."""
         if torch.compiler.is_compiling():
             return False
-        taken: list[list[tuple[int, torch.Tensor]]] = []
+        chosen: list[list[tuple[int, torch.Tensor, str]]] = []  # per group: (index, tensor, backend) taken
         for group, constrained in zip(engine.param_groups, engine._constrained):
             keys = _STATE_KEYS[self.kind]
             ok = _group_supported(self.kind, group)
-            taken.append(
-                [
-                    (j, p)
-                    for j, p in constrained
-                    if ok and p not in engine._row_dims and _takes(p, engine.state.get(p, {}), keys)
-                ]
-            )
-        if not any(taken):
+            mine = [
+                (j, p, _takes(p, engine.state.get(p, {}), keys) if ok and p not in engine._row_dims else None)
+                for j, p in constrained
+            ]
+            chosen.append([(j, p, b) for j, p, b in mine if b is not None])
+        if not any(chosen):
             return False
-        kernel = _Kernel.get()
-        if kernel is None:
+        kernels = {b: _KERNELS[b].get() for b in {b for mine in chosen for _, _, b in mine}}
+        chosen = [[(j, p, b) for j, p, b in mine if kernels[b] is not None] for mine in chosen]
+        if not any(chosen):
             return False
+        taken = [[(j, p) for j, p, _ in mine] for mine in chosen]
 
         retract = engine._retracts_this_step()
         keys = engine._keys
@@ -190,9 +235,11 @@ class FusedStep:
         finally:
             for p, g in hidden:
                 p.grad = g
-        for group, mine in zip(engine.param_groups, taken):
-            if mine:
-                self._run(kernel, engine, group, mine, retract)
+        for group, mine in zip(engine.param_groups, chosen):
+            for b, kernel in kernels.items():
+                ours = [(j, p) for j, p, where in mine if where == b]
+                if ours:
+                    self._run(kernel, engine, group, ours, retract)
         if retract:
             for group, rest in zip(engine.param_groups, others):
                 if rest:
