@@ -11,7 +11,8 @@ fp32 CPU tensors (contiguous or channels-last), in ``csrc/fused_constraint.cpp``
   at any size and independent of the number of threads.
 
 The kernel is compiled at first use by ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
-needed: ``pip install -e ".[fused]"`` from a clone; about 45 s on 2 cores, then cached by torch under
+needed: ``pip install -e ".[fused]"`` from a clone; one extension with the fused step's kernel, about a minute
+of CPU, then cached by torch under
 ``$TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default). If building fails, a warning is issued
 once and the foreach path is used from then on. Tensors the kernel does not take (other devices or dtypes,
 other layouts, a gradient laid out unlike its weight, ``DTensor``) and calls inside ``torch.compile`` go to the
