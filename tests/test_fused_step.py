@@ -11,23 +11,10 @@ import torch
 
 import lawn
 import lawn.constraint.fused_step as fused_step
+from fused_bases import BASES
 from lawn.constraint import norms
 from lawn_helpers import assert_falls_back_once, roundtrip
 
-# Every supported base and option (Adam: weight_decay, amsgrad, maximize; AdamW; SGD: momentum, dampening,
-# nesterov, weight_decay, maximize, no momentum).
-BASES = {
-    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
-    "adam_l2_amsgrad_maximize": lambda ps: torch.optim.Adam(
-        ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True, maximize=True
-    ),
-    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
-    "adamw_amsgrad": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.05, amsgrad=True),
-    "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
-    "sgd_nesterov_l2": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
-    "sgd_dampening_maximize": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
-    "sgd_plain": lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=1e-3),
-}
 # Weights: a linear layer, a channels-last conv, rows longer than one 4096-element block, a tensor of several
 # blocks (per tensor its sums run in parallel over blocks); plus an unconstrained bias (the base's own step).
 SHAPES = [(6, 5), (4, 3, 3, 3), (2, 4100), (3, 9000)]

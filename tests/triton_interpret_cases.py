@@ -18,28 +18,14 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import lawn
+from fused_bases import BASES
 
-# Every supported base and option (Adam: weight_decay, amsgrad, maximize; AdamW fused / not; SGD: momentum,
-# dampening, nesterov, weight_decay, maximize, no momentum).
-BASES: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
-    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
-    "adam_l2_amsgrad_maximize": lambda ps: torch.optim.Adam(
-        ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True, maximize=True
-    ),
-    "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
-    "adamw_amsgrad": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.05, amsgrad=True),
-    "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
-    "sgd_nesterov_l2": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
-    "sgd_dampening_maximize": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
-    "sgd_plain": lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=1e-3),
-}
 # Small tiling limits, so that tiny shapes take every code path of the kernels: several rows per program, rows
 # walked in chunks, large tensors split over several programs (with fewer programs than partial slots).
 # With TINY_TILING: (6, 5) per row: 4 rows per program (the second program half empty), per tensor: one program
