@@ -19,17 +19,10 @@ from lawn.harness.cli import main
 from lawn.harness.parallel import LocalPool, worker_devices
 from lawn.harness.results import read_rows
 from lawn.harness.sweep import SweepEvent, SweepFailed, SweepSpec, run_sweep
+from sweep_helpers import SPEC, by_key
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-SPEC = {
-    "base": {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1},
-    "optimizers": ["adam"],
-    "methods": ["plain", "lawn"],
-    "batch_sizes": [32],
-    "lrs": [1e-3, 1e-2],
-    "seeds": [0, 1],
-}
 
 
 @pytest.fixture(autouse=True)
@@ -38,11 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def by_key(rows: list[dict]) -> list[dict]:
-    """Rows without their timing, in key order (parallel sweeps append in the order runs end)."""
-    return sorted(({k: v for k, v in row.items() if k != "timing"} for row in rows), key=lambda r: r["key"])
 
 
 @pytest.fixture(scope="module")

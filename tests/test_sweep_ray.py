@@ -16,21 +16,10 @@ from lawn.harness.cli import main  # noqa: E402
 from lawn.harness.ray_backend import RayBackend  # noqa: E402
 from lawn.harness.results import read_rows  # noqa: E402
 from lawn.harness.sweep import SweepFailed, SweepSpec, run_sweep  # noqa: E402
+from sweep_helpers import SPEC, by_key  # noqa: E402
 
 pytestmark = pytest.mark.ray
 SRC = Path(__file__).resolve().parents[1] / "src"
-SPEC = {
-    "base": {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1},
-    "optimizers": ["adam"],
-    "methods": ["plain", "lawn"],
-    "batch_sizes": [32],
-    "lrs": [1e-3, 1e-2],
-    "seeds": [0, 1],
-}
-
-
-def by_key(rows: list[dict]) -> list[dict]:
-    return sorted(({k: v for k, v in row.items() if k != "timing"} for row in rows), key=lambda r: r["key"])
 
 
 @pytest.fixture(scope="module")
