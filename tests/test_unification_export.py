@@ -12,6 +12,7 @@ from torch import nn
 
 from lawn.unification import BlockSpec, compression_report, export, harden, hardened_layers, load
 from lawn.unification.export import pack_bits, unpack_bits
+from unification_helpers import small_convnet
 
 
 @pytest.fixture(autouse=True)
@@ -22,12 +23,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 3),
-    )
+_model = small_convnet
 
 
 def _hardened(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
