@@ -74,8 +74,10 @@ def difference_table(cells: dict) -> str:
     """Each arm's test accuracy minus plain's (points), per optimizer and batch, and whether the difference is
     larger than the larger of the two seed stds ("noise" otherwise)."""
     batches = sorted({k[2] for k in cells})
-    lines = ["| optimizer | arm | " + " | ".join(f"batch {b}: Δ vs plain (points)" for b in batches) + " |",
-             "|---|---|" + "---|" * len(batches)]
+    lines = [
+        "| optimizer | arm | " + " | ".join(f"batch {b}: Δ vs plain (points)" for b in batches) + " |",
+        "|---|---|" + "---|" * len(batches),
+    ]
     for opt in ("sgd", "adam", "lamb"):
         for label, _, _ in ARMS[1:]:
             parts = []
@@ -97,8 +99,16 @@ def pilot_table(rows: list[dict]) -> str:
         "| optimizer | batch | method | value | val acc | test acc | switch step / total |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["config"]["optimizer"], r["config"]["batch_size"], r["config"]["method"],
-                                         r["config"]["free_fraction"], r["config"]["auto_threshold"])):
+    for r in sorted(
+        rows,
+        key=lambda r: (
+            r["config"]["optimizer"],
+            r["config"]["batch_size"],
+            r["config"]["method"],
+            r["config"]["free_fraction"],
+            r["config"]["auto_threshold"],
+        ),
+    ):
         c = r["config"]
         auto = c["method"] == "lawn_auto"
         value = f"threshold {c['auto_threshold']:g}" if auto else f"free_fraction {c['free_fraction']:g}"
@@ -116,8 +126,11 @@ def mechanism_plot(cells: dict, out: Path, optimizer: str = "adam", batch: int |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train_loss", "train loss", True), ("logit_norm", "mean ‖logits‖ (test)", False),
-              ("tangential_step", "tangential step ‖Δ_tan‖/‖W‖ (tail)", True)]
+    panels = [
+        ("train_loss", "train loss", True),
+        ("logit_norm", "mean ‖logits‖ (test)", False),
+        ("tangential_step", "tangential step ‖Δ_tan‖/‖W‖ (tail)", True),
+    ]
     if batch is None:
         batch = min(k[2] for k in cells)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -127,8 +140,12 @@ def mechanism_plot(cells: dict, out: Path, optimizer: str = "adam", batch: int |
             continue
         for ax, (key, title, log) in zip(axes, panels):
             epochs = [h["epoch"] for h in sel.rows[0]["history"]]
-            values = [statistics.fmean(r["history"][i][key] for r in sel.rows) if all(
-                r["history"][i][key] is not None for r in sel.rows) else float("nan") for i in range(len(epochs))]
+            values = [
+                statistics.fmean(r["history"][i][key] for r in sel.rows)
+                if all(r["history"][i][key] is not None for r in sel.rows)
+                else float("nan")
+                for i in range(len(epochs))
+            ]
             ax.plot(epochs, values, label=label)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("epoch")

@@ -80,9 +80,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return sum(seen.values())
 
 
-def step_peak_bytes(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
-) -> int:
+def step_peak_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> int:
     """Peak of live CPU memory during one full training step, relative to its start (torch.profiler)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         optimizer.zero_grad(set_to_none=True)
@@ -118,8 +116,7 @@ def main() -> None:
     mimic_model = convert_to_mimicnorm(bn_model, num_classes=10)
     rows = {"BN": measure(bn_model, x, y, False), "MimicNorm": measure(mimic_model, x, y, True)}
     params = {
-        name: sum(p.numel() for p in m.parameters())
-        for name, m in (("BN", bn_model), ("MimicNorm", mimic_model))
+        name: sum(p.numel() for p in m.parameters()) for name, m in (("BN", bn_model), ("MimicNorm", mimic_model))
     }
     print(f"batch {args.batch_size}, width {args.width}, input 3x32x32, torch {torch.__version__}, CPU")
     print("| model | parameters | saved activations (MiB) | step peak (MiB) |")

@@ -237,8 +237,9 @@ def report(rows: list[dict], timing: list[dict], args: argparse.Namespace) -> st
             cells, every = [], True
             for w in WIDTHS:
                 base = {r["seed"]: r[metric] for r in rows if r["arm"] == "nested_dropout" and r["width"] == w}
-                d = np.array([sign * (r[metric] - base[r["seed"]]) for r in rows
-                              if r["arm"] == arm and r["width"] == w])
+                d = np.array(
+                    [sign * (r[metric] - base[r["seed"]]) for r in rows if r["arm"] == arm and r["width"] == w]
+                )
                 wins = int((d > 0).sum())
                 every &= wins == len(d) and len(d) > 0
                 cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f} ({wins}/{len(d)})")
@@ -255,8 +256,18 @@ def report(rows: list[dict], timing: list[dict], args: argparse.Namespace) -> st
     return "\n".join(lines)
 
 
-DEFAULTS = {"seeds": [0, 1, 2], "train": 5000, "test": 2000, "ood": 500, "epochs": 8, "lr": 2e-3, "batch": 128,
-            "prior": 0.7, "samples": 8, "reps": 20}
+DEFAULTS = {
+    "seeds": [0, 1, 2],
+    "train": 5000,
+    "test": 2000,
+    "ood": 500,
+    "epochs": 8,
+    "lr": 2e-3,
+    "batch": 128,
+    "prior": 0.7,
+    "samples": 8,
+    "reps": 20,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,9 +65,14 @@ def load_data(num_samples: int = 5000) -> dict[str, torch.Tensor]:
     x, y = torch.tensor(raw["x"], dtype=torch.float32).unsqueeze(1), torch.tensor(raw["y"], dtype=torch.int64)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(7))
     val, train = order[: len(y) // 10], order[len(y) // 10 :]
-    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val],
-            "x_test": torch.tensor(raw["x_test"], dtype=torch.float32).unsqueeze(1),
-            "y_test": torch.tensor(raw["y_test"], dtype=torch.int64)}
+    return {
+        "x_train": x[train],
+        "y_train": y[train],
+        "x_val": x[val],
+        "y_val": y[val],
+        "x_test": torch.tensor(raw["x_test"], dtype=torch.float32).unsqueeze(1),
+        "y_test": torch.tensor(raw["y_test"], dtype=torch.int64),
+    }
 
 
 def make_model() -> nn.Module:
@@ -103,16 +108,24 @@ def train(model: nn.Module, data: dict, epochs: int, lr: float, seed: int, admm:
 
 def costs(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     report = U.compression_report(model, example)
-    return {"bits": report.bits, "bits_ratio": report.bits / report.dense_fp32_bits,
-            "multiplies": report.multiplies, "multiplies_ratio": report.multiplies / report.dense_multiplies}
+    return {
+        "bits": report.bits,
+        "bits_ratio": report.bits / report.dense_fp32_bits,
+        "multiplies": report.multiplies,
+        "multiplies_ratio": report.multiplies / report.dense_multiplies,
+    }
 
 
 def dense_costs(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     probe = copy.deepcopy(model)
     U.harden(probe, SPEC, unify=0.0, prune=0.0)  # all blocks dense: the fp32 reference with the same kind map
     report = U.compression_report(probe, example)
-    return {"bits": report.dense_fp32_bits, "bits_ratio": 1.0, "multiplies": report.dense_multiplies,
-            "multiplies_ratio": 1.0}
+    return {
+        "bits": report.dense_fp32_bits,
+        "bits_ratio": 1.0,
+        "multiplies": report.dense_multiplies,
+        "multiplies_ratio": 1.0,
+    }
 
 
 def steps_per_epoch(data: dict) -> int:
@@ -145,8 +158,9 @@ def run_arm(arm: str, setting: str | None, pre: nn.Module, data: dict, seed: int
         row.update(costs(model, example))
     elif arm == "admm":
         unify, prune = SETTINGS[setting]
-        admm = U.ADMM(model, SPEC, unify=unify, prune=prune, rho=knob, update_every=steps_per_epoch(data) // 2,
-                      rho_growth=1.2)
+        admm = U.ADMM(
+            model, SPEC, unify=unify, prune=prune, rho=knob, update_every=steps_per_epoch(data) // 2, rho_growth=1.2
+        )
         train(model, data, MID, LR, seed + 1, admm)
         row["residual"] = admm.residual()
         admm.harden()
@@ -171,10 +185,14 @@ def summarize(rows: list[dict], knobs: dict[str, float]) -> str:
     for r in test:
         groups.setdefault((r["arm"], r["setting"]), []).append(r)
     dense = [r["accuracy"] for r in groups[("dense", None)]]
-    lines = [f"Pilot (seed {PILOT_SEED}, validation, {PILOT_SETTING}): ADMM ρ0 = {knobs['admm']}, "
-             f"one-shot fine-tune lr = {knobs['one-shot']}.", "",
-             "| setting | arm | test accuracy | Δ vs dense (points) | accuracy at harden | storage (× fp32) | "
-             "multiplies (× dense) | ADMM residual | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Pilot (seed {PILOT_SEED}, validation, {PILOT_SETTING}): ADMM ρ0 = {knobs['admm']}, "
+        f"one-shot fine-tune lr = {knobs['one-shot']}.",
+        "",
+        "| setting | arm | test accuracy | Δ vs dense (points) | accuracy at harden | storage (× fp32) | "
+        "multiplies (× dense) | ADMM residual | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def ms(values: list[float]) -> str:
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0:.4f}"
@@ -187,17 +205,26 @@ def summarize(rows: list[dict], knobs: dict[str, float]) -> str:
             acc = [r["accuracy"] for r in g]
             delta = 100 * (statistics.mean(acc) - statistics.mean(dense))
             residual = f"{statistics.mean(r['residual'] for r in g):.3f}" if arm == "admm" else ""
-            lines.append(f"| {setting} | {arm} | {ms(acc)} | {delta:+.2f} | {ms([r['acc_at_harden'] for r in g])} | "
-                         f"{g[0]['bits_ratio']:.3f} | {g[0]['multiplies_ratio']:.3f} | {residual} | {len(g)} |")
+            lines.append(
+                f"| {setting} | {arm} | {ms(acc)} | {delta:+.2f} | {ms([r['acc_at_harden'] for r in g])} | "
+                f"{g[0]['bits_ratio']:.3f} | {g[0]['multiplies_ratio']:.3f} | {residual} | {len(g)} |"
+            )
     for control in [a for a in present if a != "admm"]:
-        lines += ["", f"ADMM − {control}, paired by seed (same pre-trained model), test accuracy points:", "",
-                  "| setting | mean ± std | per seed |", "|---|---|---|"]
+        lines += [
+            "",
+            f"ADMM − {control}, paired by seed (same pre-trained model), test accuracy points:",
+            "",
+            "| setting | mean ± std | per seed |",
+            "|---|---|---|",
+        ]
         for setting in SETTINGS:
             by_seed = {r["seed"]: r["accuracy"] for r in groups[(control, setting)]}
             diffs = [100 * (r["accuracy"] - by_seed[r["seed"]]) for r in groups[("admm", setting)]]
             spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            lines.append(f"| {setting} | {statistics.mean(diffs):+.2f} ± {spread:.2f} | "
-                         f"{', '.join(f'{d:+.1f}' for d in diffs)} |")
+            lines.append(
+                f"| {setting} | {statistics.mean(diffs):+.2f} ± {spread:.2f} | "
+                f"{', '.join(f'{d:+.1f}' for d in diffs)} |"
+            )
     return "\n".join(lines)
 
 
@@ -210,8 +237,10 @@ def plot(rows: list[dict], path: Path) -> None:
     test = [r for r in rows if r["split"] == "test"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     markers = {"dense": "*", "one-shot": "o", "one-shot-stepped": "^", "admm": "s"}
-    for ax, key, label in ((axes[0], "bits_ratio", "storage (× dense fp32)"),
-                           (axes[1], "multiplies_ratio", "multiplications (× dense)")):
+    for ax, key, label in (
+        (axes[0], "bits_ratio", "storage (× dense fp32)"),
+        (axes[1], "multiplies_ratio", "multiplications (× dense)"),
+    ):
         for arm in [a for a in markers if any(r["arm"] == a for r in test)]:
             settings = [None] if arm == "dense" else list(SETTINGS)
             xs, ys, es = [], [], []
@@ -236,8 +265,10 @@ def plot(rows: list[dict], path: Path) -> None:
 def pilot_knobs(rows: list[dict]) -> dict[str, float]:
     """The knob each method's pilot chose (the best validation accuracy; the first on a tie)."""
     pilot = [r for r in rows if r["split"] == "val"]
-    return {arm: max((r for r in pilot if r["arm"] == arm), key=lambda r: r["accuracy"])["knob"]
-            for arm in ("admm", "one-shot")}
+    return {
+        arm: max((r for r in pilot if r["arm"] == arm), key=lambda r: r["accuracy"])["knob"]
+        for arm in ("admm", "one-shot")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/results/unification"))
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
     parser.add_argument("--smoke", action="store_true", help="1 epoch a phase, 600 signals (numbers mean nothing)")
-    parser.add_argument("--arms", default="dense,one-shot,admm",
-                        help="comma list of dense, one-shot, one-shot-stepped, admm")
+    parser.add_argument(
+        "--arms", default="dense,one-shot,admm", help="comma list of dense, one-shot, one-shot-stepped, admm"
+    )
     parser.add_argument("--append", action="store_true", help="add the rows to an existing rows.jsonl")
     parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows.jsonl")
     args = parser.parse_args(argv)
@@ -256,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         knobs = pilot_knobs(rows)
         summary = summarize(rows, knobs)
         cpu = sum(r["cpu_s"] for r in rows)
-        (args.out / "summary.md").write_text(summary + f"\n\nCPU time of the arms: {cpu / 60:.1f} min (1 thread; "
-                                             "pre-training and data not included).\n")
+        (args.out / "summary.md").write_text(
+            summary + f"\n\nCPU time of the arms: {cpu / 60:.1f} min (1 thread; pre-training and data not included).\n"
+        )
         plot(rows, args.out / "accuracy_vs_cost.png")
         print(summary)
         return 0

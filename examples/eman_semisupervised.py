@@ -89,9 +89,7 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     student = small_cnn()
     teacher = {"ema": EMATeacher, "eman": EMAN, "supervised": None}[method]
     teacher = teacher(student, momentum=args.momentum) if teacher else None
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
+    optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     masked = correct_pseudo = 0.0
     for _ in range(args.steps):
@@ -147,9 +145,7 @@ def main() -> None:
             r = run(method, seed, args)
             summary.setdefault(method, []).append(r)
             cells = [f"{r[k]:.3f}" if k in r else "–" for k in ("student", "teacher", "mask", "pseudo_acc")]
-            print(
-                f"| {method} | {seed} | {' | '.join(cells)} | {time.perf_counter() - start:.0f} |", flush=True
-            )
+            print(f"| {method} | {seed} | {' | '.join(cells)} | {time.perf_counter() - start:.0f} |", flush=True)
     print("\nmean ± std over seeds")
     for method, results in summary.items():
         parts = []

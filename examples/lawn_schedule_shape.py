@@ -1,6 +1,6 @@
 """Plot lawn.LAWNSchedule's shape (docs/lawn_schedule.png): a fixed and an automatic switch, and the decay options.
 
-    python examples/lawn_schedule_shape.py --out docs/lawn_schedule.png
+python examples/lawn_schedule_shape.py --out docs/lawn_schedule.png
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for label, switch, options in curves:
         values = [
-            lawn_schedule_factor(t, total, switch if t >= switch else None, warmup_steps=warmup,
-                                 rewarmup_steps=rewarmup, **options)
+            lawn_schedule_factor(
+                t, total, switch if t >= switch else None, warmup_steps=warmup, rewarmup_steps=rewarmup, **options
+            )
             for t in steps
         ]
         ax.plot(steps, values, label=label)

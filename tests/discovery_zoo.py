@@ -45,9 +45,7 @@ class BNResNet(nn.Module):
 
     def __init__(self, classes: int = 10, width: int = 8) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.layer1 = BasicBlock(width, width)
         self.layer2 = BasicBlock(width, 2 * width, stride=2)
         self.fc = nn.Linear(2 * width, classes)
@@ -268,9 +266,7 @@ ZOO = [
         ["head.weight"],
         1,
     ),
-    ZooEntry(
-        "relu_mlp", _seeded(lambda: (relu_mlp(), torch.randn(5, 6))), ["0.weight", "2.weight", "4.weight"], 3
-    ),
+    ZooEntry("relu_mlp", _seeded(lambda: (relu_mlp(), torch.randn(5, 6))), ["0.weight", "2.weight", "4.weight"], 3),
     ZooEntry("gelu_after_norm", _seeded(lambda: (GeluAfterNorm(), torch.randn(5, 6))), ["out.weight"], 1),
     ZooEntry(
         "two_tower",
@@ -280,12 +276,8 @@ ZOO = [
     ),
     ZooEntry("functional", _seeded(lambda: (FunctionalNet(), _images())), ["conv_w", "w1", "w2"], 3),
     ZooEntry("tied_lm", _seeded(lambda: (TiedLM(), torch.randint(0, 30, (2, 5)))), ["fc.weight"], 1),
-    ZooEntry(
-        "shared_tail", _seeded(lambda: (SharedTail(), torch.randn(5, 6))), ["fc.weight", "out.weight"], 3
-    ),
-    ZooEntry(
-        "mixed_paths", _seeded(lambda: (MixedPaths(), torch.randn(5, 6))), ["head.weight", "side.weight"], 1
-    ),
+    ZooEntry("shared_tail", _seeded(lambda: (SharedTail(), torch.randn(5, 6))), ["fc.weight", "out.weight"], 3),
+    ZooEntry("mixed_paths", _seeded(lambda: (MixedPaths(), torch.randn(5, 6))), ["head.weight", "side.weight"], 1),
     ZooEntry(
         "attention",
         _seeded(lambda: (Attention(), torch.randn(2, 5, 8))),

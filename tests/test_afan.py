@@ -141,9 +141,7 @@ def test_hooks_removed_after_each_call_and_on_error() -> None:
 def test_bn_freeze_leaves_running_stats_as_plain_training(direction: str) -> None:
     model, x, y = make()
     plain = copy.deepcopy(model)
-    AFAN(model, "stem", steps=3, step_size=0.1, strengths=(0.5, 1.0), direction=direction).loss(
-        x, y, F.cross_entropy
-    )
+    AFAN(model, "stem", steps=3, step_size=0.1, strengths=(0.5, 1.0), direction=direction).loss(x, y, F.cross_entropy)
     plain(x)  # one clean training-mode pass
     assert same(buffers(model), buffers(plain))
 
@@ -183,9 +181,7 @@ def test_normalizations_swap_the_moments() -> None:
 def test_eps_bound_and_random_start() -> None:
     model, x, y = make()
     torch.manual_seed(3)
-    _, pieces = AFAN(model, "stem", steps=5, step_size=0.1, eps=0.15, random_start=True).loss(
-        x, y, F.cross_entropy
-    )
+    _, pieces = AFAN(model, "stem", steps=5, step_size=0.1, eps=0.15, random_start=True).loss(x, y, F.cross_entropy)
     assert float(pieces.perturbation) <= 0.15 + 1e-6
     assert float(pieces.attack_losses[0]) != pytest.approx(float(pieces.clean_loss.detach()), rel=1e-7)
 
@@ -194,9 +190,7 @@ def test_autocast_cpu_bfloat16() -> None:
     model, x, y = make()
     before = hooks(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, pieces = AFAN(model, "stem", steps=2, step_size=0.1, normalize="position").loss(
-            x, y, F.cross_entropy
-        )
+        loss, pieces = AFAN(model, "stem", steps=2, step_size=0.1, normalize="position").loss(x, y, F.cross_entropy)
     loss.backward()
     assert torch.isfinite(loss) and hooks(model) == before
     assert pieces.attack_losses[1] > pieces.attack_losses[0]
@@ -209,8 +203,15 @@ def test_ddp_single_process_gloo(tmp_path) -> None:
         pytest.skip("a process group is already initialised")
     torch.manual_seed(0)
     model = nn.Sequential(  # every parameter used: DDP's default find_unused_parameters=False holds
-        nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(1, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     )
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
     reference = copy.deepcopy(model)

@@ -104,7 +104,7 @@ def test_help_lists_fields_defaults_and_valid_values(capsys: pytest.CaptureFixtu
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "free_fraction = 0.2" in text and "batch_size = 128" in text
-        assert re.search(r"optimizer = \"adam\"\s+one of: .*lamb", text) and "method = \"plain\"" in text
+        assert re.search(r"optimizer = \"adam\"\s+one of: .*lamb", text) and 'method = "plain"' in text
         assert "--threads" in text and "default: 1" in text
     with pytest.raises(SystemExit):
         main(["demo", "--help"])

@@ -123,9 +123,7 @@ def test_ssi_penalty_on_every_model(model: nn.Module, inputs: torch.Tensor) -> N
     assert len(shortcuts) == (2 if isinstance(model, ResNet) else 0)
     assert all(p.grad is None for p in model.parameters() if p.dim() < 2)  # biases, BN: not in it
     assert all(m.weight.grad is None for m in model.modules() if isinstance(m, nn.Embedding))
-    assert float(METHODS["ssi"].penalty(model, config.replace(ssi_lambda=2e-3))) == pytest.approx(
-        2 * float(penalty)
-    )
+    assert float(METHODS["ssi"].penalty(model, config.replace(ssi_lambda=2e-3))) == pytest.approx(2 * float(penalty))
     assert METHODS["ssi"].penalty(model, config.replace(ssi_lambda=0.0)) is None
     model(inputs)  # still a working model
 
@@ -161,9 +159,7 @@ def test_ssi_changes_training_and_is_plain_at_lambda_zero() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- MimicNorm
-@pytest.mark.parametrize(
-    ("method", "model"), [("plain", "resnet"), ("wd", "vgg"), ("wrs", "resnet"), ("ssi", "vgg")]
-)
+@pytest.mark.parametrize(("method", "model"), [("plain", "resnet"), ("wd", "vgg"), ("wrs", "resnet"), ("ssi", "vgg")])
 def test_mimicnorm_converts_and_centres_after_every_step(
     method: str, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

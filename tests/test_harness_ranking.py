@@ -7,9 +7,7 @@ import torch
 
 from lawn.harness.ranking import make_ranking_data, ranking_metrics, sample_negatives
 
-OPTIONS = dict(
-    users=30, items=60, factors=4, positives_per_user=8, eval_negatives=20, temperature=0.5, popularity=0.5
-)
+OPTIONS = dict(users=30, items=60, factors=4, positives_per_user=8, eval_negatives=20, temperature=0.5, popularity=0.5)
 
 
 def test_ranking_metrics_hand_checked() -> None:
@@ -39,9 +37,7 @@ def test_hit_rate_counts_the_top_ten() -> None:
 def test_generation_splits_leave_one_out_and_is_deterministic() -> None:
     data = make_ranking_data(seed=1, **OPTIONS)
     again = make_ranking_data(seed=1, **OPTIONS)
-    assert torch.equal(data.train_pairs, again.train_pairs) and torch.equal(
-        data.test_candidates, again.test_candidates
-    )
+    assert torch.equal(data.train_pairs, again.train_pairs) and torch.equal(data.test_candidates, again.test_candidates)
     assert data.train_pairs.shape == (30 * 6, 2)
     assert data.val_candidates.shape == data.test_candidates.shape == (30, 21)
     for user in range(30):

@@ -146,9 +146,7 @@ run_sweep(spec, {str(path)!r}, on_row=kill_after_five)
     assert b"half a line" not in path.read_bytes()
 
 
-def row(
-    method: str, lr: float, seed: int, val: float | None, test: float | None, diverged: bool = False
-) -> dict:
+def row(method: str, lr: float, seed: int, val: float | None, test: float | None, diverged: bool = False) -> dict:
     config = {
         "dataset": "digits",
         "optimizer": "adam",

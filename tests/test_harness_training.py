@@ -98,9 +98,7 @@ def test_train_is_deterministic_and_logs_diagnostics() -> None:
 
 def test_ranking_run_reports_hit_rate_and_auc() -> None:
     options = {"users": 40, "items": 60, "positives_per_user": 6, "eval_negatives": 20}
-    row = train(
-        RunConfig(dataset="ranking", data_options=options, width=4, epochs=1, batch_size=64, method="lawn")
-    )
+    row = train(RunConfig(dataset="ranking", data_options=options, width=4, epochs=1, batch_size=64, method="lawn"))
     assert row["metric"] == "hr@10" and 0.0 <= row["test_metric"] <= 1.0 and 0.0 <= row["test_auc"] <= 1.0
     assert row["constrained"] == ["head.weight"] or getattr(lawn, "final_homogeneous_params", None)
 
@@ -108,9 +106,7 @@ def test_ranking_run_reports_hit_rate_and_auc() -> None:
 @pytest.mark.parametrize("method", ["plain", "lawn"])
 def test_diverging_run_is_marked(method: str) -> None:
     # LAWN's switch comes after the blow-up here: it refuses to freeze a NaN norm, which ends the run too
-    config = RunConfig(
-        **TINY, optimizer="sgd", lr=1e10, warmup_fraction=0.0, schedule="constant", method=method
-    )
+    config = RunConfig(**TINY, optimizer="sgd", lr=1e10, warmup_fraction=0.0, schedule="constant", method=method)
     row = train(config.replace(free_fraction=0.5))
     assert row["diverged"] and row["val_metric"] is None and row["test_metric"] is None
     assert row["epochs_run"] == 1 and row["history"][-1]["train_loss"] is None

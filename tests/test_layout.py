@@ -95,7 +95,7 @@ def test_no_import_circles() -> None:
         stack.append(module)
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()

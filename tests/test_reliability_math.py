@@ -46,9 +46,11 @@ def test_item13_one_non_finite_gradient_entry_stays_one(granularity, path):
         torch.manual_seed(0)
         w = nn.Parameter(torch.randn(8, 16))
         base = torch.optim.Adam([w], lr=1e-2)
-        opt = lawn.LAWN(base, [w], free_steps=0, granularity=granularity, foreach=path == "foreach") if (
-            constrained
-        ) else base
+        opt = (
+            lawn.LAWN(base, [w], free_steps=0, granularity=granularity, foreach=path == "foreach")
+            if (constrained)
+            else base
+        )
         w.grad = torch.randn(8, 16)
         w.grad[3, 5] = float("nan")
         opt.step()

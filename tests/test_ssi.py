@@ -100,9 +100,7 @@ def test_is_a_differentiable_loss_term_that_shrinks_the_intrinsic_norm() -> None
 def test_weights_and_layers_can_be_given_directly() -> None:
     model = _mlp(bias=False)
     from_model = scale_shift_invariant_penalty(model)
-    torch.testing.assert_close(
-        scale_shift_invariant_penalty([model[0], model[2].weight, model[4]]), from_model
-    )
+    torch.testing.assert_close(scale_shift_invariant_penalty([model[0], model[2].weight, model[4]]), from_model)
 
 
 def test_bad_input_is_rejected() -> None:

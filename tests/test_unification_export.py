@@ -90,8 +90,10 @@ def _corrupt_variants(good: bytes) -> dict[str, bytes]:
         torch.save(obj, buf)
         return buf.getvalue()
 
-    short_signs = {**blob, "layers": {**blob["layers"], "3": {**blob["layers"]["3"],
-                                                             "signs": blob["layers"]["3"]["signs"][:-1]}}}
+    short_signs = {
+        **blob,
+        "layers": {**blob["layers"], "3": {**blob["layers"]["3"], "signs": blob["layers"]["3"]["signs"][:-1]}},
+    }
     all_ones = torch.full_like(blob["layers"]["6"]["kinds"], 255)
     bad_kind = {**blob, "layers": {**blob["layers"], "6": {**blob["layers"]["6"], "kinds": all_ones}}}
     return {

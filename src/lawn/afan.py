@@ -144,9 +144,7 @@ class AFAN:
         if not isinstance(random_start, bool):
             raise TypeError(f"random_start: expected True or False, got {random_start!r}")
         strengths = tuple(strengths) if isinstance(strengths, Sequence) else strengths
-        if not isinstance(strengths, tuple) or not strengths or not all(
-            _positive(s) and s <= 1.0 for s in strengths
-        ):
+        if not isinstance(strengths, tuple) or not strengths or not all(_positive(s) and s <= 1.0 for s in strengths):
             raise ValueError(f"strengths: expected a non-empty list of numbers in (0, 1], got {strengths!r}")
         if normalize not in (None, "position", "batch"):
             raise ValueError(f"normalize: expected None, 'position' or 'batch', got {normalize!r}")

@@ -30,9 +30,7 @@ NamedOrPlain = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 class ChannelBias(nn.Module):
     """``x + b`` with one learnable bias per channel (dim 1): what is left of a BatchNorm layer."""
 
-    def __init__(
-        self, num_features: int, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ):
+    def __init__(self, num_features: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
 

@@ -110,8 +110,11 @@ class LAWNSchedule(LRScheduler):
                 f"optimizer: LAWNSchedule follows LAWN's switch; got {type(optimizer).__name__}, which has no "
                 "switch_step (wrap it: lawn.LAWN(base, params, free_steps=...))"
             )
-        for name, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps),
-                            ("rewarmup_steps", rewarmup_steps)):
+        for name, value in (
+            ("total_steps", total_steps),
+            ("warmup_steps", warmup_steps),
+            ("rewarmup_steps", rewarmup_steps),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         if total_steps < 1:

@@ -39,9 +39,7 @@ class ResidualBranch:
 Layer = torch.Tensor | nn.Module | ResidualBranch
 
 
-def scale_shift_invariant_penalty(
-    layers: nn.Module | Sequence[Layer], *, form: Form = "geometric"
-) -> torch.Tensor:
+def scale_shift_invariant_penalty(layers: nn.Module | Sequence[Layer], *, form: Form = "geometric") -> torch.Tensor:
     """The invariant penalty of ``layers`` as a differentiable scalar (add ``λ ×`` it to the loss).
 
     Args:

@@ -338,8 +338,7 @@ def discover(
 
     leaves = {id(n.variable): n for n in [*parent, *broken_by] if _leaf_tensor(n) is not None}
     describe = {
-        n: _describe(n, spans, strict and homogeneous_inputs(n) is None)
-        for n in {*broken_by.values(), *frontier}
+        n: _describe(n, spans, strict and homogeneous_inputs(n) is None) for n in {*broken_by.values(), *frontier}
     }
     verdicts = []
     for pid, p in by_id.items():
@@ -352,9 +351,7 @@ def discover(
         elif leaf is None:
             reason = "does not reach the output for these inputs"
         elif broken and homogeneous:
-            reason = (
-                f"reaches the output through homogeneous ops and also through {describe[broken_by[leaf]]}"
-            )
+            reason = f"reaches the output through homogeneous ops and also through {describe[broken_by[leaf]]}"
         elif broken:
             reason = f"passes through {describe[broken_by[leaf]]}"
         elif p.dim() < 2:

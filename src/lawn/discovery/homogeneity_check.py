@@ -61,9 +61,7 @@ def _tensors(model: nn.Module, named: Iterable[torch.Tensor] | Iterable[tuple[st
     for k, item in enumerate(named):
         name, tensor = item if isinstance(item, tuple) and len(item) == 2 else (f"named[{k}]", item)
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"named[{k}]: expected a tensor or a (name, tensor) pair, got {type(item).__name__}"
-            )
+            raise TypeError(f"named[{k}]: expected a tensor or a (name, tensor) pair, got {type(item).__name__}")
         if id(tensor) not in owned:
             raise ValueError(f"{name}: not a parameter of {type(model).__name__}")
         if all(t is not tensor for t in tensors):
@@ -114,15 +112,9 @@ def check_homogeneity(
                 t.copy_(original)
     base_norm = base.norm().item()
     if not math.isfinite(base_norm) or base_norm == 0:
-        raise ValueError(
-            f"{type(model).__name__}: the output is zero or not finite; no degree can be measured"
-        )
-    logs = [
-        (math.log(a), math.log(max(out.norm().item(), 1e-300) / base_norm)) for a, out in zip(alphas, outputs)
-    ]
+        raise ValueError(f"{type(model).__name__}: the output is zero or not finite; no degree can be measured")
+    logs = [(math.log(a), math.log(max(out.norm().item(), 1e-300) / base_norm)) for a, out in zip(alphas, outputs)]
     fitted = sum(la * lr for la, lr in logs) / sum(la * la for la, _ in logs)
     degree = round(fitted)
-    error = max(
-        ((out - a**degree * base).norm() / (a**degree * base_norm)).item() for a, out in zip(alphas, outputs)
-    )
+    error = max(((out - a**degree * base).norm() / (a**degree * base_norm)).item() for a, out in zip(alphas, outputs))
     return HomogeneityReport(degree, fitted, error, alphas, tolerance)

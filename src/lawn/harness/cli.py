@@ -115,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", help="a run config file (.json or .toml)")
-    run.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="set a config field (see below)"
-    )
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="set a config field (see below)")
     for name, kind in RUN_FLAGS.items():
         run.add_argument("--" + name.replace("_", "-"), type=kind, help=f"config field {name} (see below)")
     run.add_argument("--results", help="append the result row to this JSONL file")
@@ -252,10 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if row["diverged"]:
         print(f"diverged (training loss not finite) after {row['epochs_run']} epoch(s)")
     else:
-        print(
-            f"final: val {row['metric']} {row['val_metric']:.4f}, "
-            f"test {row['metric']} {row['test_metric']:.4f}"
-        )
+        print(f"final: val {row['metric']} {row['val_metric']:.4f}, test {row['metric']} {row['test_metric']:.4f}")
     print(f"constrained (final homogeneous) weights: {', '.join(row['constrained']) or 'none'}")
     if args.results:
         append_row(args.results, row)
@@ -377,6 +372,7 @@ def cmd_lottery(args: argparse.Namespace) -> int:
     )
     print(f"next: lawn report {args.results} --out <dir>")
     return 0
+
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt

@@ -145,9 +145,7 @@ class RunConfig:
         the ``LATE_FIELDS`` that hold their default)."""
         defaults = _late_defaults()
         payload = {
-            k: v
-            for k, v in self.to_dict().items()
-            if k not in KEY_IGNORES and not (k in defaults and v == defaults[k])
+            k: v for k, v in self.to_dict().items() if k not in KEY_IGNORES and not (k in defaults and v == defaults[k])
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -286,13 +284,10 @@ def _validate(c: RunConfig) -> None:
     _check(c.schedule in SCHEDULES, f"schedule: expected one of {SCHEDULES}, got {c.schedule!r}")
     _check(0.0 <= c.warmup_fraction < 1.0, f"warmup_fraction: must be in [0, 1), got {c.warmup_fraction}")
     _check(
-        all(0.0 < m < 1.0 for m in c.step_milestones)
-        and list(c.step_milestones) == sorted(c.step_milestones),
+        all(0.0 < m < 1.0 for m in c.step_milestones) and list(c.step_milestones) == sorted(c.step_milestones),
         f"step_milestones: increasing fractions of training in (0, 1), got {list(c.step_milestones)}",
     )
-    _check(
-        0.0 <= c.rewarmup_fraction < 1.0, f"rewarmup_fraction: must be in [0, 1), got {c.rewarmup_fraction}"
-    )
+    _check(0.0 <= c.rewarmup_fraction < 1.0, f"rewarmup_fraction: must be in [0, 1), got {c.rewarmup_fraction}")
     _check(
         c.rewarmup_fraction == 0.0 or c.schedule in ("cosine", "constant"),
         f"rewarmup_fraction: the three-phase schedule decays by 'cosine' or 'constant', got schedule={c.schedule!r}",

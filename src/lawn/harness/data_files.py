@@ -64,8 +64,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         raise ValueError(
-            f"{path}: IDX header declares shape {shape} ({expected} bytes), "
-            f"but {len(raw) - header} bytes follow"
+            f"{path}: IDX header declares shape {shape} ({expected} bytes), but {len(raw) - header} bytes follow"
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="), copy=True)
@@ -92,9 +91,7 @@ def load_idx_dir(directory: str | Path) -> dict[str, np.ndarray]:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
+            raise ValueError(f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match")
     return arrays
 
 

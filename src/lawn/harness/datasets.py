@@ -113,16 +113,12 @@ def _directory(config: RunConfig) -> str:
 
 def _load_idx(config: RunConfig) -> ClassificationData:
     a = data_files.load_idx_dir(_directory(config))
-    return split_classification(
-        a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], config, 255.0
-    )
+    return split_classification(a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], config, 255.0)
 
 
 def _load_cifar10(config: RunConfig) -> ClassificationData:
     a = data_files.load_cifar10_dir(_directory(config))
-    return split_classification(
-        a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], config, 255.0
-    )
+    return split_classification(a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], config, 255.0)
 
 
 def _load_digits(config: RunConfig) -> ClassificationData:

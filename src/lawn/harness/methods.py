@@ -126,9 +126,7 @@ def _lawn_auto(base: Optimizer, setup: Setup) -> Optimizer:
     return _lawn_over(base, setup, setup.constrained, auto_switch(setup.config, setup.total_steps))
 
 
-def _lawn_over(
-    base: Optimizer, setup: Setup, params: NamedParams, free: int | lawn.AutoSwitch
-) -> Optimizer:
+def _lawn_over(base: Optimizer, setup: Setup, params: NamedParams, free: int | lawn.AutoSwitch) -> Optimizer:
     config = setup.config
     return lawn.LAWN(
         base,
@@ -164,9 +162,7 @@ def _ssi_penalty(model: nn.Module, config: RunConfig) -> torch.Tensor | None:
 
 register_method(Method("plain", False, None, "the base optimizer, no weight decay"))
 register_method(Method("wd", True, None, "the base optimizer with its weight_decay"))
-register_method(
-    Method("wrs", False, _wrs, "WRS: weights feeding a normalization rescaled to norm 1, no weight decay")
-)
+register_method(Method("wrs", False, _wrs, "WRS: weights feeding a normalization rescaled to norm 1, no weight decay"))
 register_method(
     Method(
         "ssi",

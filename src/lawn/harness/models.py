@@ -89,9 +89,7 @@ class ResNet(nn.Module):
         super().__init__()
         _need_image(input_shape, "resnet")
         w = width
-        self.stem = nn.Sequential(
-            nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
         self.stages = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(4 * w, num_classes)
@@ -168,9 +166,7 @@ class VGGNoNorm(nn.Module):
 
 
 class CNN1D(nn.Module):
-    def __init__(
-        self, input_shape: tuple[int, ...], num_classes: int, width: int, normalization: bool = True
-    ) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int, normalization: bool = True) -> None:
         super().__init__()
         name = "cnn1d" if normalization else "cnn1d_nonorm"
         if len(input_shape) != 1:
@@ -255,9 +251,7 @@ def check_compatible(model: str, dataset: str) -> None:
         raise ValueError(f"model: {model!r} is for {spec.task}, dataset {dataset!r} is a {task} task")
     dims = 3 if dataset in _IMAGE_SETS else 1
     if spec.input_dims is not None and spec.input_dims != dims:
-        raise ValueError(
-            f"model: {model!r} cannot read dataset {dataset!r} (its examples have {dims} dim(s))"
-        )
+        raise ValueError(f"model: {model!r} cannot read dataset {dataset!r} (its examples have {dims} dim(s))")
 
 
 def build_model(name: str, data: object, width: int) -> nn.Module:

@@ -50,9 +50,7 @@ def make_ranking_data(
 ) -> RankingData:
     """Generate the task described in the module docstring."""
     if users < 1 or items < 2 or factors < 1:
-        raise ValueError(
-            f"data_options: need users >= 1, items >= 2, factors >= 1 (got {users}, {items}, {factors})"
-        )
+        raise ValueError(f"data_options: need users >= 1, items >= 2, factors >= 1 (got {users}, {items}, {factors})")
     if positives_per_user < 3:
         raise ValueError(f"data_options.positives_per_user: must be >= 3 (got {positives_per_user})")
     if items - positives_per_user < eval_negatives or eval_negatives < 1:
@@ -91,9 +89,7 @@ def make_ranking_data(
     )
 
 
-def sample_negatives(
-    users: torch.Tensor, known: torch.Tensor, count: int, generator: torch.Generator
-) -> torch.Tensor:
+def sample_negatives(users: torch.Tensor, known: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` uniformly drawn items per entry of ``users`` that are not among their training positives.
 
     Rejection sampling: redraw the hits until none is left (known positives are a small fraction of items).
@@ -113,9 +109,7 @@ def sample_negatives(
 def ranking_metrics(scores: torch.Tensor) -> dict[str, float]:
     """AUC and HR@10 of candidate scores ``U × (1 + n)`` whose column 0 is the positive."""
     if scores.dim() != 2 or scores.shape[1] < 2:
-        raise ValueError(
-            f"scores: expected users × (1 + negatives) with >= 1 negative, got {tuple(scores.shape)}"
-        )
+        raise ValueError(f"scores: expected users × (1 + negatives) with >= 1 negative, got {tuple(scores.shape)}")
     pos, neg = scores[:, :1], scores[:, 1:]
     auc = ((neg < pos).double() + 0.5 * (neg == pos).double()).mean(dim=1).mean()
     at_or_above = (neg >= pos).sum(dim=1)

@@ -221,9 +221,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
     metric = group[0].metric
     by = {(s.setting["optimizer"], s.setting["method"], s.setting["batch_size"]): s for s in group}
 
-    fig, axes = plt.subplots(
-        1, len(optimizers), figsize=(max(6.0, 4.2 * len(optimizers)), 3.6), squeeze=False
-    )
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(max(6.0, 4.2 * len(optimizers)), 3.6), squeeze=False)
     for ax, o in zip(axes[0], optimizers):
         for m in methods:
             points = [(b, by[(o, m, b)]) for b in batches if (o, m, b) in by]
@@ -296,9 +294,7 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
     plt.close(fig)
 
 
-def write_report(
-    rows: list[dict[str, Any]], out_dir: str | Path, sources: list[str] | None = None
-) -> list[Path]:
+def write_report(rows: list[dict[str, Any]], out_dir: str | Path, sources: list[str] | None = None) -> list[Path]:
     """Write ``report.md`` and the plots into ``out_dir``; return the paths written."""
     rows = unique_rows(rows, sources)
     if not rows:

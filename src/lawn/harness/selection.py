@@ -88,8 +88,6 @@ def select(rows: list[dict[str, Any]]) -> list[Selection]:
             rows=chosen_rows,
         )
         if any("test_auc" in r for r in chosen_rows):
-            selection.test_auc_mean, selection.test_auc_std = _mean_std(
-                [_value(r, "test_auc") for r in chosen_rows]
-            )
+            selection.test_auc_mean, selection.test_auc_std = _mean_std([_value(r, "test_auc") for r in chosen_rows])
         selections.append(selection)
     return selections

@@ -92,10 +92,7 @@ class SweepSpec:
         for name in vary:
             if name in SWEPT or name in base:
                 raise ValueError(f"sweep spec: vary.{name}: already set by the sweep or base")
-        varied = {
-            name: tuple(coerce_field(name, v) for v in _values(vs, f"vary.{name}"))
-            for name, vs in vary.items()
-        }
+        varied = {name: tuple(coerce_field(name, v) for v in _values(vs, f"vary.{name}")) for name, vs in vary.items()}
         grids = data.get("grids", {})
         if not isinstance(grids, dict):
             raise TypeError("sweep spec: 'grids' must map a method to {field: [values]}")
@@ -107,9 +104,7 @@ class SweepSpec:
                 raise TypeError(f"sweep spec: grids.{method} must map fields to lists of values")
             for name in axes:
                 if name in SWEPT or name in base or name in varied:
-                    raise ValueError(
-                        f"sweep spec: grids.{method}.{name}: already set by the sweep, base or vary"
-                    )
+                    raise ValueError(f"sweep spec: grids.{method}.{name}: already set by the sweep, base or vary")
             checked[method] = {
                 name: _per_optimizer(values, f"grids.{method}.{name}", optimizers, name, required=True)
                 for name, values in axes.items()
@@ -195,10 +190,7 @@ def _per_optimizer(
         extra = sorted(set(value) - set(optimizers))
         if extra:
             raise ValueError(f"sweep spec: {what}: optimizer(s) {extra} are not in optimizers")
-        return {
-            o: tuple(coerce_field(field_name, v) for v in _values(value[o], f"{what}.{o}"))
-            for o in optimizers
-        }
+        return {o: tuple(coerce_field(field_name, v) for v in _values(value[o], f"{what}.{o}")) for o in optimizers}
     values = tuple(coerce_field(field_name, v) for v in _values(value, what))
     return {o: values for o in optimizers}
 

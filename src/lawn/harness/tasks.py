@@ -54,9 +54,7 @@ class ClassificationTask:
     def example_inputs(self) -> torch.Tensor:
         return self.splits["train"][0][:8]
 
-    def epoch(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from shuffled_batches(*self.splits["train"], batch_size, generator)
 
     @staticmethod
@@ -98,9 +96,7 @@ class RankingTask:
     def example_inputs(self) -> torch.Tensor:
         return self.pairs[:8]
 
-    def epoch(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         users = self.pairs[:, 0]
         negative_items = sample_negatives(users, self.known, self.negatives, generator)
         negatives = torch.stack([users.repeat_interleave(self.negatives), negative_items.reshape(-1)], dim=1)
@@ -123,9 +119,7 @@ class RankingTask:
         cand = self.candidates[split]
         users = torch.arange(len(cand), device=self.device).repeat_interleave(cand.shape[1])
         pairs = torch.stack([users, cand.reshape(-1)], dim=1)
-        scores = torch.cat(
-            [model(pairs[s : s + EVAL_BATCH]).float() for s in range(0, len(pairs), EVAL_BATCH)]
-        )
+        scores = torch.cat([model(pairs[s : s + EVAL_BATCH]).float() for s in range(0, len(pairs), EVAL_BATCH)])
         scores = scores.view(cand.shape)
         labels = torch.zeros_like(scores)
         labels[:, 0] = 1.0
@@ -138,9 +132,7 @@ class RankingTask:
         }
 
 
-def make_task(
-    data: ClassificationData | RankingData, device: torch.device, negatives_per_positive: int
-) -> Any:
+def make_task(data: ClassificationData | RankingData, device: torch.device, negatives_per_positive: int) -> Any:
     if isinstance(data, RankingData):
         return RankingTask(data, device, negatives_per_positive)
     return ClassificationTask(data, device)

@@ -25,8 +25,10 @@ def nested_modules(model: nn.Module) -> list[NestedModule]:
 def _require_nested(model: nn.Module, what: str) -> list[NestedModule]:
     found = nested_modules(model)
     if not found:
-        raise ValueError(f"{what}: {type(model).__name__} has no nested layers; build it with "
-                         "lawn.NestedConv2d / lawn.NestedLinear / lawn.NestedDropout")
+        raise ValueError(
+            f"{what}: {type(model).__name__} has no nested layers; build it with "
+            "lawn.NestedConv2d / lawn.NestedLinear / lawn.NestedDropout"
+        )
     return found
 
 

@@ -32,9 +32,7 @@ def _check_groups(units: int, groups_of_units: int, name: str) -> int:
         raise ValueError(f"groups_of_units must be a positive int, got {groups_of_units!r}")
     if units % groups_of_units:
         divisors = [d for d in range(1, units + 1) if units % d == 0]
-        raise ValueError(
-            f"groups_of_units={groups_of_units} does not divide {name}={units}; use one of {divisors}"
-        )
+        raise ValueError(f"groups_of_units={groups_of_units} does not divide {name}={units}; use one of {divisors}")
     return units // groups_of_units
 
 
@@ -208,8 +206,10 @@ class NestedConv2d(_NestedWeights, nn.Conv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         if groups != 1:
-            raise ValueError(f"NestedConv2d supports groups=1 only (got groups={groups}): a grouped conv's "
-                             "channels cannot be cut to a prefix; use groups_of_units for the ordering groups")
+            raise ValueError(
+                f"NestedConv2d supports groups=1 only (got groups={groups}): a grouped conv's "
+                "channels cannot be cut to a prefix; use groups_of_units for the ordering groups"
+            )
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
@@ -244,8 +244,10 @@ class NestedDropout(NestedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[self.dim] != self.units:
-            raise ValueError(f"NestedDropout(num_channels={self.units}) got {x.shape[self.dim]} channels at "
-                             f"dim {self.dim} (input shape {tuple(x.shape)})")
+            raise ValueError(
+                f"NestedDropout(num_channels={self.units}) got {x.shape[self.dim]} channels at "
+                f"dim {self.dim} (input shape {tuple(x.shape)})"
+            )
         dim = self.dim % x.dim()
         return x * _mask_shape(self.unit_mask(x.shape[0]).to(x.dtype), x, dim)
 

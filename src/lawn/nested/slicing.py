@@ -73,13 +73,17 @@ def _input_columns(name: str, module: nn.Module, channels: int, kept: int) -> in
         if module.groups != 1:
             raise ValueError(f"slice_model: {name} is a grouped conv (groups={module.groups}); cannot slice its input")
         if module.in_channels != channels:
-            raise ValueError(f"slice_model: {name} reads {module.in_channels} channels but the cut layer before it "
-                             f"makes {channels}; the registration order must be the forward order")
+            raise ValueError(
+                f"slice_model: {name} reads {module.in_channels} channels but the cut layer before it "
+                f"makes {channels}; the registration order must be the forward order"
+            )
         return kept
     width = module.in_features
     if width % channels:
-        raise ValueError(f"slice_model: {name} reads {width} features, not a multiple of the {channels} channels of "
-                         "the cut layer before it; the registration order must be the forward order")
+        raise ValueError(
+            f"slice_model: {name} reads {width} features, not a multiple of the {channels} channels of "
+            "the cut layer before it; the registration order must be the forward order"
+        )
     return kept * (width // channels)
 
 
@@ -108,8 +112,10 @@ def slice_model(model: nn.Module, width: float, example_input: torch.Tensor | No
             layer = _plain(m, w, None if m.bias is None else m.bias.detach()[:k])
             if m.norm is not None:
                 if not isinstance(m.norm, _BN):
-                    raise ValueError(f"slice_model: {name}.norm is {type(m.norm).__name__}; only BatchNorm can be "
-                                     "sliced channel by channel")
+                    raise ValueError(
+                        f"slice_model: {name}.norm is {type(m.norm).__name__}; only BatchNorm can be "
+                        "sliced channel by channel"
+                    )
                 layer = nn.Sequential(layer, _slice_bn(m.norm, k))
             new[name], cut, producer, bns_since = layer, (m.units, k), None, []
         elif isinstance(m, NestedDropout):
@@ -123,8 +129,10 @@ def slice_model(model: nn.Module, width: float, example_input: torch.Tensor | No
                     new[bn] = _slice_bn(modules[bn], k)
                 cut = (m.units, k)
             else:
-                raise ValueError(f"slice_model: {name} (NestedDropout over {m.units} channels) does not follow a "
-                                 f"Conv2d/Linear with {m.units} outputs")
+                raise ValueError(
+                    f"slice_model: {name} (NestedDropout over {m.units} channels) does not follow a "
+                    f"Conv2d/Linear with {m.units} outputs"
+                )
             new[name] = nn.Identity()
         elif isinstance(m, (nn.Conv2d, nn.Linear)) and type(m) in (nn.Conv2d, nn.Linear):
             weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
@@ -134,14 +142,18 @@ def slice_model(model: nn.Module, width: float, example_input: torch.Tensor | No
         elif isinstance(m, _BN):
             if cut is not None:
                 if m.num_features != cut[0]:
-                    raise ValueError(f"slice_model: {name} normalizes {m.num_features} channels, not the {cut[0]} "
-                                     "of the cut layer before it")
+                    raise ValueError(
+                        f"slice_model: {name} normalizes {m.num_features} channels, not the {cut[0]} "
+                        "of the cut layer before it"
+                    )
                 new[name] = _slice_bn(m, cut[1])
             elif producer is not None:
                 bns_since.append(name)
         elif cut is not None and (any(True for _ in m.parameters()) or any(True for _ in m.buffers())):
-            raise ValueError(f"slice_model: cannot slice through {name} ({type(m).__name__}); between a nested layer "
-                             "and its reader only parameter-free channel-wise modules and BatchNorm may run")
+            raise ValueError(
+                f"slice_model: cannot slice through {name} ({type(m).__name__}); between a nested layer "
+                "and its reader only parameter-free channel-wise modules and BatchNorm may run"
+            )
     for name, module in new.items():
         parent_name, _, attr = name.rpartition(".")
         parent = sliced.get_submodule(parent_name) if parent_name else sliced
@@ -158,6 +170,8 @@ def _check_equal(model: nn.Module, sliced: nn.Module, width: float, x: torch.Ten
     want, got = masked(x), sliced.eval()(x)
     sliced.train(mode)
     if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
-        raise ValueError(f"slice_model: the sliced model's outputs differ from the masked model's at width {width} "
-                         "(a module between a nested layer and its reader is not channel-wise, or the registration "
-                         "order is not the forward order)")
+        raise ValueError(
+            f"slice_model: the sliced model's outputs differ from the masked model's at width {width} "
+            "(a module between a nested layer and its reader is not channel-wise, or the registration "
+            "order is not the forward order)"
+        )

@@ -119,8 +119,12 @@ class ADMM:
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state: Z, U (per weight name), ρ and the step count."""
-        return {"z": dict(zip(self.names, self.z, strict=True)), "u": dict(zip(self.names, self.u, strict=True)),
-                "rho": self.rho, "steps": self.steps}
+        return {
+            "z": dict(zip(self.names, self.z, strict=True)),
+            "u": dict(zip(self.names, self.u, strict=True)),
+            "rho": self.rho,
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._check_live()
@@ -130,8 +134,10 @@ class ADMM:
         for name, m in zip(self.names, self.modules, strict=True):
             for key in ("z", "u"):
                 if tuple(state[key][name].shape) != tuple(m.weight.shape):
-                    raise ValueError(f"state[{key!r}][{name!r}]: shape {tuple(state[key][name].shape)} != the "
-                                     f"weight's {tuple(m.weight.shape)}")
+                    raise ValueError(
+                        f"state[{key!r}][{name!r}]: shape {tuple(state[key][name].shape)} != the "
+                        f"weight's {tuple(m.weight.shape)}"
+                    )
         self.z = [state["z"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.u = [state["u"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.rho, self.steps = float(state["rho"]), int(state["steps"])

@@ -50,8 +50,10 @@ class BlockSpec:
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(weight).__name__}")
         if weight.dim() < 2:
-            raise ValueError(f"{name}: shape {tuple(weight.shape)} has no input dimension; blocks need a 2-D or "
-                             "higher weight (Linear or Conv), not a bias or norm scale")
+            raise ValueError(
+                f"{name}: shape {tuple(weight.shape)} has no input dimension; blocks need a 2-D or "
+                "higher weight (Linear or Conv), not a bias or norm scale"
+            )
         if not weight.is_floating_point():
             raise ValueError(f"{name}: dtype {weight.dtype} is not floating point")
         if weight.shape[1] % self.size:
@@ -94,8 +96,10 @@ def check_fractions(unify: float, prune: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name}={value!r}: a fraction of blocks must be a number in [0, 1]")
     if float(unify) + float(prune) > 1.0 + 1e-12:
-        raise ValueError(f"unify={unify} + prune={prune} = {unify + prune:g} > 1: the fractions share the blocks of "
-                         "a layer; lower one of them so they sum to at most 1")
+        raise ValueError(
+            f"unify={unify} + prune={prune} = {unify + prune:g} > 1: the fractions share the blocks of "
+            "a layer; lower one of them so they sum to at most 1"
+        )
 
 
 def block_counts(num_blocks: int, unify: float, prune: float) -> tuple[int, int]:

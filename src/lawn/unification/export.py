@@ -43,8 +43,10 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict without the hardened weights' parametrization entries."""
-    owned = tuple(f"{name}.parametrizations.weight." if name else "parametrizations.weight."
-                  for name, _, _ in hardened_layers(model))
+    owned = tuple(
+        f"{name}.parametrizations.weight." if name else "parametrizations.weight."
+        for name, _, _ in hardened_layers(model)
+    )
     return {k: v for k, v in model.state_dict().items() if not k.startswith(owned)} if owned else model.state_dict()
 
 
@@ -54,8 +56,10 @@ def export(model: nn.Module, path: str | os.PathLike) -> None:
     for name, module, param in hardened_layers(model):
         plist = module.parametrizations.weight
         if len(plist) != 1:
-            raise ValueError(f"model: {name}.weight has other parametrizations stacked with the unification one; "
-                             "export only supports the unification parametrization alone")
+            raise ValueError(
+                f"model: {name}.weight has other parametrizations stacked with the unification one; "
+                "export only supports the unification parametrization alone"
+            )
         layers[name] = {
             "shape": list(param.shape),
             "kinds": pack_bits(param.kinds, 2),
@@ -67,8 +71,9 @@ def export(model: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError("model: nothing hardened to export; call ADMM.harden() or lawn.unification.harden() first")
     state = {k: v.detach().cpu().clone() for k, v in _plain_state(model).items()}
     size = next(iter(hardened_layers(model)))[2].size
-    torch.save({"format": FORMAT, "version": VERSION, "block_size": size, "layers": layers, "state": state},
-               os.fspath(path))
+    torch.save(
+        {"format": FORMAT, "version": VERSION, "block_size": size, "layers": layers, "state": state}, os.fspath(path)
+    )
 
 
 def _bad(path: str, what: str) -> ValueError:
@@ -96,8 +101,10 @@ def _decode_layer(path: str, name: str, entry: Any, size: int, weight: torch.Ten
         raise _bad(path, f"layer {name!r} has the wrong fields")
     shape = tuple(entry["shape"])
     if shape != tuple(weight.shape):
-        raise ValueError(f"{path}: layer {name!r} has shape {shape} in the file but {tuple(weight.shape)} in the "
-                         "model; load into a model of the same architecture")
+        raise ValueError(
+            f"{path}: layer {name!r} has shape {shape} in the file but {tuple(weight.shape)} in the "
+            "model; load into a model of the same architecture"
+        )
     if not all(isinstance(entry[k], torch.Tensor) for k in ("kinds", "dense", "magnitudes", "signs")):
         raise _bad(path, f"layer {name!r} holds non-tensors")
     num_blocks = math.prod(shape) // size
@@ -135,8 +142,10 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     for name, entry in blob["layers"].items():
         module = modules.get(name)
         if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise ValueError(f"{path}: layer {name!r} is not a module with a weight in the model; load into a model "
-                             "of the same architecture")
+            raise ValueError(
+                f"{path}: layer {name!r} is not a module with a weight in the model; load into a model "
+                "of the same architecture"
+            )
         decoded[name] = _decode_layer(path, name, entry, size, module.weight)
     # the model's plain state, with every hardened weight (in the file or already in the model) as "<name>.weight"
     expected = dict(_plain_state(model))
@@ -147,12 +156,16 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     state = blob["state"]
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"{path}: state does not match the model (missing {missing[:5]}, unexpected {extra[:5]}); "
-                         "load into a model of the same architecture")
+        raise ValueError(
+            f"{path}: state does not match the model (missing {missing[:5]}, unexpected {extra[:5]}); "
+            "load into a model of the same architecture"
+        )
     for key, value in state.items():
         if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
-            raise ValueError(f"{path}: {key!r} has shape {getattr(value, 'shape', None)} in the file but "
-                             f"{tuple(expected[key].shape)} in the model")
+            raise ValueError(
+                f"{path}: {key!r} has shape {getattr(value, 'shape', None)} in the file but "
+                f"{tuple(expected[key].shape)} in the model"
+            )
     # all checks passed: write
     with torch.no_grad():
         for name, module, _ in list(hardened_layers(model)):

@@ -62,15 +62,21 @@ class CompressionReport:
 
     def __str__(self) -> str:
         unit = "per sample" if self.per_sample else "per output position"
-        rows = [f"| layer | shape | dense / unified / pruned blocks | bits (vs fp32) | multiplies {unit} (vs dense) |",
-                "|---|---|---|---|---|"]
+        rows = [
+            f"| layer | shape | dense / unified / pruned blocks | bits (vs fp32) | multiplies {unit} (vs dense) |",
+            "|---|---|---|---|---|",
+        ]
         for r in self.layers:
-            rows.append(f"| {r.name} | {tuple(r.shape)} | {r.dense} / {r.unified} / {r.pruned} | "
-                        f"{r.bits:,} ({r.bits / r.dense_fp32_bits:.3f}) | "
-                        f"{r.multiplies:,} ({r.multiplies / max(r.dense_multiplies, 1):.3f}) |")
+            rows.append(
+                f"| {r.name} | {tuple(r.shape)} | {r.dense} / {r.unified} / {r.pruned} | "
+                f"{r.bits:,} ({r.bits / r.dense_fp32_bits:.3f}) | "
+                f"{r.multiplies:,} ({r.multiplies / max(r.dense_multiplies, 1):.3f}) |"
+            )
         rows.append(f"| other parameters | | | {self.other_bits:,} | {self.other_multiplies:,} |")
-        rows.append(f"| total | | | {self.bits:,} ({self.bits / self.dense_fp32_bits:.3f}) | "
-                    f"{self.multiplies:,} ({self.multiplies / max(self.dense_multiplies, 1):.3f}) |")
+        rows.append(
+            f"| total | | | {self.bits:,} ({self.bits / self.dense_fp32_bits:.3f}) | "
+            f"{self.multiplies:,} ({self.multiplies / max(self.dense_multiplies, 1):.3f}) |"
+        )
         return "\n".join(rows + [f"Note: {n}" for n in self.notes])
 
 
@@ -112,17 +118,29 @@ def compression_report(model: nn.Module, example_input: torch.Tensor | tuple | N
         numel = kinds.numel() * param.size
         per_position = n_dense * param.size + n_unified
         scale = positions.get(module, 1)
-        layers.append(LayerReport(
-            name=name, shape=param.shape, blocks=kinds.numel(), dense=n_dense, unified=n_unified, pruned=n_pruned,
-            bits=n_dense * param.size * dtype_bits + n_unified * (dtype_bits + param.size)
-            + KIND_MAP_BITS * kinds.numel(),
-            dense_fp32_bits=32 * numel, multiplies=per_position * scale, dense_multiplies=numel * scale))
+        layers.append(
+            LayerReport(
+                name=name,
+                shape=param.shape,
+                blocks=kinds.numel(),
+                dense=n_dense,
+                unified=n_unified,
+                pruned=n_pruned,
+                bits=n_dense * param.size * dtype_bits
+                + n_unified * (dtype_bits + param.size)
+                + KIND_MAP_BITS * kinds.numel(),
+                dense_fp32_bits=32 * numel,
+                multiplies=per_position * scale,
+                dense_multiplies=numel * scale,
+            )
+        )
     if not layers:
         raise ValueError("model: no hardened weights to report; call ADMM.harden() or lawn.unification.harden()")
     other = [p for p in model.parameters() if id(p) not in hardened_ids]
     other_bits = sum(p.numel() * (torch.finfo(p.dtype).bits if p.is_floating_point() else 32) for p in other)
-    other_mults = sum(m.weight.numel() * positions[m] for m in positions
-                      if not any(m is mod for _, mod, _ in hardened_layers(model)))
+    other_mults = sum(
+        m.weight.numel() * positions[m] for m in positions if not any(m is mod for _, mod, _ in hardened_layers(model))
+    )
     notes = ["multiplications are counts, not wall-clock time: no kernel exploiting unified blocks was built"]
     if example_input is None:
         notes.append("no example_input: multiplies are per output position of the hardened layers only")

@@ -45,19 +45,26 @@ def select_weights(
     else:
         if isinstance(params, (str, torch.Tensor)):
             params = [params]
-        by_id = {id(module.weight): name for name, module in model.named_modules()
-                 if isinstance(getattr(module, "weight", None), nn.Parameter)}
+        by_id = {
+            id(module.weight): name
+            for name, module in model.named_modules()
+            if isinstance(getattr(module, "weight", None), nn.Parameter)
+        }
         modules = dict(model.named_modules())
         for item in params:
             if isinstance(item, str):
                 name = item[: -len(".weight")] if item.endswith(".weight") else ("" if item == "weight" else None)
                 if name is None or name not in modules:
-                    raise ValueError(f"params: {item!r} is not the 'weight' of a module of the model; name weights "
-                                     "as in model.named_parameters(), e.g. 'conv2.weight'")
+                    raise ValueError(
+                        f"params: {item!r} is not the 'weight' of a module of the model; name weights "
+                        "as in model.named_parameters(), e.g. 'conv2.weight'"
+                    )
             elif isinstance(item, torch.Tensor):
                 if id(item) not in by_id:
-                    raise ValueError(f"params: a tensor of shape {tuple(item.shape)} is not the weight of any module "
-                                     "of the model (biases and norm scales cannot be blocked)")
+                    raise ValueError(
+                        f"params: a tensor of shape {tuple(item.shape)} is not the weight of any module "
+                        "of the model (biases and norm scales cannot be blocked)"
+                    )
                 name = by_id[id(item)]
             else:
                 raise TypeError(f"params: expected Parameters or names, got {type(item).__name__}")
@@ -68,13 +75,17 @@ def select_weights(
             if not isinstance(weight, torch.Tensor):
                 raise ValueError(f"params: module {name!r} has no weight tensor")
             if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                raise ValueError(f"params: {name}.weight belongs to a transposed conv, whose dim 1 is its output; "
-                                 "only Linear and Conv weights ((out, in, *kernel)) can be blocked")
+                raise ValueError(
+                    f"params: {name}.weight belongs to a transposed conv, whose dim 1 is its output; "
+                    "only Linear and Conv weights ((out, in, *kernel)) can be blocked"
+                )
             spec.check(weight, f"{name}.weight")
             if all(m is not module for _, m in chosen):
                 chosen.append((name, module))
     if not chosen:
         detail = f" (skipped, block size {spec.size} does not divide their input dim: {skipped})" if skipped else ""
-        raise ValueError(f"model: nothing to unify: no Linear or Conv weight the block size fits{detail}; "
-                         "choose a BlockSpec size that divides some layer's input dimension, or name weights in params")
+        raise ValueError(
+            f"model: nothing to unify: no Linear or Conv weight the block size fits{detail}; "
+            "choose a BlockSpec size that divides some layer's input dimension, or name weights in params"
+        )
     return chosen, skipped

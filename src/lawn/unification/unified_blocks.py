@@ -50,6 +50,8 @@ class UnifiedBlocks(nn.Module):
         return dense, magnitudes
 
     def extra_repr(self) -> str:
-        counts = {name: int((self.kinds == k).sum()) for name, k in (("dense", DENSE), ("unified", UNIFIED),
-                                                                     ("pruned", PRUNED))}
+        counts = {
+            name: int((self.kinds == k).sum())
+            for name, k in (("dense", DENSE), ("unified", UNIFIED), ("pruned", PRUNED))
+        }
         return f"shape={self.shape}, size={self.size}, blocks={counts}"
