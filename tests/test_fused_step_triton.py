@@ -163,9 +163,10 @@ def test_routing_sends_cuda_to_triton_cpu_to_cpp_and_the_rest_to_the_unfused_pat
 
     assert fused_step.backend(cpu) == "cpu"
     assert fused_step.backend(meta) is None
-    assert fused_step.backend(CudaLike()) == "triton"  # triton is installed (importorskip above)
+    assert fused_step.backend(CudaLike()) is None  # the default (fused=None): CUDA takes the torch-native path
+    assert fused_step.backend(CudaLike(), cuda=True) == "triton"  # fused=True; triton installed (importorskip)
     monkeypatch.setattr(fused_step, "triton_installed", lambda: False)
-    assert fused_step.backend(CudaLike()) is None
+    assert fused_step.backend(CudaLike(), cuda=True) is None
     assert fused_step.backend(cpu) == "cpu"
 
 
@@ -175,14 +176,14 @@ def test_takes_routes_a_weight_by_backend_and_checks_steps_device(monkeypatch):
     w = torch.nn.Parameter(torch.randn(3, 4))
     w.grad = torch.randn(3, 4)
     keys = fused_step._STATE_KEYS["adam"]
-    assert fused_step._takes(w, {}, keys) == "cpu"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys) == "cpu"
-    monkeypatch.setattr(fused_step, "backend", lambda t: "triton")
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys) == "triton"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys) is None
-    assert fused_step._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys) is None
+    assert fused_step._takes(w, {}, keys, False) == "cpu"
+    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "cpu"
+    monkeypatch.setattr(fused_step, "backend", lambda t, cuda=False: "triton")
+    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "triton"
+    assert fused_step._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys, True) is None
+    assert fused_step._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys, True) is None
     w.grad = None
-    assert fused_step._takes(w, {}, keys) is None
+    assert fused_step._takes(w, {}, keys, False) is None
 
 
 def test_import_lawn_does_not_import_triton():
@@ -205,3 +206,13 @@ def test_new_adam_state_puts_step_where_torch_does():
         state = fused_step._adam_state(w, {}, group)
         assert state["step"].device.type == device and state["step"].dtype == torch.float32
         assert state["exp_avg"].device.type == "meta" and ("max_exp_avg_sq" in state) == group["amsgrad"]
+
+
+def test_cuda_weights_take_the_triton_step_only_when_fused_is_true():
+    """Until a GPU run meets docs/performance_gpu.md's goals, ``fused=None`` keeps CUDA on the torch-native path."""
+    import lawn
+
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    for fused, cuda in ((None, False), (True, True)):
+        opt = lawn.LAWN(torch.optim.Adam([w], lr=1e-3), [w], free_steps=0, fused=fused)
+        assert opt._fused_step.cuda is cuda

@@ -192,7 +192,7 @@ def main(names: list[str]) -> int:
         raise AssertionError("the C++ kernel must not be built here")
 
     fused_step.build = no_cpp_build
-    fused_step.backend = lambda w: "triton"  # the interpreter runs the Triton kernels on CPU tensors
+    fused_step.backend = lambda w, cuda=False: "triton"  # the interpreter runs the Triton kernels on CPU tensors
     chosen = [c for c in cases() if not names or c.name in names]
     for case in chosen:
         print(json.dumps(run_case(case)), flush=True)

@@ -154,10 +154,11 @@ class NormConstraint(Optimizer):
             constrained step; falls back to the foreach path, with a warning, if compiling fails).
         fused: ``None`` (default): with a ``torch.optim.Adam``/``AdamW``/``SGD`` base, the constrained CPU fp32/bf16
             tensors' whole step (projection, base update, retraction) runs in the C++ kernel of
-            :mod:`lawn.constraint.fused_step`, and the CUDA ones' in its Triton kernels (where ``triton`` is
-            installed); every other tensor and base takes the foreach path. ``True``: the
-            same, and the remaining fp32 CPU tensors' projection and retraction go through the C++ kernel of
-            :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are built at first use (about a
+            :mod:`lawn.constraint.fused_step`; every other tensor (CUDA ones included) and base takes the foreach
+            path. ``True``: the same, CUDA fp32/bf16 tensors' whole step in the Triton kernels of
+            :mod:`lawn.constraint.fused_step_triton` (where ``triton`` is installed; opt-in until a GPU run meets
+            the goals in docs/performance_gpu.md), and the remaining fp32 CPU tensors' projection and retraction
+            through the C++ kernel of :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are built at first use (about a
             minute, then cached); if building fails, one warning and the foreach path.
 
     Target norms must lie in ``[1e-12, 1e12]`` (checked at the switch). Methods of the base optimizer that
@@ -269,7 +270,7 @@ class NormConstraint(Optimizer):
         self._fused = fused is True
         # lawn.constraint.fused_step: the fused constrained step for the bases it implements (None: not used)
         use_fused_step = fused is not False and not compiled and foreach is not False
-        self._fused_step = FusedStep.for_base(base) if use_fused_step else None
+        self._fused_step = FusedStep.for_base(base, cuda=fused is True) if use_fused_step else None
         self._switch_failed = False  # a switch raised: the next step() retries it before changing anything
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()

@@ -81,13 +81,16 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def backend(w: torch.Tensor) -> str | None:
-    """Which kernel takes a weight on ``w``'s device: ``"cpu"`` (C++), ``"triton"`` (CUDA, where ``triton`` is
-    installed), else ``None`` (the unfused path)."""
+def backend(w: torch.Tensor, cuda: bool = False) -> str | None:
+    """Which kernel takes a weight on ``w``'s device: ``"cpu"`` (C++), ``"triton"`` (CUDA, only when asked for with
+    ``cuda=True``, i.e. ``fused=True``, and where ``triton`` is installed), else ``None`` (the unfused path).
+
+    CUDA weights default to the torch-native path until a hardware run meets the goals in
+    docs/performance_gpu.md; the Triton step is opt-in until then."""
     kind = w.device.type
     if kind == "cpu":
         return "cpu"
-    if kind == "cuda" and triton_installed():
+    if kind == "cuda" and cuda and triton_installed():
         return "triton"
     return None
 
@@ -138,14 +141,14 @@ def _like(t: Any, w: torch.Tensor) -> bool:
     return isinstance(t, torch.Tensor) and t.dtype == w.dtype and t.device == w.device and t.stride() == w.stride()
 
 
-def _takes(p: torch.Tensor, state: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+def _takes(p: torch.Tensor, state: dict[str, Any], keys: tuple[str, ...], cuda: bool) -> str | None:
     """The backend (:func:`backend`) that takes ``p``: an fp32/bf16 dense weight on a device a kernel serves, whose
     gradient and existing state tensors share its dtype and layout; ``None`` if no kernel takes it."""
     g = p.grad
     if g is None:
         return None
     w = p.detach()  # attribute reads on a plain tensor skip nn.Parameter's __torch_function__ (~1 µs each)
-    where = backend(w)
+    where = backend(w, cuda)
     if where is None or w.dtype not in _DTYPES or is_dtensor(p) or not _dense(w):
         return None
     if g.is_sparse or not _like(g, w) or g.shape != w.shape:
@@ -188,13 +191,14 @@ _STATE_KEYS = {"adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), "sgd": ("mom
 class FusedStep:
     """LAWN's constrained step for one engine whose base the kernel implements (see the module docstring)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, cuda: bool = False) -> None:
         self.kind = kind
+        self.cuda = cuda  # CUDA weights to the Triton kernels (fused=True); else they take the unfused path
 
     @classmethod
-    def for_base(cls, base: torch.optim.Optimizer) -> FusedStep | None:
+    def for_base(cls, base: torch.optim.Optimizer, cuda: bool = False) -> FusedStep | None:
         kind = base_kind(base)
-        return None if kind is None else cls(kind)
+        return None if kind is None else cls(kind, cuda)
 
     def step(self, engine: NormConstraint) -> bool:
         """Run the constrained step (the constrained phase): fused where the kernel takes a tensor, the engine's
@@ -206,7 +210,11 @@ class FusedStep:
             keys = _STATE_KEYS[self.kind]
             ok = _group_supported(self.kind, group)
             mine = [
-                (j, p, _takes(p, engine.state.get(p, {}), keys) if ok and p not in engine._row_dims else None)
+                (
+                    j,
+                    p,
+                    _takes(p, engine.state.get(p, {}), keys, self.cuda) if ok and p not in engine._row_dims else None,
+                )
                 for j, p in constrained
             ]
             chosen.append([(j, p, b) for j, p, b in mine if b is not None])
