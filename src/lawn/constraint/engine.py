@@ -158,8 +158,8 @@ class NormConstraint(Optimizer):
             path. ``True``: the same, CUDA fp32/bf16 tensors' whole step in the Triton kernels of
             :mod:`lawn.constraint.fused_step_triton` (where ``triton`` is installed; opt-in until a GPU run meets
             the goals in docs/performance_gpu.md), and the remaining fp32 CPU tensors' projection and retraction
-            through the C++ kernel of :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are built at first use (about a
-            minute, then cached); if building fails, one warning and the foreach path.
+            through the C++ kernel of :mod:`lawn.constraint.fused`. ``False``: neither kernel. The kernels are
+            built at first use (about a minute, then cached); if building fails, one warning and the foreach path.
 
     Target norms must lie in ``[1e-12, 1e12]`` (checked at the switch). Methods of the base optimizer that
     LAWN does not define (ScheduleFree's ``train()`` / ``eval()``, ...) are forwarded to it.
