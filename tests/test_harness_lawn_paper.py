@@ -75,3 +75,42 @@ def test_new_fields_keep_old_keys_and_are_checked():
         RunConfig.from_dict({**TINY, "rewarmup_fraction": 0.1, "schedule": "step"})
     with pytest.raises(ValueError, match="auto_threshold"):
         RunConfig.from_dict({**TINY, "auto_threshold": 1.0})
+
+
+@pytest.mark.parametrize("baseline", ["plain", "wd", "wrs"])
+def test_schedule_control_gives_a_baseline_lawns_learning_rates_step_by_step(baseline):
+    """``rewarmup_all``: a method without a switch re-warms up where LAWN (same ``free_fraction``) switches."""
+    from lawn.harness.schedule import build_scheduler
+
+    fields = {**TINY, "rewarmup_fraction": 0.2, "rewarmup_all": True, "free_fraction": 0.3, "lr": 0.1}
+    total = 40
+    lrs = {}
+    for method in ("lawn", baseline):
+        extra = {"weight_decay": 1e-4} if method == "wd" else {}
+        config = RunConfig.from_dict({**fields, "method": method, **extra})
+        model = build_model("mlp", load_data(config), config.width)
+        x = torch.randn(4, 64)
+        opt = build_optimizer(config, model, constrained_params(model, x), config.lr, total, example_inputs=x)
+        scheduler = build_scheduler(opt, config, total)
+        seen = []
+        for _ in range(total):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()  # no gradients: only the schedule and LAWN's step counter move
+            scheduler.step()
+        lrs[method] = seen
+    assert lrs[baseline] == lrs["lawn"]
+    switch = round(0.3 * total)
+    assert lrs[baseline][switch] == pytest.approx(0.1 * (0.1 + 0.9 / round(0.2 * total)))  # the re-warm-up starts
+    plain = RunConfig.from_dict({**fields, "method": baseline, "rewarmup_all": False, **extra})
+    assert plain.key() != RunConfig.from_dict({**fields, "method": baseline, **extra}).key()
+
+
+def test_schedule_control_is_checked_and_keeps_old_keys():
+    assert RunConfig.from_dict(TINY).key() == RunConfig.from_dict({**TINY, "rewarmup_all": False}).key()
+    with pytest.raises(ValueError, match="rewarmup_all.*rewarmup_fraction > 0"):
+        RunConfig.from_dict({**TINY, "rewarmup_all": True})
+
+
+def test_adamp_is_a_base_optimizer_of_the_harness():
+    row = train(RunConfig.from_dict({**TINY, "optimizer": "adamp", "method": "wd", "weight_decay": 1e-2}))
+    assert not row["diverged"] and row["history"][-1]["train_loss"] < row["history"][1]["train_loss"]

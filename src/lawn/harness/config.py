@@ -50,6 +50,7 @@ LATE_FIELDS = (
     "afan_bn",
     "afan_direction",
     "eval_noise_std",
+    "rewarmup_all",
 )
 
 
@@ -85,6 +86,7 @@ class RunConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)
     step_gamma: float = 0.1
     rewarmup_fraction: float = 0.0  # > 0: LAWN methods (only) get lawn.LAWNSchedule, see harness.schedule
+    rewarmup_all: bool = False  # the same three-phase shape for methods without a switch (at free_fraction × T)
     # LAWN
     free_fraction: float = 0.2
     granularity: str = "tensor"
@@ -291,6 +293,11 @@ def _validate(c: RunConfig) -> None:
     _check(
         c.rewarmup_fraction == 0.0 or c.schedule in ("cosine", "constant"),
         f"rewarmup_fraction: the three-phase schedule decays by 'cosine' or 'constant', got schedule={c.schedule!r}",
+    )
+    _check(
+        not c.rewarmup_all or c.rewarmup_fraction > 0.0,
+        "rewarmup_all: gives every method the three-phase schedule, which needs rewarmup_fraction > 0 "
+        f"(got rewarmup_fraction={c.rewarmup_fraction})",
     )
     _check(0.0 < c.auto_threshold < 1.0, f"auto_threshold: must be in (0, 1), got {c.auto_threshold}")
     _check(c.auto_checks >= 1, f"auto_checks: must be >= 1, got {c.auto_checks}")

@@ -1,7 +1,8 @@
 """Base optimizers by name. LAMB and LARS come from ``pytorch_optimizer`` (not rewritten here).
 
 Weight decay means what each optimizer's own ``weight_decay`` means: L2 added to the gradient for SGD, Adam
-and LARS; decoupled decay for AdamW and LAMB. With ``weight_decay = 0`` AdamW is Adam.
+and LARS; decoupled decay for AdamW, LAMB and AdamP. With ``weight_decay = 0`` AdamW is Adam. AdamP (Heo et
+al., 2021) is Adam with a radial projection of the update for scale-invariant weights, LAWN's closest peer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def _lamb(params: Iterable, lr: float, weight_decay: float, momentum: float) -> 
     return Lamb(params, lr=lr, weight_decay=weight_decay)
 
 
+def _adamp(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
+    from pytorch_optimizer import AdamP
+
+    return AdamP(params, lr=lr, weight_decay=weight_decay)
+
+
 def _lars(params: Iterable, lr: float, weight_decay: float, momentum: float) -> Optimizer:
     from pytorch_optimizer import LARS
 
@@ -41,6 +48,7 @@ OPTIMIZERS: dict[str, Callable[[Iterable, float, float, float], Optimizer]] = {
     "adam": _adam,
     "adamw": _adamw,
     "lamb": _lamb,
+    "adamp": _adamp,
     "lars": _lars,
 }
 

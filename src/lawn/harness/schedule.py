@@ -9,6 +9,10 @@ With ``rewarmup_fraction > 0`` a LAWN optimizer (other methods have no switch: t
 gets :class:`lawn.LAWNSchedule` instead (the paper's three
 phases): the same warm-up, then ``1`` until LAWN's switch, a re-warm-up over ``round(rewarmup_fraction × T)``
 steps from 0.1 of the value back to it, then the ``schedule``'s decay (cosine to 0, or constant) to ``T``.
+
+``rewarmup_all = True`` is the schedule control: every other method gets the same three-phase shape, its
+re-warm-up at step ``round(free_fraction × T)``, where a LAWN method with that ``free_fraction`` switches
+(``lawn.lawn_schedule_factor`` with that switch step), so a baseline and LAWN differ only in the constraint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 import lawn
 from lawn.harness.config import RunConfig
+from lawn.schedule import lawn_schedule_factor
 
 _EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 
@@ -64,6 +69,15 @@ def build_scheduler(optimizer: Optimizer, config: RunConfig, total_steps: int) -
             warmup_steps=warmup,
             rewarmup_steps=max(1, int(round(config.rewarmup_fraction * total_steps))),
             decay=config.schedule,
+        )
+    if config.rewarmup_all and config.rewarmup_fraction > 0.0:
+        switch = int(round(config.free_fraction * total_steps))
+        rewarmup = max(1, int(round(config.rewarmup_fraction * total_steps)))
+        return LambdaLR(
+            optimizer,
+            lambda step: lawn_schedule_factor(
+                step, total_steps, switch, warmup_steps=warmup, rewarmup_steps=rewarmup, decay=config.schedule
+            ),
         )
     return LambdaLR(
         optimizer,

@@ -1,0 +1,44 @@
+"""Fresh seeds at a pilot's choice (``lawn.harness.pilot.PilotSelected``), on constructed pilot rows."""
+
+import pytest
+
+from lawn.harness.pilot import PilotSelected
+from lawn.harness.sweep import SweepSpec
+
+SPEC = {
+    "base": {"dataset": "digits", "width": 4, "epochs": 1},
+    "optimizers": ["sgd", "adam"],
+    "methods": ["plain", "lawn"],
+    "batch_sizes": [16, 64],
+    "lrs": {"sgd": [0.01, 0.1, 1.0], "adam": [1e-3, 1e-2, 1e-1]},
+    "grids": {"lawn": {"free_fraction": [0.1, 0.3]}},
+}
+
+
+def pilot_rows(best_lr: dict[str, float]) -> list[dict]:
+    """One row per grid point (seed 0): validation peaks at ``best_lr[optimizer]``, free_fraction 0.3 best."""
+    rows = []
+    for config, tuned in SweepSpec.from_dict({**SPEC, "seeds": [0]}).expand():
+        score = -abs(config.lr - best_lr[config.optimizer]) - (config.free_fraction != 0.3) * 1e-3
+        rows.append({"config": config.to_dict(), "tuned": tuned, "val_metric": 0.9 + score, "test_metric": 0.5})
+    return rows
+
+
+def test_fresh_seeds_run_only_the_points_the_pilot_chose():
+    main = SweepSpec.from_dict({**SPEC, "seeds": [1, 2, 3]})
+    runs = PilotSelected(main, pilot_rows({"sgd": 0.1, "adam": 1e-2})).expand()
+    assert len(runs) == 3 * 2 * 2 * 2  # seeds x optimizers x batch sizes x methods: one point each
+    for config, tuned in runs:
+        assert config.lr == {"sgd": 0.1, "adam": 1e-2}[config.optimizer]
+        assert config.method == "plain" or config.free_fraction == 0.3
+        assert tuned == (["lr", "free_fraction"] if config.method == "lawn" else ["lr"])
+    assert sorted({c.seed for c, _ in runs}) == [1, 2, 3]
+
+
+def test_an_unfinished_or_missing_pilot_is_refused():
+    main = SweepSpec.from_dict({**SPEC, "seeds": [1]})
+    rows = pilot_rows({"sgd": 0.1, "adam": 1e-2})
+    with pytest.raises(ValueError, match="covered 2 of the grid's 3 points"):
+        PilotSelected(main, [r for r in rows if not (r["config"]["method"] == "plain" and r["config"]["lr"] == 1.0)])
+    with pytest.raises(ValueError, match="no pilot row for the setting of adam"):
+        PilotSelected(main, [r for r in rows if r["config"]["optimizer"] == "sgd"])
