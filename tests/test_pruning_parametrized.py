@@ -138,3 +138,27 @@ def test_hugging_face_conv1d_counts_as_prunable():
     lawn.apply_masks(model, masks)
     report = lawn.sparsity_report(model, list(masks))
     assert report["total"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_correlation_reads_a_parametrized_model_by_its_weights():
+    model = _normed("weight_norm")
+    initial = copy.deepcopy(model)
+    result = lawn.weight_correlation(initial, model)
+    assert "2.weight" in result["layers"]
+    assert result["layers"]["2.weight"]["cosine"] == pytest.approx(1.0)
+
+
+def test_rewind_and_reinitialize_keep_a_tied_weight_tied():
+    torch.manual_seed(0)
+    model = TiedLM()
+    theta0 = copy.deepcopy(model.state_dict())
+    masks = lawn.magnitude_masks(model, 0.5, params="all")
+    lawn.apply_masks(model, masks)
+    _train(model)
+    lawn.rewind(model, theta0)
+    assert model.head.parametrizations.weight.original is model.emb.parametrizations.weight.original
+    kept = masks["head.weight"]
+    assert torch.equal(model.head.weight[kept], theta0["head.weight"][kept])
+    lawn.reinitialize(model, seed=1)
+    assert model.head.parametrizations.weight.original is model.emb.parametrizations.weight.original
+    assert bool((model.emb.weight[~kept] == 0).all())
