@@ -99,6 +99,10 @@ def test_reading_masks_of_a_parametrized_model_changes_nothing(kind):
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # spectral_norm's _u/_v untouched
     assert model[2].parametrizations.weight.training  # its mode restored
+    lawn.apply_masks(model, masks)  # applying runs no power iteration either
+    for key, value in before.items():
+        if key.endswith(("_u", "_v")):
+            assert torch.equal(model.state_dict()[key], value), key
 
 
 @pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm"])

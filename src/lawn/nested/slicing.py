@@ -79,24 +79,12 @@ _ELEMENTWISE = (
     nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.LogSigmoid, nn.Tanhshrink,
     nn.Identity,
 )  # fmt: skip
+# a constant map stays that constant through these; dropout is the identity in eval
 _PASS = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-    nn.Flatten,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)  # fmt: skip  (a constant map stays that constant; dropout is the identity in eval)
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
 _AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
 
@@ -149,7 +137,9 @@ def _input_columns(name: str, module: nn.Module, cut: _Cut) -> int:
     return cut.kept * (width // cut.channels)
 
 
-def _folded_bias(name: str, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, cut: _Cut):
+def _folded_bias(
+    name: str, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, cut: _Cut
+) -> torch.Tensor | None:
     """The reader's bias plus what its dropped input channels contribute: ``b + W[:, dropped] · c``."""
     if cut.is_zero:
         return bias
@@ -161,10 +151,10 @@ def _folded_bias(name: str, module: nn.Module, weight: torch.Tensor, bias: torch
                 "a constant channel into a position-dependent input, which no bias can hold. Put the BatchNorm "
                 "inside the nested layer (norm=nn.BatchNorm2d(...)) or use a NestedDropout after the activation"
             )
-        extra = weight[:, cut.kept :].to(torch.float64).sum(dim=(2, 3)) @ cut.const
+        extra = weight[:, cut.kept :].to(torch.float64).sum(dim=(2, 3)) @ cut.const.to(weight.device)
     else:
         per = weight.shape[1] // cut.channels
-        extra = weight[:, cut.kept * per :].to(torch.float64) @ cut.const.repeat_interleave(per)
+        extra = weight[:, cut.kept * per :].to(torch.float64) @ cut.const.to(weight.device).repeat_interleave(per)
     base = torch.zeros_like(extra) if bias is None else bias.to(torch.float64)
     return (base + extra).to(weight.dtype)
 
@@ -175,7 +165,8 @@ def _through(name: str, m: nn.Module, cut: _Cut) -> _Cut:
         if isinstance(m, nn.PReLU) and m.weight.numel() != 1:
             raise ValueError(f"slice_model: cannot slice through {name} (PReLU with one slope per channel)")
         with torch.no_grad():
-            const = m(cut.const.to(next(m.parameters(), cut.const).dtype)).to(torch.float64)
+            like = next(m.parameters(), cut.const)
+            const = m(cut.const.to(like.device, like.dtype)).to(torch.float64)
         return _Cut(cut.channels, cut.kept, const)
     if isinstance(m, _PASS):
         return cut
@@ -207,7 +198,7 @@ def _bn_const(name: str, bn: _BN, cut: _Cut) -> torch.Tensor:
         )
     k = cut.kept
     mean, var = bn.running_mean[k:].double(), bn.running_var[k:].double()
-    out = (cut.const - mean) / torch.sqrt(var + bn.eps)
+    out = (cut.const.to(mean.device) - mean) / torch.sqrt(var + bn.eps)
     if bn.weight is not None:
         out = out * bn.weight.detach()[k:].double()
     if bn.bias is not None:
@@ -231,7 +222,7 @@ def _slice_depthwise(name: str, m: nn.Conv2d, cut: _Cut) -> tuple[nn.Module, _Cu
         )
     weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
     k = cut.kept * mult
-    const = cut.const.repeat_interleave(mult) * weight[k:].to(torch.float64).sum(dim=(1, 2, 3))
+    const = cut.const.to(weight.device).repeat_interleave(mult) * weight[k:].to(torch.float64).sum(dim=(1, 2, 3))
     if bias is not None:
         const = const + bias[k:].to(torch.float64)
     new = nn.Conv2d(
