@@ -100,15 +100,14 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str
     return checked
 
 
-def _sites_of(model: nn.Module, name: str) -> list[tuple[nn.Module, str]]:
-    """Every (module, tensor) that holds the stored tensor behind ``name``, each module once."""
+def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """``{name: every (module, tensor) that holds the same stored tensor}``, each module once (tied names share
+    one list). Masking keeps the stored tensor, so this stays valid while masks are applied."""
     sites = tensor_sites(model)
-    target = stored_identity(*sites[name])
-    out: dict[tuple[int, str], tuple[nn.Module, str]] = {}
+    by_identity: dict[int, dict[tuple[int, str], tuple[nn.Module, str]]] = {}
     for module, tensor in sites.values():
-        if stored_identity(module, tensor) == target:
-            out.setdefault((id(module), tensor), (module, tensor))
-    return list(out.values())
+        by_identity.setdefault(stored_identity(module, tensor), {}).setdefault((id(module), tensor), (module, tensor))
+    return {name: list(by_identity[stored_identity(*site)].values()) for name, site in sites.items()}
 
 
 @torch.no_grad()
@@ -119,8 +118,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
     before anything changes. Returns ``model``.
     """
     checked = check_masks(model, masks)
+    holders = _holders(model)
     for name, mask in checked.items():
-        sites = _sites_of(model, name)
+        sites = holders[name]
         existing = [_mask_module(module, tensor) for module, tensor in sites]
         shared = next((e for e in existing if e is not None), None)
         if shared is None:
@@ -144,7 +144,8 @@ def remove_masks(model: nn.Module, bake: bool = True) -> nn.Module:
     """Take every mask off ``model``; with ``bake`` the weights keep their masked values (zeros in place),
     without it the stored weights come back. A tensor masked *and* otherwise parametrized (weight_norm, …)
     loses only its mask with ``bake=False``; ``bake=True`` refuses it (its stored form cannot hold the zeros)."""
-    masked = [(name, *tensor_sites(model)[name]) for name in current_masks(model)]
+    sites = tensor_sites(model)
+    masked = [(name, *sites[name]) for name in current_masks(model)]
     if bake:
         for name, module, tensor in masked:
             if len(module.parametrizations[tensor]) != 1:
