@@ -342,3 +342,76 @@ def test_harness_afan_fields_keep_earlier_keys_and_are_checked() -> None:
 
     with pytest.raises(ValueError, match=r"unknown module 'stages\.9'.*stages\.0"):
         train(RunConfig.from_dict({**TINY, "method": "afan", "afan_layer": "stages.9"}))
+
+
+# ---------------------------------------------------------------------- BatchNorm before the split, no_grad, tokens
+def test_bn_update_updates_the_layers_before_the_split_once() -> None:
+    model, x, y = make()
+    plain = copy.deepcopy(model)
+    AFAN(model, "stem", steps=3, step_size=0.1, strengths=(0.5, 1.0), bn="update").loss(x, y, F.cross_entropy)
+    plain(x)  # one clean training-mode pass
+    assert int(model.stem[1].num_batches_tracked) == 1  # h is computed once, as in the released code
+    torch.testing.assert_close(model.stem[1].running_mean, plain.stem[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(model.stem[1].running_var, plain.stem[1].running_var, rtol=0, atol=0)
+    assert int(model.block[1].num_batches_tracked) == 1 + 3 + 2  # after the split: every pass
+
+
+def test_loss_under_no_grad_attacks_and_comes_back_without_a_graph() -> None:
+    model, x, y = make()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        loss, pieces = AFAN(model, "stem", steps=3, step_size=0.05).loss(x, y, F.cross_entropy)
+    assert not loss.requires_grad
+    assert torch.all(pieces.attack_losses[1:] > pieces.attack_losses[:-1])  # the attack still ascended
+    expected, _ = AFAN(reference, "stem", steps=3, step_size=0.05).loss(x, y, F.cross_entropy)
+    torch.testing.assert_close(loss, expected.detach())
+    assert torch.is_grad_enabled()
+
+
+class TokenNet(nn.Module):
+    """Token features (B, T, H): embedding → linear (the split) → masked mean → head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.masks_seen = 0
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.tanh(self.mix(self.embed(tokens)))
+        if attention_mask is not None:
+            self.masks_seen += 1
+            h = h * attention_mask[..., None]
+        return self.head(h.mean(dim=1))
+
+
+def test_keyword_inputs_reach_the_model_in_every_pass() -> None:
+    torch.manual_seed(0)
+    model = TokenNet()
+    tokens, y = torch.randint(0, 11, (4, 5)), torch.randint(0, 3, (4,))
+    mask = torch.ones(4, 5)
+    mask[:, 3:] = 0
+    loss, _ = AFAN(model, "mix", steps=2, step_size=0.1, strengths=(0.5, 1.0)).loss(
+        tokens, y, F.cross_entropy, attention_mask=mask
+    )
+    assert model.masks_seen == 1 + 2 + 2  # clean, attack steps, one per strength
+    loss.backward()
+
+
+def test_position_normalization_takes_the_hidden_dim_of_token_features() -> None:
+    torch.manual_seed(0)
+    model = TokenNet()
+    tokens, y = torch.randint(0, 11, (4, 5)), torch.randint(0, 3, (4,))
+    inferred = AFAN(model, "mix", steps=2, step_size=0.1, normalize="position")
+    assert inferred.channel_dim == -1  # a Linear makes (B, T, H): channels last
+    assert AFAN(make()[0], "stem", normalize="position").channel_dim == 1  # a conv block: (B, C, H, W)
+    explicit_last = AFAN(model, "mix", steps=2, step_size=0.1, normalize="position", channel_dim=2)
+    tokens_dim = AFAN(model, "mix", steps=2, step_size=0.1, normalize="position", channel_dim=1)
+    a, _ = inferred.loss(tokens, y, F.cross_entropy)
+    b, _ = explicit_last.loss(tokens, y, F.cross_entropy)
+    c, _ = tokens_dim.loss(tokens, y, F.cross_entropy)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="channel_dim"):
+        AFAN(model, "mix", normalize="position", channel_dim=0)

@@ -14,7 +14,10 @@ starting from 0 (or a uniform random start)::
 ``N`` is the "normalization" half: ``None`` feeds ``h + s·δ`` itself (the released classification code);
 ``"position"`` is the released moment swap: ``h`` normalized by its own mean and std over channels (per
 sample, per position) and rescaled with those of ``h + s·δ``; ``"batch"`` does the same with per-channel
-batch statistics (mean and std over every dimension but the channel dimension 1). With ``w = 0.5``, one
+batch statistics (mean and std over every dimension but the channel dimension). The channel dimension is
+``channel_dim``, or inferred from the layers up to the split: 1 after a conv / BatchNorm / GroupNorm (maps
+``(B, C, …)``), the last after a Linear / LayerNorm / Embedding (token features ``(B, T, H)``); 1 when
+nothing tells. With ``w = 0.5``, one
 strength ``s = 1`` and ``normalize=None`` this is the released recipe ``(ℓ_clean + ℓ_adv) / 2``.
 
 ``direction="random"`` is the control: ``δ = r · sign(ξ)``, ``ξ ~ N(0, I)``, with ``r = steps · step_size``
@@ -29,10 +32,16 @@ split now, backward later); plus ``steps + len(strengths)`` forwards of the part
 
 BatchNorm (``bn``): with ``"freeze"`` (default) the extra passes normalize with their own batch statistics
 (as in training) but leave the running statistics alone, so those stay exactly what plain training on the
-clean batches would give. The released code (``"update"``) lets every attack pass update them: the
+clean batches would give. The released code (``"update"``) computes ``h`` once, so the BatchNorm layers
+before the split update once per call, and lets every pass after the split update the ones after it: their
 statistics used at test time then mix in adversarial features, and each step counts ``steps + 2`` updates
-of the same batch, which shortens the running average's memory by that factor. Evaluation runs on clean
-data, so we keep its statistics clean.
+of the same batch, which shortens the running average's memory by that factor. ``"update"`` reproduces
+exactly that (our extra passes rerun the part before the split, but its BatchNorm layers do not update
+there). Evaluation runs on clean data, so we keep its statistics clean.
+
+Gradients: the attack needs ``∇_δ``, so it runs with gradients on even inside ``torch.no_grad()``; the
+returned loss then carries no graph (an evaluation of the A-FAN loss). Keyword arguments of
+:meth:`AFAN.loss` (``attention_mask=…``) reach the model in every pass.
 """
 
 from __future__ import annotations
@@ -84,15 +93,23 @@ def moment_swap(clean: torch.Tensor, adversarial: torch.Tensor, dims: Sequence[i
     return (clean - mean_c) / std_c * std_a + mean_a
 
 
-def normalize_feature(clean: torch.Tensor, adversarial: torch.Tensor, mode: Normalize) -> torch.Tensor:
+def normalize_feature(
+    clean: torch.Tensor, adversarial: torch.Tensor, mode: Normalize, channel_dim: int = 1
+) -> torch.Tensor:
     """The feature fed after the split: ``adversarial`` (``None``), or ``clean`` with the adversarial
-    feature's moments over channels per sample and position (``"position"``) or per channel over the batch
-    and positions (``"batch"``)."""
+    feature's moments over channels (dim ``channel_dim``) per sample and position (``"position"``) or per
+    channel over the batch and positions (``"batch"``)."""
     if mode is None:
         return adversarial
+    if not -clean.dim() <= channel_dim < clean.dim() or channel_dim % clean.dim() == 0:
+        raise ValueError(
+            f"channel_dim: {channel_dim} is not a channel dimension of a feature of shape {tuple(clean.shape)} "
+            "(dim 0 is the batch)"
+        )
+    channel_dim %= clean.dim()
     if mode == "position":
-        return moment_swap(clean, adversarial, (1,))
-    return moment_swap(clean, adversarial, [d for d in range(clean.dim()) if d != 1])
+        return moment_swap(clean, adversarial, (channel_dim,))
+    return moment_swap(clean, adversarial, [d for d in range(clean.dim()) if d != channel_dim])
 
 
 class AFAN:
@@ -107,6 +124,7 @@ class AFAN:
         random_start: start from ``δ ~ U(−r, r)``, ``r = eps`` or ``step_size`` when ``eps`` is ``None``.
         strengths: the ``s`` in ``h + s·δ``, each in (0, 1]; the adversarial loss averages over them.
         normalize: ``None``, ``"position"`` (the released moment swap) or ``"batch"`` (see the module doc).
+        channel_dim: the feature's channel dimension for ``normalize`` (``None``: inferred, see the module doc).
         adv_weight: ``w`` in ``(1 − w) ℓ_clean + w ℓ_adv``, in [0, 1] (``0``: the plain loss).
         bn: ``"freeze"`` (extra passes leave BatchNorm running statistics alone) or ``"update"`` (released).
         direction: ``"adversarial"`` or ``"random"`` (the random-sign control of the same size).
@@ -132,6 +150,7 @@ class AFAN:
         adv_weight: float = 0.5,
         bn: BNMode = "freeze",
         direction: Direction = "adversarial",
+        channel_dim: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -154,6 +173,12 @@ class AFAN:
             raise ValueError(f"bn: expected 'freeze' or 'update', got {bn!r}")
         if direction not in ("adversarial", "random"):
             raise ValueError(f"direction: expected 'adversarial' or 'random', got {direction!r}")
+        if channel_dim is not None and (
+            isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or channel_dim == 0
+        ):
+            raise ValueError(
+                f"channel_dim: expected None (inferred) or a non-zero int (0 is the batch), got {channel_dim!r}"
+            )
         self.model = model
         self.layer = layer
         self.module = _resolve(model, layer)
@@ -166,7 +191,9 @@ class AFAN:
         self.adv_weight = float(adv_weight)
         self.bn = bn
         self.direction = direction
+        self.channel_dim = _infer_channel_dim(model, self.module) if channel_dim is None else channel_dim
         self._checked = False
+        self._grad_after_split = True
 
     # ------------------------------------------------------------------ public
     @property
@@ -182,19 +209,21 @@ class AFAN:
         attack = self.steps if self.direction == "adversarial" else 0
         return attack + len(self.strengths)
 
-    def loss(self, x: Any, y: Any, criterion: Criterion) -> tuple[torch.Tensor, AFANPieces]:
+    def loss(self, x: Any, y: Any, criterion: Criterion, **model_kwargs: Any) -> tuple[torch.Tensor, AFANPieces]:
         """The A-FAN training loss on batch ``(x, y)`` and its pieces; call ``backward()`` on the first.
 
-        ``criterion(output, y)`` must return a scalar. Forward hooks on ``layer`` live only during this
-        call (removed on return and on error).
+        ``criterion(output, y)`` must return a scalar; every pass calls ``model(x, **model_kwargs)``. Forward
+        hooks on ``layer`` live only during this call (removed on return and on error). Under
+        ``torch.no_grad()`` the attack still gets its gradient and the loss comes back without a graph.
         """
         if not self.active:
-            output = self.model(x)
+            output = self.model(x, **model_kwargs)
             clean = criterion(output, y)
             return clean, AFANPieces(output, clean, None)
         snapshot = None if self._checked else _buffers(self.model)
+        self._grad_after_split = torch.is_grad_enabled()
         try:
-            result = self._loss(x, y, criterion)
+            result = self._loss(x, y, criterion, model_kwargs)
         except Exception:
             if snapshot is not None:  # a bad split found on the first call: leave the model as it was
                 _restore(self.model, snapshot)
@@ -203,14 +232,14 @@ class AFAN:
         return result
 
     # ------------------------------------------------------------------ internals
-    def _loss(self, x: Any, y: Any, criterion: Criterion) -> tuple[torch.Tensor, AFANPieces]:
+    def _loss(self, x: Any, y: Any, criterion: Criterion, kwargs: dict[str, Any]) -> tuple[torch.Tensor, AFANPieces]:
         captured: list[torch.Tensor] = []
 
         def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
             captured.append(output)
 
         with _hooked(self.module, capture):
-            output = self.model(x)
+            output = self.model(x, **kwargs)
         if not captured:
             raise ValueError(
                 f"layer {self.layer!r} did not run in the model's forward pass; choose a module on the path "
@@ -233,25 +262,27 @@ class AFAN:
 
         attack_losses = None
         if self.direction == "random" and not self._checked:  # the attack checks the path; check it once here
-            probe = torch.zeros(h.shape, device=h.device, dtype=delta_dtype, requires_grad=True)
-            self._check_path(criterion(self._run_from(x, h + probe), y), probe)
+            with torch.enable_grad():
+                probe = torch.zeros(h.shape, device=h.device, dtype=delta_dtype, requires_grad=True)
+                self._check_path(criterion(self._run_from(x, kwargs, h + probe, grad=True), y), probe)
         if self.direction == "random":
             radius = self.steps * self.step_size if self.eps is None else min(self.eps, self.steps * self.step_size)
             delta = radius * torch.randn(h.shape, device=h.device, dtype=delta_dtype).sign()
         else:
-            delta, attack_losses = self._attack(x, y, criterion, h, delta_dtype)
+            delta, attack_losses = self._attack(x, kwargs, y, criterion, h, delta_dtype)
 
         losses = []
         for s in self.strengths:
-            feature = normalize_feature(h, h + s * delta, self.normalize)
-            losses.append(criterion(self._run_from(x, feature), y))
+            feature = normalize_feature(h, h + s * delta, self.normalize, self.channel_dim)
+            losses.append(criterion(self._run_from(x, kwargs, feature, grad=self._grad_after_split), y))
         adversarial = torch.stack([loss.float() for loss in losses]).mean()
         total = (1.0 - self.adv_weight) * clean + self.adv_weight * adversarial
         pieces = AFANPieces(output, clean, adversarial, delta.abs().mean(), attack_losses)
         return total, pieces
 
+    @torch.enable_grad()
     def _attack(
-        self, x: Any, y: Any, criterion: Criterion, h: torch.Tensor, dtype: torch.dtype
+        self, x: Any, kwargs: dict[str, Any], y: Any, criterion: Criterion, h: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.random_start:
             radius = self.eps if self.eps is not None else self.step_size
@@ -261,7 +292,7 @@ class AFAN:
         losses = []
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            loss = criterion(self._run_from(x, h + delta), y)
+            loss = criterion(self._run_from(x, kwargs, h + delta, grad=True), y)
             grad = self._check_path(loss, delta)
             losses.append(loss.detach().float())
             delta = delta.detach() + self.step_size * grad.sign()
@@ -279,23 +310,28 @@ class AFAN:
             )
         return grad
 
-    def _run_from(self, x: Any, feature: torch.Tensor) -> Any:
+    def _run_from(self, x: Any, kwargs: dict[str, Any], feature: torch.Tensor, grad: bool) -> Any:
         """The model's output with ``layer``'s output replaced by ``feature``; the part before the split runs
-        without a graph, the part after it with one; BatchNorm statistics per ``bn``."""
+        without a graph, the part after it with one if ``grad``; BatchNorm statistics per ``bn`` (``"update"``:
+        only the layers after the split update)."""
+        frozen: list[nn.Module] = []
 
         def swap(_module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
-            torch.set_grad_enabled(True)
+            torch.set_grad_enabled(grad)
+            if self.bn == "update":  # past the split: its BatchNorm layers update, as in the released code
+                for m in frozen:
+                    m.track_running_stats = True
+                frozen.clear()
             return feature
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(_hooked(self.module, swap))
-            if self.bn == "freeze":
-                stack.enter_context(_frozen_running_stats(self.model))
+            stack.enter_context(_frozen_running_stats(self.model, frozen))
             no_sync = getattr(self.model, "no_sync", None)
             if callable(no_sync):  # DDP: the extra passes do not prepare a gradient all-reduce of their own
                 stack.enter_context(no_sync())
             stack.enter_context(torch.no_grad())
-            return self.model(x)
+            return self.model(x, **kwargs)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -331,16 +367,42 @@ def _hooked(module: nn.Module, hook: Callable[..., Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _frozen_running_stats(model: nn.Module) -> Iterator[None]:
-    """Training-mode norm layers normalize with batch statistics but do not update running ones."""
+def _frozen_running_stats(model: nn.Module, frozen: list[nn.Module] | None = None) -> Iterator[None]:
+    """Training-mode norm layers normalize with batch statistics but do not update running ones; ``frozen``
+    (if given) lists them while frozen, so a hook can let some update again."""
     layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.training and m.track_running_stats]
     for m in layers:
         m.track_running_stats = False
+    if frozen is not None:
+        frozen.extend(layers)
     try:
         yield
     finally:
         for m in layers:
             m.track_running_stats = True
+
+
+_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                  _NormBase, nn.GroupNorm)  # fmt: skip
+_CHANNEL_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+
+
+def _infer_channel_dim(model: nn.Module, split: nn.Module) -> int:
+    """1 or −1: the kind of the last channel-first / channel-last layer registered up to the end of ``split``
+    (Hugging Face's ``Conv1D`` and RMS norms count as channel-last); 1 when there is none."""
+    inside = {id(m) for m in split.modules()}
+    dim = 1
+    reached = False
+    for m in model.modules():
+        if reached and id(m) not in inside:
+            break
+        if m is split:
+            reached = True
+        if isinstance(m, _CHANNEL_FIRST):
+            dim = 1
+        elif isinstance(m, _CHANNEL_LAST) or type(m).__name__ in ("Conv1D", "RMSNorm", "LlamaRMSNorm"):
+            dim = -1
+    return dim
 
 
 def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -76,38 +76,57 @@ def _inputs(batch: Any) -> Any:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+@contextmanager
+def own_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every module's own ``training`` flag on exit (a BatchNorm frozen in eval inside a training model
+    comes back in eval), whatever the body sets."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, loader: Iterable[Any], batches: int | None = None) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics at the model's current width.
 
     Resets the statistics and averages them (``momentum=None``, a cumulative mean) over ``loader`` (batches of
     inputs or ``(inputs, targets, …)``; the first ``batches`` only if given), with only the BatchNorm layers in
-    training mode and the weights at their means. Modes and momenta are restored afterwards.
+    training mode and the weights at their means. Modes and momenta are restored afterwards; if the loader gives
+    no batch (or the forward pass fails) the old statistics are restored too and the error is raised.
     """
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+        raise ValueError(f"recalibrate_batchnorm: batches must be a positive int or None (all), got {batches!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError(f"recalibrate_batchnorm: {type(model).__name__} has no BatchNorm layers")
-    modes = {m: m.training for m in model.modules()}
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False) if v is not None} for m in norms]
     momenta = [m.momentum for m in norms]
     seen = 0
+    done = False
     try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for i, batch in enumerate(loader):
-            if batches is not None and i >= batches:
-                break
-            model(_inputs(batch))
-            seen += 1
+        with own_modes(model):
+            model.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for i, batch in enumerate(loader):
+                if batches is not None and i >= batches:
+                    break
+                model(_inputs(batch))
+                seen += 1
+        done = seen > 0
     finally:
-        for m, mode in modes.items():
-            m.training = mode
-        for m, momentum in zip(norms, momenta):
+        for m, momentum, buffers in zip(norms, momenta, saved):
             m.momentum = momentum
+            if not done:
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)
     if seen == 0:
-        raise ValueError("recalibrate_batchnorm: the loader gave no batches")
+        raise ValueError("recalibrate_batchnorm: the loader gave no batches; the running statistics are unchanged")
     return model
 
 
@@ -116,18 +135,14 @@ def mc_predict(model: nn.Module, x: torch.Tensor, samples: int = 8) -> torch.Ten
     """Mean of ``softmax(model(x))`` over ``samples`` draws, in eval mode (BatchNorm running statistics).
 
     Each draw samples the weights of layers with weight noise, and the cuts if the width is ``None``; at a fixed
-    width of a model without weight noise all draws agree.
+    width of a model without weight noise all draws agree. Each module's own mode is restored afterwards.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     layers = _require_nested(model, "mc_predict")
-    was_training = model.training
-    model.eval()
-    try:
-        with _sampling_weights(layers):
-            total = torch.softmax(model(x), dim=-1)
-            for _ in range(samples - 1):
-                total += torch.softmax(model(x), dim=-1)
-    finally:
-        model.train(was_training)
+    with own_modes(model), _sampling_weights(layers):
+        model.eval()
+        total = torch.softmax(model(x), dim=-1)
+        for _ in range(samples - 1):
+            total += torch.softmax(model(x), dim=-1)
     return total / samples

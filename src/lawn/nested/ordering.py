@@ -16,6 +16,7 @@ Fixed-rate nested dropout (Rippel et al. 2014) is the same distribution with ``�
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,9 @@ class VariationalOrdering(nn.Module):
         learn: learn ``β`` (the Bayesian ordering); ``False`` is fixed-rate nested dropout with ``β = π``
             (dropout rate ``1 − π`` per stick) and no gradient.
 
-    ``width``: ``None`` samples a cut per example; a number ``p ∈ [0, 1]`` keeps ``F + ⌊D·p⌋`` groups.
+    ``width``: ``None`` samples a cut per example; a number ``p ∈ [0, 1]`` keeps ``F + ⌊D·p⌋`` groups. It is
+    saved in ``state_dict`` (``…ordering.width``, fp64, −1 for ``None``) and restored on load; a checkpoint saved
+    before the width was kept there loads too and leaves the width as it is.
     """
 
     def __init__(
@@ -156,6 +159,31 @@ class VariationalOrdering(nn.Module):
             one_hot = F.one_hot(cut, self.droppable + 1).to(dtype)
         on = torch.ones(one_hot.shape[0], self.always_on, device=device, dtype=dtype)
         return torch.cat([on, downhill_mask(one_hot)], dim=-1)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        width = -1.0 if self.width is None else self.width
+        destination[prefix + "width"] = torch.tensor(width, dtype=torch.float64)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "width"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key in state_dict:  # absent from checkpoints saved before the width was kept: the width stays
+            value = float(state_dict[key])
+            self.width = None if value == -1.0 else check_width(value)
 
     def extra_repr(self) -> str:
         kind = "learned" if self.learn else "fixed-rate"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lawn.pruning._names import _MASK_KEY, dense_name, split_name
+from lawn.pruning._names import _MASK_KEY, canonical_names, effective_tensors, stored_identity, tensor_sites
 
 
 class WeightMask(nn.Module):
@@ -45,15 +45,12 @@ def _mask_module(module: nn.Module, tensor: str) -> WeightMask | None:
 
 
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The masks now on ``model`` (``{name: bool tensor}``, the live buffers)."""
+    """The masks now on ``model`` (``{name: bool tensor}``, the live buffers; a tied weight under each name)."""
     out: dict[str, torch.Tensor] = {}
-    for path, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for tensor in module.parametrizations:
-            mask = _mask_module(module, tensor)
-            if mask is not None:
-                out[f"{path}.{tensor}" if path else tensor] = mask.mask
+    for name, (module, tensor) in tensor_sites(model).items():
+        mask = _mask_module(module, tensor)
+        if mask is not None:
+            out[name] = mask.mask
     return out
 
 
@@ -68,14 +65,16 @@ def masks_from_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``masks`` checked against ``model`` (known names, equal shapes, bool values); nothing is modified."""
+    """``masks`` checked against ``model`` (known names, equal shapes, bool values, one mask per tied weight);
+    nothing is modified. A tied weight named twice with equal masks is kept once, under its first name."""
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks: expected a dict {{parameter name: bool tensor}}, got {type(masks).__name__}")
     if not masks:
         raise ValueError("masks: empty; nothing to prune")
-    known = {dense_name(k): p for k, p in model.named_parameters()}
-    known.pop(None, None)
+    known = effective_tensors(model)
+    canonical = canonical_names(model)
     checked: dict[str, torch.Tensor] = {}
+    given_as: dict[str, str] = {}
     for name, mask in masks.items():
         if name not in known:
             close = [k for k in known if k.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]][:6]
@@ -88,42 +87,80 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str
             raise ValueError(
                 f"masks[{name!r}]: shape {tuple(mask.shape)} does not match the parameter's {tuple(known[name].shape)}"
             )
-        checked[name] = mask.to(known[name].device)
+        mask = mask.to(known[name].device)
+        first = given_as.setdefault(canonical[name], name)
+        if first != name:
+            if not torch.equal(checked[first], mask):
+                raise ValueError(
+                    f"masks: {first!r} and {name!r} are one tied weight but their masks differ; give one mask "
+                    "(it applies to every module that holds the weight)"
+                )
+            continue
+        checked[name] = mask
     return checked
+
+
+def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """``{name: every (module, tensor) that holds the same stored tensor}``, each module once (tied names share
+    one list). Masking keeps the stored tensor, so this stays valid while masks are applied."""
+    sites = tensor_sites(model)
+    by_identity: dict[int, dict[tuple[int, str], tuple[nn.Module, str]]] = {}
+    for module, tensor in sites.values():
+        by_identity.setdefault(stored_identity(module, tensor), {}).setdefault((id(module), tensor), (module, tensor))
+    return {name: list(by_identity[stored_identity(*site)].values()) for name, site in sites.items()}
 
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Mask ``model``'s parameters in place (``W = W_stored ⊙ M``; compounds with a mask already there).
 
-    All masks are checked before anything changes. Returns ``model``.
+    A tied weight gets one mask, shared by every module that holds it, so it stays tied. All masks are checked
+    before anything changes. Returns ``model``.
     """
     checked = check_masks(model, masks)
+    holders = _holders(model)
     for name, mask in checked.items():
-        module_path, tensor = split_name(name)
-        module = model.get_submodule(module_path)
-        existing = _mask_module(module, tensor)
-        if existing is not None:
-            existing.mask.logical_and_(mask)
-            mask = existing.mask
+        sites = holders[name]
+        existing = [_mask_module(module, tensor) for module, tensor in sites]
+        shared = next((e for e in existing if e is not None), None)
+        if shared is None:
+            shared = WeightMask(mask)
         else:
-            parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
-        chain = module.parametrizations[tensor]
-        if len(chain) == 1:  # only our mask: zero the stored weight too, so nothing can grow there
-            chain.original.mul_(mask.to(chain.original.dtype))
+            shared.mask.logical_and_(mask)
+        for (module, tensor), own in zip(sites, existing):
+            if own is None:
+                parametrize.register_parametrization(module, tensor, shared, unsafe=True)
+            elif own is not shared:
+                own.mask.logical_and_(mask)
+        for module, tensor in sites:
+            chain = module.parametrizations[tensor]
+            if len(chain) == 1:  # only our mask: zero the stored weight too, so nothing can grow there
+                chain.original.mul_(shared.mask.to(chain.original.dtype))
     return model
 
 
 @torch.no_grad()
 def remove_masks(model: nn.Module, bake: bool = True) -> nn.Module:
     """Take every mask off ``model``; with ``bake`` the weights keep their masked values (zeros in place),
-    without it the stored weights come back. A tensor masked *and* otherwise parametrized is refused."""
-    for name in current_masks(model):
-        module_path, tensor = split_name(name)
-        module = model.get_submodule(module_path)
-        if len(module.parametrizations[tensor]) != 1:
-            raise ValueError(f"remove_masks: {name!r} has other parametrizations besides its mask; remove those first")
-    for name in list(current_masks(model)):
-        module_path, tensor = split_name(name)
-        parametrize.remove_parametrizations(model.get_submodule(module_path), tensor, leave_parametrized=bake)
+    without it the stored weights come back. A tensor masked *and* otherwise parametrized (weight_norm, …)
+    loses only its mask with ``bake=False``; ``bake=True`` refuses it (its stored form cannot hold the zeros)."""
+    sites = tensor_sites(model)
+    masked = [(name, *sites[name]) for name in current_masks(model)]
+    if bake:
+        for name, module, tensor in masked:
+            if len(module.parametrizations[tensor]) != 1:
+                raise ValueError(
+                    f"remove_masks: {name!r} has other parametrizations besides its mask, which cannot hold the "
+                    "zeros; use remove_masks(model, bake=False) to take the mask off and keep them, or remove "
+                    "those parametrizations first"
+                )
+    for _, module, tensor in masked:
+        if not parametrize.is_parametrized(module, tensor):
+            continue  # a tied or shared tensor, done under another name
+        chain = module.parametrizations[tensor]
+        if len(chain) == 1:
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=bake)
+        else:
+            for i in reversed([i for i, p in enumerate(chain) if isinstance(p, WeightMask)]):
+                del chain[i]
     return model

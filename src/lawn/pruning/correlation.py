@@ -14,9 +14,9 @@ For each chosen weight tensor (and for all of them concatenated, ``"global"``):
   that moved little relative to its size keeps all four near 1; a large learning rate drives them to chance.
 
 Liu et al. (ICML 2021) tie the winning property to this correlation; their exact indicator was not available
-to us, so all four are reported. ``initial`` / ``trained``: models or state dicts (masked or not; unpruned
-names); ``params``: the names (default: the model's default prunable weights, or every ≥2-D tensor of a state
-dict).
+to us, so all four are reported. ``initial`` / ``trained``: models (read as the forward pass sees them) or state
+dicts (masked or not; unpruned names); ``params``: the names (default: the model's default prunable weights, or
+every ≥2-D tensor of a state dict).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from lawn.pruning._names import dense_state
+from lawn.pruning._names import dense_state, effective_tensors
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ def weight_correlation(
     cosine, numel`` (see the module doc)."""
     if isinstance(top, bool) or not isinstance(top, (int, float)) or not 0.0 < top <= 1.0:
         raise ValueError(f"top: must be a fraction in (0, 1], got {top!r}")
-    s0, st = dense_state(initial), dense_state(trained)
+    s0, st = (effective_tensors(s) if isinstance(s, nn.Module) else dense_state(s) for s in (initial, trained))
     if params is None:
         if isinstance(trained, nn.Module) or isinstance(initial, nn.Module):
             from lawn.pruning.masks import prunable_weights

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lawn.pruning._names import effective_tensors, weighted_layers
+from lawn.pruning._names import canonical_names, effective_tensors, weighted_layers
 from lawn.pruning.apply import current_masks
 
 SCOPES = ("global", "layer")
@@ -28,7 +28,8 @@ SCOPES = ("global", "layer")
 
 def prunable_weights(model: nn.Module, params: Iterable[str] | str | None = None) -> list[str]:
     """Names of the weights to prune: ``params`` checked against the model, ``"all"`` for every conv/linear
-    weight, or (``None``) every conv/linear weight except the first and last."""
+    weight (Hugging Face ``Conv1D`` included; a tied weight once), or (``None``) every conv/linear weight except
+    the first and last."""
     tensors = effective_tensors(model)
     if params is None or params == "all":
         layers = weighted_layers(model)
@@ -50,6 +51,12 @@ def prunable_weights(model: nn.Module, params: Iterable[str] | str | None = None
             raise ValueError(f"params: unknown parameter {name!r}; the model has {known}, …")
     if len(set(names)) != len(names):
         raise ValueError(f"params: names repeat in {names}")
+    canonical = canonical_names(model)
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(canonical[name], name)
+        if other != name:
+            raise ValueError(f"params: {other!r} and {name!r} are one tied weight; name it once")
     return names
 
 

@@ -7,19 +7,23 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lawn.pruning._names import effective_tensors, weighted_layers
+from lawn.pruning._names import canonical_names, effective_tensors, weighted_layers
 from lawn.pruning.apply import current_masks
 
 
 @torch.no_grad()
 def sparsity_report(model: nn.Module, params: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
     """``{name: {"numel", "zeros", "sparsity"}, …, "total": {…}}`` over ``params`` (default: every conv/linear
-    weight and every masked tensor). Counts exact zeros of the weight the forward pass uses, so it reads a
-    masked model and one whose masks were removed the same way."""
+    weight and every masked tensor, a tied weight once). Counts exact zeros of the weight the forward pass uses,
+    so it reads a masked model and one whose masks were removed the same way."""
     tensors = effective_tensors(model)
-    names = (
-        list(params) if params is not None else list(dict.fromkeys(weighted_layers(model) + list(current_masks(model))))
-    )
+    if params is not None:
+        names = list(params)
+    else:  # every weight once: a tied weight under its first listed name
+        canonical, first = canonical_names(model), {}
+        for n in weighted_layers(model) + list(current_masks(model)):
+            first.setdefault(canonical[n], n)
+        names = list(first.values())
     unknown = [n for n in names if n not in tensors]
     if unknown:
         raise ValueError(f"params: unknown parameter(s) {unknown}")

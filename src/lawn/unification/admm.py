@@ -127,17 +127,31 @@ class ADMM:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; every entry is checked before anything is written."""
         self._check_live()
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected the dict ADMM.state_dict() returns, got {type(state).__name__}")
+        missing = [k for k in ("z", "u", "rho", "steps") if k not in state]
+        if missing:
+            raise ValueError(
+                f"state: missing {missing} (has {sorted(state)}); load a dict saved from ADMM.state_dict(); "
+                "nothing was changed"
+            )
         for key in ("z", "u"):
-            if set(state.get(key, {})) != set(self.names):
-                raise ValueError(f"state[{key!r}]: weights {sorted(state.get(key, {}))} != this ADMM's {self.names}")
+            if not isinstance(state[key], dict) or set(state[key]) != set(self.names):
+                got = sorted(state[key]) if isinstance(state[key], dict) else type(state[key]).__name__
+                raise ValueError(f"state[{key!r}]: weights {got} != this ADMM's {self.names}")
         for name, m in zip(self.names, self.modules, strict=True):
             for key in ("z", "u"):
-                if tuple(state[key][name].shape) != tuple(m.weight.shape):
-                    raise ValueError(
-                        f"state[{key!r}][{name!r}]: shape {tuple(state[key][name].shape)} != the "
-                        f"weight's {tuple(m.weight.shape)}"
-                    )
+                value = state[key][name]
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(m.weight.shape):
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"state[{key!r}][{name!r}]: shape {shape} != the weight's {tuple(m.weight.shape)}")
+        rho, steps = state["rho"], state["steps"]
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (0 < rho < math.inf):
+            raise ValueError(f"state['rho']: expected a positive finite number, got {rho!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"state['steps']: expected an int >= 0, got {steps!r}")
         self.z = [state["z"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.u = [state["u"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
-        self.rho, self.steps = float(state["rho"]), int(state["steps"])
+        self.rho, self.steps = float(rho), steps

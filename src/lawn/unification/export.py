@@ -1,10 +1,10 @@
 """A compact file for a hardened model, and loading it back bit-identically.
 
-Per hardened weight the file stores the block kinds (2 bits a block), the dense entries as they are (their dtype),
-one magnitude per unified block and one sign bit per unified entry; nothing per pruned block. Every other entry
-of the model's ``state_dict`` (biases, norm layers, unhardened weights, buffers) is stored as it is. The file is
-``torch.save`` of plain dicts, strings, ints and tensors and is read back with ``torch.load(weights_only=True)``,
-which cannot run code.
+Per hardened weight the file stores its block size, the block kinds (2 bits a block), the dense entries as they
+are (their dtype), one magnitude per unified block and one sign bit per unified entry; nothing per pruned block.
+Every other entry of the model's ``state_dict`` (biases, norm layers, unhardened weights, buffers) is stored as it
+is. The file is ``torch.save`` of plain dicts, strings, ints and tensors and is read back with
+``torch.load(weights_only=True)``, which cannot run code.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch.nn.utils import parametrize
 from lawn.unification.blocks import DENSE, UNIFIED
 from lawn.unification.parametrization import hardened_layers, install
 
-FORMAT, VERSION = "lawn.unification", 1
+FORMAT, VERSION = "lawn.unification", 2  # version 1: one block size for the whole file (still read)
+_FIELDS = {"shape", "kinds", "dense", "magnitudes", "signs"}
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -61,6 +62,7 @@ def export(model: nn.Module, path: str | os.PathLike) -> None:
                 "export only supports the unification parametrization alone"
             )
         layers[name] = {
+            "size": param.size,
             "shape": list(param.shape),
             "kinds": pack_bits(param.kinds, 2),
             "dense": plist.original0.detach().cpu().clone(),
@@ -70,10 +72,7 @@ def export(model: nn.Module, path: str | os.PathLike) -> None:
     if not layers:
         raise ValueError("model: nothing hardened to export; call ADMM.harden() or lawn.unification.harden() first")
     state = {k: v.detach().cpu().clone() for k, v in _plain_state(model).items()}
-    size = next(iter(hardened_layers(model)))[2].size
-    torch.save(
-        {"format": FORMAT, "version": VERSION, "block_size": size, "layers": layers, "state": state}, os.fspath(path)
-    )
+    torch.save({"format": FORMAT, "version": VERSION, "layers": layers, "state": state}, os.fspath(path))
 
 
 def _bad(path: str, what: str) -> ValueError:
@@ -89,16 +88,26 @@ def _read(path: str) -> dict[str, Any]:
         raise _bad(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise _bad(path, "no format header")
-    if blob.get("version") != VERSION:
-        raise _bad(path, f"version {blob.get('version')!r}, this lawn reads version {VERSION}")
+    if blob.get("version") not in (1, VERSION):
+        raise _bad(path, f"version {blob.get('version')!r}, this lawn reads versions 1 and {VERSION}")
     if not isinstance(blob.get("layers"), dict) or not isinstance(blob.get("state"), dict):
         raise _bad(path, "missing layers or state")
     return blob
 
 
-def _decode_layer(path: str, name: str, entry: Any, size: int, weight: torch.Tensor) -> tuple:
-    if not isinstance(entry, dict) or set(entry) != {"shape", "kinds", "dense", "magnitudes", "signs"}:
+def _block_size(path: str, what: str, size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise _bad(path, f"{what}block size {size!r}")
+    return size
+
+
+def _decode_layer(path: str, name: str, entry: Any, version: int, size: int | None, weight: torch.Tensor) -> tuple:
+    fields = _FIELDS if version == 1 else _FIELDS | {"size"}
+    if not isinstance(entry, dict) or set(entry) != fields:
         raise _bad(path, f"layer {name!r} has the wrong fields")
+    if version != 1:
+        size = _block_size(path, f"layer {name!r}: ", entry["size"])
+    assert size is not None
     shape = tuple(entry["shape"])
     if shape != tuple(weight.shape):
         raise ValueError(
@@ -107,6 +116,8 @@ def _decode_layer(path: str, name: str, entry: Any, size: int, weight: torch.Ten
         )
     if not all(isinstance(entry[k], torch.Tensor) for k in ("kinds", "dense", "magnitudes", "signs")):
         raise _bad(path, f"layer {name!r} holds non-tensors")
+    if len(shape) < 2 or shape[1] % size:
+        raise _bad(path, f"layer {name!r}: block size {size} does not divide its input dim {shape[1:2]}")
     num_blocks = math.prod(shape) // size
     if entry["kinds"].dtype != torch.uint8 or entry["kinds"].numel() != math.ceil(num_blocks / 4):
         raise _bad(path, f"layer {name!r}: kinds take {entry['kinds'].numel()} bytes, expected {-(-num_blocks // 4)}")
@@ -123,7 +134,7 @@ def _decode_layer(path: str, name: str, entry: Any, size: int, weight: torch.Ten
     if signs.dtype != torch.uint8 or signs.numel() != math.ceil(n_unified * size / 8):
         raise _bad(path, f"layer {name!r}: {signs.numel()} sign bytes for {n_unified} unified blocks of {size}")
     sign_values = 1.0 - 2.0 * unpack_bits(signs, 1, n_unified * size).to(dense.dtype)
-    return kinds, dense, magnitudes, sign_values.reshape(n_unified, size)
+    return kinds, dense, magnitudes, sign_values.reshape(n_unified, size), size
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -134,9 +145,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """
     path = os.fspath(path)
     blob = _read(path)
-    size = blob.get("block_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise _bad(path, f"block size {size!r}")
+    version = blob["version"]
+    size = _block_size(path, "", blob.get("block_size")) if version == 1 else None
     modules = dict(model.named_modules())
     decoded = {}
     for name, entry in blob["layers"].items():
@@ -146,7 +156,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 f"{path}: layer {name!r} is not a module with a weight in the model; load into a model "
                 "of the same architecture"
             )
-        decoded[name] = _decode_layer(path, name, entry, size, module.weight)
+        decoded[name] = _decode_layer(path, name, entry, version, size, module.weight)
     # the model's plain state, with every hardened weight (in the file or already in the model) as "<name>.weight"
     expected = dict(_plain_state(model))
     for name, _, _ in hardened_layers(model):
@@ -171,11 +181,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         for name, module, _ in list(hardened_layers(model)):
             if name not in decoded:  # hardened here, dense in the file: back to a plain weight, loaded below
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        for name, (kinds, dense, magnitudes, signs) in decoded.items():
+        for name, (kinds, dense, magnitudes, signs, layer_size) in decoded.items():
             module = modules[name]
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            install(module, kinds, signs, size)
+            install(module, kinds, signs, layer_size)
             plist = module.parametrizations.weight
             plist.original0.copy_(dense)
             plist.original1.copy_(magnitudes)

@@ -89,13 +89,14 @@ def _positions(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[nn
         seen[module] = output.numel() // (output.shape[0] * channels)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SCANNED)]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.no_grad():
             model(*example_input) if isinstance(example_input, tuple) else model(example_input)
     finally:
-        model.train(was_training)
+        for m, mode in modes:  # each module's own mode: a BatchNorm frozen in eval stays in eval
+            m.training = mode
         for h in handles:
             h.remove()
     return seen

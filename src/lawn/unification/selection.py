@@ -19,6 +19,20 @@ def is_hardened(module: nn.Module) -> bool:
     return plist is not None and any(isinstance(p, UnifiedBlocks) for p in plist)
 
 
+def _refuse_parametrized(name: str, module: nn.Module) -> None:
+    """A weight under another parametrization (a pruning mask, weight_norm, …) cannot take unified blocks: the
+    blocks would be computed from, and overwrite, a tensor the other parametrization owns."""
+    plist = getattr(getattr(module, "parametrizations", None), "weight", None)
+    if plist is None or is_hardened(module):
+        return
+    kinds = ", ".join(type(p).__name__ for p in plist)
+    raise ValueError(
+        f"params: {name}.weight carries a parametrization ({kinds}); unification needs a plain weight. For a "
+        "pruning mask, bake it first with lawn.remove_masks(model) (the pruned entries stay zero and unification "
+        "treats them as small weights), or leave this weight out with params=[...]; nothing was changed"
+    )
+
+
 def select_weights(
     model: nn.Module, spec: BlockSpec, params: Iterable[torch.nn.Parameter | str] | None = None
 ) -> tuple[list[tuple[str, nn.Module]], list[str]]:
@@ -27,7 +41,8 @@ def select_weights(
     ``params=None`` scans the model for Linear and Conv1d/2d/3d layers and skips (returns in ``skipped``) those whose
     input dimension ``spec.size`` does not divide. Named weights (``Parameter`` objects or names such as
     ``"features.3.weight"``) must each be a module's ``weight`` that ``spec`` can tile; anything else is an error.
-    Raises ValueError when nothing is left to unify.
+    A weight under another parametrization (a pruning mask, weight_norm) is refused, scanned or named, before
+    anything changes. Raises ValueError when nothing is left to unify.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -38,6 +53,7 @@ def select_weights(
     if params is None:
         for name, module in model.named_modules():
             if isinstance(module, SCANNED) and not is_hardened(module):
+                _refuse_parametrized(name, module)
                 if spec.fits(module.weight):
                     chosen.append((name, module))
                 else:
@@ -71,6 +87,7 @@ def select_weights(
             module = modules[name]
             if is_hardened(module):
                 raise ValueError(f"params: {name}.weight is already hardened; it cannot be unified twice")
+            _refuse_parametrized(name, module)
             weight = getattr(module, "weight", None)
             if not isinstance(weight, torch.Tensor):
                 raise ValueError(f"params: module {name!r} has no weight tensor")
