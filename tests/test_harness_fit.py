@@ -67,7 +67,7 @@ def test_fit_runs_each_step_in_order_and_averages_the_data_loss_per_example() ->
 def test_fit_stops_after_the_epoch_whose_end_asks_it() -> None:
     model, batches = _problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = lambda inputs, targets, step: nn.functional.cross_entropy(model(inputs), targets)  # noqa: E731
+    loss = lambda inputs, targets, step: nn.functional.cross_entropy(model(inputs), targets)
     fitted = fit(model, optimizer, 5, lambda: batches, loss, end_epoch=lambda end: end.epoch == 2)
     assert (fitted.epochs_run, fitted.steps, fitted.stopped) == (2, 6, True)
 
@@ -92,7 +92,7 @@ class _Refusing(torch.optim.SGD):
 def test_fit_ends_a_run_whose_weights_blew_up_and_raises_a_refusal_of_finite_weights() -> None:
     model, batches = _problem()
     ends: list[EpochEnd] = []
-    loss = lambda inputs, targets, step: nn.functional.cross_entropy(model(inputs), targets)  # noqa: E731
+    loss = lambda inputs, targets, step: nn.functional.cross_entropy(model(inputs), targets)
     fitted = fit(model, _Refusing(model.parameters(), finite=False), 3, lambda: batches, loss, end_epoch=ends.append)
     assert (fitted.epochs_run, fitted.steps, fitted.stopped) == (1, 1, True)
     assert ends[0].blew_up and math.isnan(ends[0].mean_loss) and ends[0].steps == 1

@@ -382,8 +382,9 @@ def run_lottery(
     done = 0
     pending = deque(p for p in points if p.keys - book.written())
     elsewhere: list[_Point] = []
-    bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="lottery", disable=not progress)
-    bar.set_postfix_str("lr×seed", refresh=False)
+    bar = tqdm(
+        total=len(points), initial=len(points) - len(pending), desc="lottery", disable=not progress, unit="lr×seed"
+    )
     try:
         book.open()
         while pending or elsewhere:
