@@ -126,3 +126,22 @@ def test_the_harness_has_one_training_loop() -> None:
         assert not sorted(p.name for p in benchmarks.glob("*study*.py"))
     studies = {p.stem for p in (HARNESS / "studies").glob("*.py")} - {"__init__"}
     assert {"nested", "unification"} <= studies
+
+
+def test_documented_study_and_benchmark_commands_name_what_exists() -> None:
+    import importlib.util
+    import re
+
+    root = HARNESS.parents[2]
+    if not (root / "docs").is_dir():
+        pytest.skip("a source checkout's docs are needed")
+    texts = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "docs" / "results").rglob("*.sh")]
+    texts += list((root / "docs" / "results").rglob("report.md"))
+    scripts, modules = set(), set()
+    for path in texts:
+        text = path.read_text()
+        scripts |= set(re.findall(r"python3? (benchmarks/[\w/]+\.py)", text))
+        modules |= set(re.findall(r"python3? -m (lawn\.harness\.studies\.\w+)", text))
+    assert {"benchmarks/step_overhead.py"} <= scripts and "lawn.harness.studies.nested" in modules
+    assert [s for s in sorted(scripts) if not (root / s).is_file()] == []
+    assert [m for m in sorted(modules) if importlib.util.find_spec(m) is None] == []
