@@ -192,3 +192,45 @@ def test_reinit_arm_draws_from_the_models_own_initializer(tmp_path):
     kept = conv[masks["features.2.weight"]]
     he_std = (2 / conv[0].numel()) ** 0.5
     assert kept.std().item() == pytest.approx(he_std, rel=0.2)  # He init, not the default (about 2.4x narrower)
+
+
+HOLDER = """
+import sys, time
+from lawn.harness.results import ResultsFile
+book = ResultsFile(sys.argv[1])
+book.open()
+assert book.claim(sys.argv[2])
+print("held", flush=True)
+deadline = time.monotonic() + 300
+while len(book.written()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_point_held_by_another_process_is_waited_for_and_taken_over_if_left_without_rows(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lawn
+    from lawn.harness.lottery import _plan, run_lottery
+
+    spec = LotterySpec.from_dict({**SPEC, "seeds": [0, 1], "sparsities": [0.5], "arms": ["ticket"], "imp_lrs": []})
+    results = tmp_path / "rows.jsonl"
+    held = _plan(spec, torch.device("cpu"))[0]
+    holder = subprocess.Popen(  # claims seed 0's point until seed 1's rows are in, then exits without a row
+        [sys.executable, "-c", HOLDER, str(results), held.dense_key],
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path(lawn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        },
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    counts = run_lottery(spec, results, poll_s=0.1)
+    assert holder.wait(timeout=60) == 0
+    assert counts == {"done": 4, "skipped": 0, "total": 4}
+    rows = [(r["config"]["seed"], r["lottery"]["arm"]) for r in read_rows(results)]
+    assert rows == [(1, "dense"), (1, "ticket"), (0, "dense"), (0, "ticket")]  # seed 0 once its holder let go
