@@ -1,25 +1,19 @@
-"""The nested-network study script runs end to end on a tiny subset and writes its report (numbers mean nothing)."""
+"""The nested-network study driver runs end to end on a tiny subset and writes its report (numbers mean nothing)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "nested_study.py"
+from lawn.harness.studies import nested as module
 
 
 @pytest.mark.slow
-def test_nested_study_writes_rows_and_report(tmp_path, monkeypatch):
+def test_nested_study_writes_rows_and_report(tmp_path):
     from lawn.harness.data_files import FASHION_MNIST_DIR
 
     if not Path(FASHION_MNIST_DIR).is_dir():
         pytest.skip(f"needs Fashion-MNIST at {FASHION_MNIST_DIR}")
-    spec = importlib.util.spec_from_file_location("nested_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "nested_study", module)
-    spec.loader.exec_module(module)
     args = ["--out", str(tmp_path), "--seeds", "0", "1", "--train", "256", "--test", "128", "--ood", "64",
             "--epochs", "1", "--samples", "2", "--reps", "1"]  # fmt: skip
     assert module.main(args) == 0

@@ -1,20 +1,13 @@
-"""The unification study script runs end to end in smoke mode and writes its rows, summary and plot."""
+"""The unification study driver runs end to end in smoke mode and writes its rows, summary and plot."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "unification_study.py"
+from lawn.harness.studies import unification as module
 
 
-def test_study_smoke(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("unification_study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "unification_study", module)
-    spec.loader.exec_module(module)
+def test_study_smoke(tmp_path):
     threads = torch.get_num_threads()
     try:
         assert module.main(["--smoke", "--seeds", "1", "--out", str(tmp_path)]) == 0

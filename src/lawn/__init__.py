@@ -1,6 +1,15 @@
-"""lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch."""
+"""lawn: LAWN (Logit Attenuating Weight Normalization) and its family of weight-norm methods for PyTorch.
 
-from lawn import unification
+What ``lawn`` exports (one rule, checked by tests/test_public_api.py): the top level holds LAWN and WRS, the
+constraint engine, discovery, the schedule and the one-file methods (EMAN, MimicNorm, SSI, A-FAN) by name; each
+method family with its own subpackage (``pruning``, ``nested``, ``unification``) is exported as that module, and
+its names are reached through it: ``lawn.pruning.magnitude_masks``, ``lawn.nested.slice_model``. The family
+names once flattened to the top level (``lawn.magnitude_masks``, ...) still work, with a ``DeprecationWarning``.
+"""
+
+from __future__ import annotations
+
+from lawn import nested, pruning, unification
 from lawn.afan import AFAN
 from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
 from lawn.constraint.auto_switch import AutoSwitch
@@ -15,31 +24,6 @@ from lawn.discovery.explain import explain
 from lawn.eman import EMAN, EMATeacher
 from lawn.lawn import LAWN
 from lawn.mimicnorm import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
-from lawn.nested import (
-    NestedConv2d,
-    NestedDropout,
-    NestedLinear,
-    mc_predict,
-    nested_kl,
-    recalibrate_batchnorm,
-    set_width,
-    slice_model,
-)
-from lawn.pruning import (
-    WeightMask,
-    apply_masks,
-    current_masks,
-    iterative_magnitude_pruning,
-    magnitude_masks,
-    masks_from_state_dict,
-    prunable_weights,
-    prune_and_finetune,
-    reinitialize,
-    remove_masks,
-    rewind,
-    sparsity_report,
-    weight_correlation,
-)
 from lawn.schedule import LAWNSchedule
 from lawn.ssi import ResidualBranch, scale_shift_invariant_penalty
 from lawn.wrs import WRS
@@ -52,43 +36,53 @@ __all__ = [
     "HomogeneityReport",
     "LAWN",
     "LAWNSchedule",
-    "NestedConv2d",
-    "NestedDropout",
-    "NestedLinear",
     "NormConstraint",
     "ResidualBranch",
     "WRS",
-    "WeightMask",
     "all_layer_weights",
-    "apply_masks",
     "center_filters_",
     "center_filters_after_step",
     "check_homogeneity",
     "convert_to_mimicnorm",
-    "current_masks",
     "explain",
     "final_homogeneous_params",
-    "iterative_magnitude_pruning",
-    "magnitude_masks",
-    "masks_from_state_dict",
-    "mc_predict",
     "mimicnorm_filters",
-    "nested_kl",
+    "nested",
     "norms",
     "params_feeding_normalization",
     "project_onto_tangent",
-    "prunable_weights",
-    "prune_and_finetune",
-    "recalibrate_batchnorm",
-    "reinitialize",
-    "remove_masks",
+    "pruning",
     "retract",
-    "rewind",
     "scale_shift_invariant_penalty",
-    "set_width",
-    "slice_model",
-    "sparsity_report",
     "unification",
-    "weight_correlation",
 ]
 __version__ = "0.1.0"
+
+# The family names that were flattened to the top level before the rule: name → family module.
+_MOVED = {
+    **dict.fromkeys(
+        ["NestedConv2d", "NestedDropout", "NestedLinear", "mc_predict", "nested_kl", "recalibrate_batchnorm",
+         "set_width", "slice_model"],
+        "nested",
+    ),
+    **dict.fromkeys(
+        ["WeightMask", "apply_masks", "current_masks", "iterative_magnitude_pruning", "magnitude_masks",
+         "masks_from_state_dict", "prunable_weights", "prune_and_finetune", "reinitialize", "remove_masks",
+         "rewind", "sparsity_report", "weight_correlation"],
+        "pruning",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    import warnings
+
+    family = _MOVED.get(name)
+    if family is None:
+        raise AttributeError(f"module 'lawn' has no attribute {name!r}")
+    warnings.warn(
+        f"lawn.{name} is deprecated: use lawn.{family}.{name} (method families are reached through their module)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(globals()[family], name)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The A-FAN study (issue 18), as it was run: one process per arm (or per arm and seed for the longest arms),
 # side by side, each with one thread and its own results file. From the repository root:
-#   PYTHONPATH=src bash docs/results/afan/run_study.sh && python benchmarks/afan_study.py docs/results/afan --measure-cost
+#   PYTHONPATH=src bash docs/results/afan/run_study.sh && python -m lawn.harness.studies.afan docs/results/afan --measure-cost
 # The per-seed `lawn run` rows have the same keys as the sweep's, so afterwards
 #   lawn sweep docs/sweeps/study_afan_plain.toml --results docs/results/afan/plain_matched.jsonl --set epochs=20 --dry-run
 # reports "3 runs, 3 already in" (likewise for afan_batch.jsonl).

@@ -2,7 +2,8 @@
 
 It imports the library (``lawn``); the library never imports it. Everything here is driven by data:
 a :class:`~lawn.harness.config.RunConfig` describes one training run, a
-:class:`~lawn.harness.sweep.SweepSpec` a grid of them.
+:class:`~lawn.harness.sweep.SweepSpec` a grid of them. Every training goes through one loop,
+:func:`~lawn.harness.train.fit` (:func:`~lawn.harness.train.build` makes what a config's run needs).
 
 The names below are loaded on first use, so importing one submodule (or running ``lawn --help``) does not import
 them all, and no submodule depends on this package's ``__init__``.
@@ -16,6 +17,8 @@ from typing import Any
 _EXPORTS = {
     "RunConfig": "lawn.harness.config",
     "SweepSpec": "lawn.harness.sweep",
+    "build": "lawn.harness.train",
+    "fit": "lawn.harness.train",
     "run_sweep": "lawn.harness.sweep",
     "train": "lawn.harness.train",
 }

@@ -7,16 +7,22 @@ per-layer) magnitude masks from θ_T and train each arm for another ``E`` epochs
 
 - ``ticket``: rewind the survivors to θ₀ (θ_k with ``rewind_steps = k``: late rewinding), train with the
   dense schedule (learning rate ``lr``);
-- ``reinit``: the same masks on a fresh draw of the model's init (seed ``seed + 1000``), dense schedule;
+- ``reinit``: the same masks on a fresh draw of the model's own initializer (the model built again under seed
+  ``seed + 1000``, as the harness builds every model), dense schedule;
 - ``finetune``: keep the trained survivors, train at ``finetune_lr_scale × lr`` (same schedule shape);
 - ``dense_extra``: the dense network trained on for ``E`` epochs at ``finetune_lr_scale × lr`` (the
   compute-matched dense control, sparsity 0).
 
-The dense row (arm ``dense``, ``E`` epochs) records ``lawn.weight_correlation(θ₀, θ_T)`` (and θ_k vs θ_T)
+The dense row (arm ``dense``, ``E`` epochs) records ``lawn.pruning.weight_correlation(θ₀, θ_T)`` (and θ_k vs θ_T)
 over the pruned weights. Optional IMP (``imp_lrs``, ``imp_rounds``, ``imp_rate``): ``imp_ticket`` rewinds to
 θ_k after each round, ``imp_finetune`` keeps the weights and trains at ``finetune_lr_scale × lr``; both train
 ``E`` epochs per round, so they compare at equal epochs with each other. Every arm uses the same batch order
 (the run's seed). Rows are appended to a JSONL file like a sweep's and skipped on resume by key.
+
+The whole spec is checked before anything trains (every problem reported at once, data sets loaded to count the
+dense run's steps). Each (learning rate, seed) is claimed in the results file's lock file before it trains, as a
+sweep claims its runs (:class:`~lawn.harness.results.ResultsFile`), so studies sharing one results file split the
+work and never train a row twice.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +45,11 @@ from lawn import pruning
 from lawn.harness.checked import run_config
 from lawn.harness.config import RunConfig, load_mapping
 from lawn.harness.datasets import load_data
-from lawn.harness.models import build_model
 from lawn.harness.optimizers import build_base_optimizer
-from lawn.harness.results import append_row, completed_keys
+from lawn.harness.results import ResultsFile
 from lawn.harness.schedule import build_scheduler
 from lawn.harness.tasks import batch_starts, make_task
-from lawn.harness.train import _seed_everything, resolve_device
+from lawn.harness.train import EpochEnd, Step, fit, fresh_model, resolve_device
 
 ARMS = ("dense_extra", "ticket", "reinit", "finetune")
 REINIT_SEED_OFFSET = 1000
@@ -68,31 +74,45 @@ class LotterySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LotterySpec:
+        """The spec of ``data``; every problem found is reported at once, in one ``ValueError``."""
         if not isinstance(data, dict):
             raise TypeError(f"lottery spec: expected a mapping, got {type(data).__name__}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"lottery spec: unknown key(s) {unknown}; known keys: {sorted(known)}")
         base = data.get("base", {})
         if not isinstance(base, dict):
             raise TypeError("lottery spec: 'base' must be a mapping of run config fields")
+        problems: list[str] = []
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            problems.append(f"unknown key(s) {unknown}; known keys: {sorted(known)}")
         clash = sorted(set(base) & {"lr", "seed", "method"})
         if clash:
-            raise ValueError(f"lottery spec: base sets {clash}; lr and seed are the study's axes, method is plain")
-        fields: dict[str, Any] = {"base": dict(base)}
+            problems.append(f"base sets {clash}; lr and seed are the study's axes, method is plain")
+        fields: dict[str, Any] = {"base": {k: v for k, v in base.items() if k not in clash}}
         for name in ("lrs", "seeds", "sparsities", "arms", "imp_lrs"):
             if name in data:
                 value = data[name]
                 if not isinstance(value, (list, tuple)) or (not value and name != "imp_lrs"):
-                    raise ValueError(f"lottery spec: {name}: expected a non-empty list, got {value!r}")
-                fields[name] = tuple(value)
+                    problems.append(f"{name}: expected a non-empty list, got {value!r}")
+                else:
+                    fields[name] = tuple(value)
         for name in ("scope", "rewind_steps", "finetune_lr_scale", "correlation_top", "imp_rounds", "imp_rate"):
             if name in data:
                 fields[name] = data[name]
         spec = cls(**fields)
-        spec.check()
+        problems += spec.problems()
+        if problems:  # report the data-dependent ones too, all at once
+            problems += spec._data_problems()
+        _raise_all(problems)
         return spec
+
+    def _data_problems(self) -> list[str]:
+        lrs = dict.fromkeys((*self.lrs, *self.imp_lrs))
+        try:
+            configs = [self.config(lr, seed) for lr in lrs for seed in self.seeds]
+        except (ValueError, TypeError):  # already reported
+            return []
+        return data_problems(self, list({c.key(): c for c in configs}.values()), torch.device("cpu"))
 
     @classmethod
     def load(cls, path: str | Path) -> LotterySpec:
@@ -102,26 +122,45 @@ class LotterySpec:
             raise type(err)(f"{path}: {err}") from err
 
     def check(self) -> None:
+        """Raise one ``ValueError`` listing every problem of the spec (see :meth:`problems`)."""
+        _raise_all(self.problems())
+
+    def problems(self) -> list[str]:
+        """Every problem of the spec that needs no data: each field, and every run config it makes."""
+        problems: list[str] = []
+
+        def note(check: Any, *args: Any) -> None:
+            try:
+                check(*args)
+            except (ValueError, TypeError) as err:
+                problems.append(str(err))
+
         for s in self.sparsities:
-            pruning.masks.check_sparsity(s, "sparsities")
+            note(pruning.masks.check_sparsity, s, "sparsities")
             if s == 0:
-                raise ValueError("lottery spec: sparsities: 0 prunes nothing (the dense arms cover it)")
+                problems.append("sparsities: 0 prunes nothing (the dense arms cover it)")
         bad = [a for a in self.arms if a not in ARMS]
         if bad:
-            raise ValueError(f"lottery spec: arms: unknown {bad}; choose from {list(ARMS)}")
+            problems.append(f"arms: unknown {bad}; choose from {list(ARMS)}")
         if self.scope not in pruning.masks.SCOPES:
-            raise ValueError(f"lottery spec: scope: expected one of {pruning.masks.SCOPES}, got {self.scope!r}")
-        if not isinstance(self.rewind_steps, int) or self.rewind_steps < 0:
-            raise ValueError(f"lottery spec: rewind_steps: expected an integer >= 0, got {self.rewind_steps!r}")
+            problems.append(f"scope: expected one of {pruning.masks.SCOPES}, got {self.scope!r}")
+        if isinstance(self.rewind_steps, bool) or not isinstance(self.rewind_steps, int) or self.rewind_steps < 0:
+            problems.append(f"rewind_steps: expected an integer >= 0, got {self.rewind_steps!r}")
         for name in ("finetune_lr_scale", "correlation_top"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"lottery spec: {name}: expected a number in (0, 1], got {value!r}")
-        if not isinstance(self.imp_rounds, int) or self.imp_rounds < 1:
-            raise ValueError(f"lottery spec: imp_rounds: expected an integer >= 1, got {self.imp_rounds!r}")
-        pruning.masks.check_sparsity(self.imp_rate, "imp_rate")
-        for lr in (*self.lrs, *self.imp_lrs):
-            self.config(lr, self.seeds[0])  # every run config is valid
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                problems.append(f"{name}: expected a number in (0, 1], got {value!r}")
+        if isinstance(self.imp_rounds, bool) or not isinstance(self.imp_rounds, int) or self.imp_rounds < 1:
+            problems.append(f"imp_rounds: expected an integer >= 1, got {self.imp_rounds!r}")
+        note(pruning.masks.check_sparsity, self.imp_rate, "imp_rate")
+        if self.imp_rate == 0:
+            problems.append("imp_rate: 0 prunes nothing in any round; use a fraction in (0, 1), e.g. 0.2")
+        if self.base.get("normalization", "bn") != "bn":
+            problems.append("base: normalization must be 'bn' (the lottery's arms train the models as written)")
+        for lr in dict.fromkeys((*self.lrs, *self.imp_lrs)):
+            for seed in dict.fromkeys(self.seeds):
+                note(self.config, lr, seed)  # every run config is valid
+        return problems
 
     def config(self, lr: float, seed: int) -> RunConfig:
         return run_config({**self.base, "lr": lr, "seed": seed, "method": "plain"})
@@ -139,7 +178,7 @@ def row_key(config: RunConfig, lottery: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def fit(
+def _train_arm(
     model: torch.nn.Module,
     task: Any,
     config: RunConfig,
@@ -148,41 +187,47 @@ def fit(
     snapshot_step: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (masked or not) for ``config.epochs`` at ``lr`` with the config's optimizer and
-    schedule; batch order from ``config.seed``. Returns final metrics, each epoch's last batch loss, wall time."""
+    schedule, on the harness's one loop (``train.fit``); batch order from ``config.seed``. Returns final
+    metrics, each epoch's last batch loss, wall time and the state after ``snapshot_step`` steps."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = len(batch_starts(task.train_size, config.batch_size))
-    total = steps_per_epoch * config.epochs
+    total = len(batch_starts(task.train_size, config.batch_size)) * config.epochs
     optimizer = build_base_optimizer(
         config.optimizer, model.parameters(), lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
     scheduler = build_scheduler(optimizer, config, total)
     snapshot = copy.deepcopy(model.state_dict()) if snapshot_step == 0 else None
     train_losses: list[float] = []  # the last batch's loss of each epoch
-    step, diverged = 0, False
-    model.train()
-    for _ in range(config.epochs):
-        for inputs, targets in task.epoch(config.batch_size, generator):
-            loss = task.loss(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if snapshot_step is not None and step == snapshot_step:
-                snapshot = copy.deepcopy(model.state_dict())
-        train_losses.append(float(loss.detach()))
-        if not math.isfinite(train_losses[-1]):
-            diverged = True
-            break
+
+    def after_step(step: Step) -> None:
+        nonlocal snapshot
+        if snapshot_step is not None and step.number == snapshot_step:
+            snapshot = copy.deepcopy(model.state_dict())
+
+    def end_epoch(end: EpochEnd) -> bool:
+        train_losses.append(math.nan if end.last_loss is None else end.last_loss)
+        return not math.isfinite(train_losses[-1])
+
+    fitted = fit(
+        model,
+        optimizer,
+        config.epochs,
+        lambda: task.epoch(config.batch_size, generator),
+        lambda inputs, targets, _: task.loss(model(inputs), targets),
+        scheduler=scheduler,
+        after_step=after_step,
+        end_epoch=end_epoch,
+    )
     model.eval()
     val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
-    if snapshot_step is not None and snapshot is None:
-        raise ValueError(f"rewind_steps: {snapshot_step} is beyond the dense run's {total} steps")
+    if snapshot_step is not None and snapshot is None:  # the spec check rules out a step past the end
+        raise ValueError(
+            f"rewind_steps: the dense run diverged after {fitted.steps} steps, before step {snapshot_step}"
+        )
     return {
-        "val_metric": None if diverged else val["metric"],
-        "test_metric": None if diverged else test["metric"],
-        "diverged": diverged,
+        "val_metric": None if fitted.stopped else val["metric"],
+        "test_metric": None if fitted.stopped else test["metric"],
+        "diverged": fitted.stopped,
         "train_losses": train_losses,
         "seconds": round(time.perf_counter() - started, 3),
         "snapshot": snapshot,
@@ -207,9 +252,13 @@ def _row(config: RunConfig, task: Any, lottery: dict[str, Any], fitted: dict[str
     }
 
 
-def _fresh_model(config: RunConfig, data: Any, device: torch.device) -> torch.nn.Module:
-    _seed_everything(config.seed, device)
-    return build_model(config.model, data, config.width).to(device)
+def _raise_all(problems: list[str]) -> None:
+    """One ``ValueError`` naming every problem (none: return)."""
+    problems = list(dict.fromkeys(p if p.startswith("lottery spec") else f"lottery spec: {p}" for p in problems))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError(f"{len(problems)} problems:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def _planned(spec: LotterySpec, lr: float, epochs: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -247,48 +296,142 @@ def _planned(spec: LotterySpec, lr: float, epochs: int) -> tuple[list[dict[str, 
     return wanted, imp_rows
 
 
-def run_lottery(
-    spec: LotterySpec, results: str | Path, *, device: str = "cpu", progress: bool = False
-) -> dict[str, int]:
-    """Run every missing row of ``spec`` (see the module doc); returns counts ``done``, ``skipped``, ``total``."""
-    results = Path(results)
-    done_keys = completed_keys(results)
-    dev = resolve_device(device)
-    counts = {"done": 0, "skipped": 0, "total": 0}
-    data_cache: dict[str, Any] = {}
-    plan = [(seed, lr) for seed in spec.seeds for lr in sorted(set(spec.lrs) | set(spec.imp_lrs))]
-    bar = tqdm(total=len(plan), desc="lottery", disable=not progress, unit="lr×seed")
-    for seed, lr in plan:
-        config = spec.config(lr, seed).replace(device=str(dev))
-        wanted, imp_rows = _planned(spec, lr, config.epochs)
-        todo = {row_key(config, w) for w in wanted + imp_rows} - done_keys
-        counts["total"] += len(wanted) + len(imp_rows)
-        counts["skipped"] += len(wanted) + len(imp_rows) - len(todo)
-        if todo:
-            data_id = json.dumps({k: v for k, v in config.to_dict().items() if k in _DATA_FIELDS}, sort_keys=True)
-            if data_id not in data_cache:
-                data_cache[data_id] = load_data(config)
-            counts["done"] += _run_point(
-                spec, config, data_cache[data_id], dev, wanted, imp_rows, todo, results, done_keys
+@dataclass
+class _Point:
+    """One (learning rate, seed): its dense run's config and the rows it owes."""
+
+    config: RunConfig
+    wanted: list[dict[str, Any]]  # the dense row first, then the one-shot arms
+    imp_rows: list[dict[str, Any]]
+    keys: set[str]
+
+    @property
+    def dense_key(self) -> str:
+        return row_key(self.config, self.wanted[0])
+
+
+def _plan(spec: LotterySpec, dev: torch.device) -> list[_Point]:
+    points: dict[str, _Point] = {}
+    for seed in spec.seeds:
+        for lr in sorted(set(spec.lrs) | set(spec.imp_lrs)):
+            config = spec.config(lr, seed).replace(device=str(dev))
+            wanted, imp_rows = _planned(spec, lr, config.epochs)
+            point = _Point(config, wanted, imp_rows, {row_key(config, w) for w in wanted + imp_rows})
+            points.setdefault(point.dense_key, point)
+    return list(points.values())
+
+
+def _data(config: RunConfig, cache: dict[str, Any]) -> Any:
+    data_id = json.dumps({k: v for k, v in config.to_dict().items() if k in _DATA_FIELDS}, sort_keys=True)
+    if data_id not in cache:
+        cache[data_id] = load_data(config)
+    return cache[data_id]
+
+
+def data_problems(
+    spec: LotterySpec, configs: list[RunConfig], dev: torch.device, cache: dict[str, Any] | None = None
+) -> list[str]:
+    """What only the data can tell, for every dense run, before anything trains: the run reaches
+    ``rewind_steps``, the model builds and has weights to prune. Loads (and caches) the data sets."""
+    cache = {} if cache is None else cache
+    problems: list[str] = []
+    rewind = spec.rewind_steps if isinstance(spec.rewind_steps, int) else None
+    for config in configs:
+        where = f"lr {config.lr:g}, seed {config.seed}"
+        try:
+            data = _data(config, cache)
+            task = make_task(data, dev, config.negatives_per_positive)
+            pruning.prunable_weights(fresh_model(config, data, dev))
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            problems.append(f"lottery spec: {where}: {err}")
+            continue
+        per_epoch = len(batch_starts(task.train_size, config.batch_size))
+        total = per_epoch * config.epochs
+        if rewind is not None and rewind > total:
+            problems.append(
+                f"lottery spec: rewind_steps: {rewind} is past the end of the dense run ({where}: "
+                f"{config.epochs} epoch(s) × {per_epoch} step(s) = {total} steps); use at most {total}"
             )
-        bar.update(1)
-    bar.close()
-    return counts
+    return list(dict.fromkeys(problems))
+
+
+def run_lottery(
+    spec: LotterySpec,
+    results: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    poll_s: float = 1.0,
+) -> dict[str, int]:
+    """Run every missing row of ``spec`` (see the module doc); returns counts ``done`` (rows written here),
+    ``skipped`` (rows already there, or written by another study on the same file) and ``total``.
+
+    The spec is checked in full first (:meth:`LotterySpec.check` and the data-dependent checks), before any
+    training. Each (learning rate, seed) is claimed in ``results``'s lock file before it trains; points that
+    another process holds are waited for (polled every ``poll_s`` s) and taken over if it stops without
+    writing their rows.
+    """
+    spec.check()
+    results = Path(results)
+    dev = resolve_device(device)
+    points = _plan(spec, dev)
+    cache: dict[str, Any] = {}
+    _raise_all(data_problems(spec, [p.config for p in points], dev, cache))
+    book = ResultsFile(results)
+    total = sum(len(p.keys) for p in points)
+    done = 0
+    pending = deque(p for p in points if p.keys - book.written())
+    elsewhere: list[_Point] = []
+    bar = tqdm(
+        total=len(points), initial=len(points) - len(pending), desc="lottery", disable=not progress, unit="lr×seed"
+    )
+    try:
+        book.open()
+        while pending or elsewhere:
+            if not pending:
+                time.sleep(poll_s)  # only points another process holds are left
+                written = book.written()
+                for point in list(elsewhere):
+                    if not point.keys - written:
+                        elsewhere.remove(point)
+                        bar.update(1)
+                    elif book.claim(point.dense_key):  # given up without its rows: take it over
+                        book.release(point.dense_key)
+                        elsewhere.remove(point)
+                        pending.append(point)
+                continue
+            point = pending.popleft()
+            if not book.claim(point.dense_key):
+                elsewhere.append(point)
+                continue
+            try:
+                present = book.written()
+                todo = point.keys - present
+                if todo:
+                    data = _data(point.config, cache)
+                    done += _run_point(spec, point, data, dev, todo, book, present)
+            finally:
+                book.release(point.dense_key)
+            bar.update(1)
+    finally:
+        book.close()
+        bar.close()
+    return {"done": done, "skipped": total - done, "total": total}
 
 
 def _run_point(
     spec: LotterySpec,
-    config: RunConfig,
+    point: _Point,
     data: Any,
     dev: torch.device,
-    wanted: list[dict[str, Any]],
-    imp_rows: list[dict[str, Any]],
     todo: set[str],
-    results: Path,
+    book: ResultsFile,
     done_keys: set[str],
 ) -> int:
-    """Train one (learning rate, seed): the dense run (or its saved states), then every missing arm row."""
-    lr, seed = config.lr, config.seed
+    """Train one (learning rate, seed), whose claim this process holds: the dense run (or its saved states),
+    then every missing arm row."""
+    config, wanted, imp_rows = point.config, point.wanted, point.imp_rows
+    lr, results = config.lr, book.path
     task = make_task(data, dev, config.negatives_per_positive)
     written = 0
 
@@ -296,29 +439,29 @@ def _run_point(
         nonlocal written
         row = _row(config, task, lottery, fitted, **extra)
         if row["key"] not in done_keys:
-            append_row(results, row)
+            book.append(row)
             done_keys.add(row["key"])
             written += 1
 
-    dense_key = row_key(config, wanted[0])
+    dense_key = point.dense_key
     states_path = results.with_name(results.name + ".states") / f"{dense_key}.pt"
-    model = _fresh_model(config, data, dev)
+    model = fresh_model(config, data, dev)
     params = pruning.prunable_weights(model)
     if states_path.is_file() and dense_key in done_keys:
         states = torch.load(states_path, map_location=dev, weights_only=True)
     else:
         theta0 = copy.deepcopy(model.state_dict())
-        fitted = fit(model, task, config, lr, snapshot_step=spec.rewind_steps)
+        fitted = _train_arm(model, task, config, lr, snapshot_step=spec.rewind_steps)
         states = {"initial": theta0, "rewind": fitted["snapshot"], "trained": copy.deepcopy(model.state_dict())}
         states_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(states, states_path)
         top = spec.correlation_top
         correlation = {
-            "initial": lawn.weight_correlation(theta0, states["trained"], top, params),
-            "rewind": lawn.weight_correlation(states["rewind"], states["trained"], top, params),
+            "initial": pruning.weight_correlation(theta0, states["trained"], top, params),
+            "rewind": pruning.weight_correlation(states["rewind"], states["trained"], top, params),
         }
         emit(wanted[0], fitted, correlation=correlation)
-    trained_model = _fresh_model(config, data, dev)
+    trained_model = fresh_model(config, data, dev)
     trained_model.load_state_dict(states["trained"])
     for lottery in wanted[1:]:
         if row_key(config, lottery) not in todo:
@@ -327,15 +470,20 @@ def _run_point(
         model = copy.deepcopy(trained_model)
         arm_lr = lr * spec.finetune_lr_scale if arm in ("dense_extra", "finetune") else lr
         if arm != "dense_extra":
-            masks = lawn.magnitude_masks(trained_model, s, spec.scope, params)
+            masks = pruning.magnitude_masks(trained_model, s, spec.scope, params)
             if arm == "ticket":
-                lawn.rewind(model, states["rewind"], masks)
+                pruning.rewind(model, states["rewind"], masks)
             elif arm == "reinit":
-                lawn.reinitialize(model, masks, seed=seed + REINIT_SEED_OFFSET)
+                reinit_model(model, masks, config, data, dev)
             else:  # finetune
-                lawn.apply_masks(model, masks)
-        fitted = fit(model, task, config, arm_lr)
-        emit(lottery, fitted, measured_sparsity=lawn.sparsity_report(model, params)["total"]["sparsity"], arm_lr=arm_lr)
+                pruning.apply_masks(model, masks)
+        fitted = _train_arm(model, task, config, arm_lr)
+        emit(
+            lottery,
+            fitted,
+            measured_sparsity=pruning.sparsity_report(model, params)["total"]["sparsity"],
+            arm_lr=arm_lr,
+        )
     for reset, arm, arm_lr in (("rewind", "imp_ticket", lr), ("continue", "imp_finetune", lr * spec.finetune_lr_scale)):
         mine = [w for w in imp_rows if w["arm"] == arm]
         if not any(row_key(config, w) in todo for w in mine):
@@ -345,13 +493,13 @@ def _run_point(
 
         def train_round(m: torch.nn.Module, arm_lr: float = arm_lr, calls: dict = calls) -> Any:
             calls["n"] += 1
-            return None if calls["n"] == 1 else fit(m, task, config, arm_lr)
+            return None if calls["n"] == 1 else _train_arm(m, task, config, arm_lr)
 
         def on_round(record: dict[str, Any], mine: list = mine, arm_lr: float = arm_lr) -> None:
             if record["round"] > 0:
                 emit(mine[record["round"] - 1], record["result"], measured_sparsity=record["sparsity"], arm_lr=arm_lr)
 
-        lawn.iterative_magnitude_pruning(
+        pruning.iterative_magnitude_pruning(
             model,
             train_round,
             spec.imp_rounds,
@@ -363,6 +511,15 @@ def _run_point(
             on_round=on_round,
         )
     return written
+
+
+def reinit_model(
+    model: torch.nn.Module, masks: dict[str, torch.Tensor], config: RunConfig, data: Any, device: torch.device
+) -> torch.nn.Module:
+    """The ``reinit`` arm: ``masks`` on a fresh draw of the model's own initializer, i.e. the model built again
+    as the harness builds it, under seed ``config.seed + REINIT_SEED_OFFSET`` (the global random state is kept)."""
+    fresh = config.replace(seed=config.seed + REINIT_SEED_OFFSET)
+    return pruning.reinitialize(model, masks, seed=fresh.seed, factory=lambda: fresh_model(fresh, data, device))
 
 
 _DATA_FIELDS = ("dataset", "data_dir", "data_options", "train_limit", "test_limit", "val_fraction", "data_seed")

@@ -1,5 +1,9 @@
 """One training run: ``train(config) → result row`` (plain JSON data), deterministic given the config.
 
+Two parts: :func:`build` makes the model, data, optimizer and schedule of a config; :func:`fit` is the harness's
+one training loop, shared by the plain runs (``train``), the lottery's arms (``lawn lottery``) and the study
+drivers (``lawn.harness.studies``), each of which adds its own bookkeeping through ``fit``'s hooks.
+
 Per epoch (and once before training, epoch 0) the row's ``history`` records: train loss and accuracy
 (averaged over the epoch's batches), validation and test loss and metric, ``logit_norm`` (mean ‖logits‖ on
 the test set), ``constrained_norm`` (``sqrt(Σ‖W‖²)`` over the final homogeneous weights, recorded for every
@@ -18,7 +22,9 @@ import copy
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -81,18 +87,151 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Train ``config`` and return its result row (see the module docstring)."""
-    started = time.perf_counter()
+class StepLoss(NamedTuple):
+    """What one step's loss function returns: the loss to train on and the data loss to log."""
+
+    trained: torch.Tensor  # ``backward()`` runs on this (the data loss plus a method's own terms)
+    data: torch.Tensor  # the plain data loss, for the logs
+    logits: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One finished training step, as ``fit``'s ``after_step`` sees it."""
+
+    number: int  # steps done so far, this one included
+    inputs: Any
+    targets: torch.Tensor
+    loss: StepLoss
+    before: Any  # what ``before_step`` returned for this step (None without one)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """One finished (or cut short) epoch, as ``fit``'s ``end_epoch`` sees it."""
+
+    epoch: int  # 1-based
+    mean_loss: float  # the data loss averaged over the epoch's examples; NaN if the optimizer refused a step
+    last_loss: float | None  # the data loss of the epoch's last step
+    examples: int
+    steps: int
+    blew_up: bool  # the optimizer refused a step because the weights are no longer finite
+
+
+@dataclass(frozen=True)
+class Fitted:
+    epochs_run: int
+    steps: int
+    seconds: float  # time spent in the epochs (``end_epoch`` excluded)
+    stopped: bool  # ``end_epoch`` asked to stop, or the optimizer refused a step
+
+
+Batches = Callable[[], Iterable[tuple[Any, torch.Tensor]]]
+LossFn = Callable[[Any, torch.Tensor, int], "torch.Tensor | StepLoss"]
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batches: Batches,
+    loss: LossFn,
+    *,
+    scheduler: Any = None,
+    before_step: Callable[[], Any] | None = None,
+    after_step: Callable[[Step], None] | None = None,
+    end_epoch: Callable[[EpochEnd], bool] | None = None,
+) -> Fitted:
+    """The harness's one training loop: ``epochs`` passes over ``batches()`` (called once per epoch).
+
+    Each step: ``loss(inputs, targets, steps_done)`` (a tensor, or a :class:`StepLoss` when the trained loss
+    is not the logged one), ``zero_grad``, ``backward``, ``before_step()``, ``optimizer.step()``,
+    ``scheduler.step()``, ``after_step(Step)``. After each epoch ``end_epoch(EpochEnd)`` returns whether to
+    stop. A ``ValueError`` from ``optimizer.step()`` (LAWN refusing to freeze non-finite norms) ends the
+    epoch and the fit when the weights are no longer finite, and is raised otherwise.
+    """
+    model.train()
+    steps = 0
+    seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        loss_sum: torch.Tensor | None = None
+        last: torch.Tensor | None = None
+        examples = epoch_steps = 0
+        blew_up = False
+        for inputs, targets in batches():
+            out = loss(inputs, targets, steps)
+            parts = out if isinstance(out, StepLoss) else StepLoss(out, out)
+            optimizer.zero_grad(set_to_none=True)
+            parts.trained.backward()
+            before = None if before_step is None else before_step()
+            try:
+                optimizer.step()
+            except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
+                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise
+                blew_up = True
+                break
+            if scheduler is not None:
+                scheduler.step()
+            steps += 1
+            epoch_steps += 1
+            last = parts.data.detach()
+            weighted = last * len(targets)
+            loss_sum = weighted if loss_sum is None else loss_sum + weighted
+            examples += len(targets)
+            if after_step is not None:
+                after_step(Step(steps, inputs, targets, parts, before))
+        seconds += time.perf_counter() - started
+        mean = math.nan if blew_up or loss_sum is None else float(loss_sum) / max(1, examples)
+        end = EpochEnd(epoch, mean, None if last is None else float(last), examples, epoch_steps, blew_up)
+        stop = end_epoch(end) if end_epoch is not None else False
+        if stop or blew_up:
+            return Fitted(epoch, steps, seconds, True)
+    return Fitted(epochs, steps, seconds, False)
+
+
+@dataclass
+class Built:
+    """Everything a run needs, built from its config (see :func:`build`)."""
+
+    config: RunConfig
+    device: torch.device
+    data: Any
+    task: Any
+    model: torch.nn.Module
+    generator: torch.Generator  # the batch order
+    example_inputs: Any
+    constrained: list[tuple[str, torch.Tensor]]  # the final homogeneous weights (their norms are logged)
+    steps_per_epoch: int
+    total_steps: int
+    lr: float
+    method: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step_loss: Any  # the method's own loss (afan) or None
+
+    def batches(self) -> Iterable[tuple[Any, torch.Tensor]]:
+        """One epoch's batches, in the order the run's seed draws."""
+        return self.task.epoch(self.config.batch_size, self.generator)
+
+
+def fresh_model(config: RunConfig, data: Any, device: torch.device) -> torch.nn.Module:
+    """The config's model drawn under its seed by the model's own initializer, in the config's normalization."""
+    _seed_everything(config.seed, device)
+    return convert(build_model(config.model, data, config.width), config, data).to(device)
+
+
+def build(config: RunConfig, *, data: Any = None) -> Built:
+    """Model, data, optimizer and schedule of ``config``, in the order that makes a run a function of its config."""
     config = checked(config)
     device = resolve_device(config.device)
     data = load_data(config) if data is None else data
     task = make_task(data, device, config.negatives_per_positive)
     if task.train_size < 2:
         raise ValueError(f"{config.dataset}: the training split has {task.train_size} example(s)")
-    _seed_everything(config.seed, device)
     generator = torch.Generator().manual_seed(config.seed)
-    model = convert(build_model(config.model, data, config.width), config, data).to(device)
+    model = fresh_model(config, data, device)
     example_inputs = task.example_inputs()
 
     constrained: list[tuple[str, torch.Tensor]] = []
@@ -108,8 +247,20 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     optimizer = build_optimizer(config, model, constrained, lr, total_steps, example_inputs=example_inputs)
     attach(optimizer, model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
-    is_lawn = isinstance(optimizer, lawn.LAWN)
     step_loss = None if method.step_loss is None else method.step_loss(model, config)
+    return Built(
+        config, device, data, task, model, generator, example_inputs, constrained, steps_per_epoch, total_steps,
+        lr, method, optimizer, scheduler, step_loss,
+    )  # fmt: skip
+
+
+def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Train ``config`` and return its result row (see the module docstring)."""
+    started = time.perf_counter()
+    run = build(config, data=data)
+    config, task, model, optimizer, constrained = run.config, run.task, run.model, run.optimizer, run.constrained
+    method, step_loss = run.method, run.step_loss
+    is_lawn = isinstance(optimizer, lawn.LAWN)
 
     def record(
         epoch: int, train_loss: float | None, train_acc: float | None, tangential: float | None = None
@@ -119,7 +270,7 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         model.train()
         row = {
             "epoch": epoch,
-            "step": epoch * steps_per_epoch,
+            "step": epoch * run.steps_per_epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "phase": optimizer.phase if is_lawn else None,
             "train_loss": _finite(train_loss),
@@ -136,53 +287,50 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
             row["val_auc"], row["test_auc"] = val["auc"], test["auc"]
         return row
 
+    def loss(inputs: Any, targets: torch.Tensor, step: int) -> StepLoss:
+        if step_loss is None:
+            logits = model(inputs)
+            data_loss = trained = task.loss(logits, targets)
+        else:  # the method's own loss (afan); ``data_loss`` stays the clean data loss for logging
+            trained, logits, data_loss = step_loss(inputs, targets, task.loss)
+        penalty = None if method.penalty is None else method.penalty(model, config)
+        return StepLoss(trained if penalty is None else trained + penalty, data_loss, logits)
+
+    sums = {"correct": torch.zeros((), device=run.device)}
+    sums["tangential"] = torch.zeros((), dtype=torch.float64, device=run.device)
+
+    def before_step() -> list[torch.Tensor]:
+        return [p.detach().clone() for _, p in constrained]
+
+    def after_step(step: Step) -> None:
+        if constrained:
+            sums["tangential"] += _tangential_step(step.before, [p.detach() for _, p in constrained])
+        sums["correct"] += task.correct(step.loss.logits.detach(), step.targets)
+        bar.update(1)
+
+    def end_epoch(end: EpochEnd) -> bool:
+        tangential = _finite(float(sums["tangential"]) / max(1, end.steps)) if constrained else None
+        history.append(record(end.epoch, end.mean_loss, float(sums["correct"]) / max(1, end.examples), tangential))
+        bar.set_postfix(epoch=end.epoch, loss=f"{end.mean_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
+        sums["correct"].zero_()
+        sums["tangential"].zero_()
+        return not math.isfinite(end.mean_loss)
+
     history = [record(0, None, None)]
-    diverged = False
-    bar = tqdm(total=total_steps, desc=_label(config), disable=not progress, leave=False, dynamic_ncols=True)
-    model.train()
-    train_seconds, steps_run = 0.0, 0
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        tangential_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = steps_done = 0
-        blew_up = False
-        for inputs, targets in task.epoch(config.batch_size, generator):
-            if step_loss is None:
-                logits = model(inputs)
-                loss = trained = task.loss(logits, targets)
-            else:  # the method's own loss (afan); ``loss`` stays the clean data loss for logging
-                trained, logits, loss = step_loss(inputs, targets, task.loss)
-            penalty = None if method.penalty is None else method.penalty(model, config)
-            optimizer.zero_grad(set_to_none=True)
-            (trained if penalty is None else trained + penalty).backward()
-            before = [p.detach().clone() for _, p in constrained]
-            try:
-                optimizer.step()
-            except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
-                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                    raise
-                blew_up = True
-                break
-            scheduler.step()
-            if constrained:
-                tangential_sum += _tangential_step(before, [p.detach() for _, p in constrained])
-            loss_sum += loss.detach() * len(targets)
-            correct += task.correct(logits.detach(), targets)
-            seen += len(targets)
-            steps_done += 1
-            steps_run += 1
-            bar.update(1)
-        train_seconds += time.perf_counter() - epoch_started
-        train_loss = math.nan if blew_up else float(loss_sum) / max(1, seen)
-        tangential = _finite(float(tangential_sum) / max(1, steps_done)) if constrained else None
-        history.append(record(epoch, train_loss, float(correct) / max(1, seen), tangential))
-        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
-        if not math.isfinite(train_loss):
-            diverged = True
-            break
+    bar = tqdm(total=run.total_steps, desc=_label(config), disable=not progress, leave=False, dynamic_ncols=True)
+    fitted = fit(
+        model,
+        optimizer,
+        config.epochs,
+        run.batches,
+        loss,
+        scheduler=run.scheduler,
+        before_step=before_step,
+        after_step=after_step,
+        end_epoch=end_epoch,
+    )
     bar.close()
+    diverged = fitted.stopped
 
     last = history[-1]
     result: dict[str, Any] = {
@@ -193,19 +341,19 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
         "test_metric": None if diverged else last["test_metric"],
         "diverged": diverged,
         "epochs_run": len(history) - 1,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "scaled_lr": lr,
-        "free_steps": free_steps(config, total_steps) if is_lawn and config.method != "lawn_auto" else None,
+        "steps_per_epoch": run.steps_per_epoch,
+        "total_steps": run.total_steps,
+        "scaled_lr": run.lr,
+        "free_steps": free_steps(config, run.total_steps) if is_lawn and config.method != "lawn_auto" else None,
         "switch_step": optimizer.switch_step if is_lawn else None,
         "constrained": [name for name, _ in constrained],
         "uses_weight_decay": method.uses_weight_decay,
         "history": history,
         "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
-        "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(device)},
+        "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(run.device)},
     }
     result["cost"] = {"passes_per_step": getattr(step_loss, "passes_after_split", 1)}
-    result["timing"]["step_seconds"] = round(train_seconds / max(1, steps_run), 6)
+    result["timing"]["step_seconds"] = round(fitted.seconds / max(1, fitted.steps), 6)
     if config.eval_noise_std > 0:
         result["noisy_test_metric"] = None if diverged else noisy_accuracy(task, model, config)
     if "test_auc" in last:

@@ -1,6 +1,6 @@
-"""The A-FAN study's tables and plot (issue 18) from the results files of docs/results/afan/run_study.sh.
+"""The A-FAN study's tables and plot from the results files of docs/results/afan/run_study.sh.
 
-    PYTHONPATH=src python benchmarks/afan_study.py docs/results/afan --measure-cost
+    PYTHONPATH=src python -m lawn.harness.studies.afan docs/results/afan --measure-cost
 
 Per arm: test accuracy and test accuracy under input noise N(0, 0.5²), mean ± std over seeds; and paired
 (same seed) differences against compute-matched plain training and against the random-sign control.
@@ -100,6 +100,7 @@ def measure_cost(repeats: int = 5) -> dict[str, float]:
 
     from lawn import AFAN
     from lawn.harness.models import ResNet
+    from lawn.harness.train import fit
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -116,16 +117,14 @@ def measure_cost(repeats: int = 5) -> dict[str, float]:
     out = {}
     for name, afan in configs.items():
 
-        def step(afan: AFAN | None = afan) -> None:
-            loss = F.cross_entropy(model(x), y) if afan is None else afan.loss(x, y, F.cross_entropy)[0]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def loss(inputs: torch.Tensor, targets: torch.Tensor, step: int, afan: AFAN | None = afan) -> torch.Tensor:
+            if afan is None:
+                return F.cross_entropy(model(inputs), targets)
+            return afan.loss(inputs, targets, F.cross_entropy)[0]
 
-        step()
+        fit(model, opt, 1, lambda: [(x, y)], loss)  # warm-up
         started = time.process_time()
-        for _ in range(repeats):
-            step()
+        fit(model, opt, 1, lambda: [(x, y)] * repeats, loss)
         out[name] = (time.process_time() - started) / repeats
     return out
 

@@ -1,7 +1,7 @@
 """Tables and the mechanism plot of the study "LAWN as the paper runs it" (docs/results.md) from its result rows.
 
-    python benchmarks/lawn_paper_study.py docs/results/lawn_paper
-    python benchmarks/lawn_paper_study.py docs/results/lawn_paper_vgg
+    python -m lawn.harness.studies.lawn_paper docs/results/lawn_paper
+    python -m lawn.harness.studies.lawn_paper docs/results/lawn_paper_vgg
 
 Reads every ``*.jsonl`` in the folder (the pilot's ``pilot*.jsonl`` apart);
 selects each cell's learning rate on validation (lawn.harness.selection: mean over seeds of the last

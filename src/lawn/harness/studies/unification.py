@@ -1,6 +1,6 @@
 """Study: micro-structured weight unification and pruning with ADMM vs one-shot projection (MNIST-1D, CPU).
 
-    PYTHONPATH=src nice -n 5 python benchmarks/unification_study.py --out docs/results/unification
+    PYTHONPATH=src nice -n 5 python -m lawn.harness.studies.unification --out docs/results/unification
 
 Protocol (every arm sees the same data, seeds and total epochs):
 
@@ -27,6 +27,7 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from lawn import unification as U
+from lawn.harness.train import StepLoss, fit
 
 PRE, MID, FT = 10, 10, 5
 BATCH, LR, FT_LR = 128, 3e-3, 1e-3
@@ -91,19 +93,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(model: nn.Module, data: dict, epochs: int, lr: float, seed: int, admm: U.ADMM | None = None) -> None:
+    """Adam on the harness's loop (``train.fit``), batch order from ``seed``; with ``admm``, its penalty is
+    trained on and its Z/U step runs after every optimizer step."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    n = len(data["y_train"])
-    for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(BATCH):
-            loss = nn.functional.cross_entropy(model(data["x_train"][idx]), data["y_train"][idx])
-            if admm is not None:
-                loss = loss + admm.penalty()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if admm is not None:
-                admm.update()
+    x, y = data["x_train"], data["y_train"]
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((x[idx], y[idx]) for idx in torch.randperm(len(y), generator=gen).split(BATCH))
+
+    def loss(inputs: torch.Tensor, targets: torch.Tensor, step: int) -> StepLoss:
+        data_loss = nn.functional.cross_entropy(model(inputs), targets)
+        return StepLoss(data_loss if admm is None else data_loss + admm.penalty(), data_loss)
+
+    fit(model, opt, epochs, batches, loss, after_step=None if admm is None else lambda step: admm.update())
 
 
 def costs(model: nn.Module, example: torch.Tensor) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""Bayesian nested networks vs fixed-rate nested dropout on a Fashion-MNIST subset (issue 19's study).
+"""Bayesian nested networks vs fixed-rate nested dropout on a Fashion-MNIST subset.
 
-    PYTHONPATH=src nice -n 5 python benchmarks/nested_study.py --out docs/results/nested
+    PYTHONPATH=src nice -n 5 python -m lawn.harness.studies.nested --out docs/results/nested
 
 Arms (same CNN, optimizer, learning rate, epochs and data for all; no arm is tuned):
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lawn.harness.data_files import FASHION_MNIST_DIR, load_idx_dir
+from lawn.harness.train import StepLoss, fit
 from lawn.nested import (
     NestedConv2d,
     NestedLinear,
@@ -90,26 +92,30 @@ def load_data(train: int, test: int, ood: int) -> dict[str, torch.Tensor]:
 
 
 def train(model: nn.Module, kind: str, data: dict, epochs: int, lr: float, batch: int, seed: int) -> float:
+    """Train with Adam on the harness's loop (``train.fit``); batch order from the global generator seeded
+    with ``seed`` (the nested layers draw their noise from it too). Returns the CPU seconds."""
     torch.manual_seed(seed)
     x, y = data["x_train"], data["y_train"]
     n = len(y)
-    steps, step = epochs * math.ceil(n / batch), 0
+    steps = epochs * math.ceil(n / batch)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if kind != "narrow":
         set_width(model, None)
-    model.train()
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(n)  # drawn when the epoch starts, before any of its forward passes
+        return ((x[idx], y[idx]) for idx in order.split(batch))
+
+    def loss(inputs: torch.Tensor, targets: torch.Tensor, step: int) -> StepLoss:
+        data_loss = trained = F.cross_entropy(model(inputs), targets)
+        if kind in ("learned_order", "bayes_nested"):
+            trained = trained + nested_kl(model, "ordering")  # z is drawn per example: its KL counts per example
+        if kind == "bayes_nested":
+            trained = trained + (step + 1) / steps * nested_kl(model, "weights") / n  # global weights: KL / N
+        return StepLoss(trained, data_loss)
+
     start = time.process_time()
-    for _ in range(epochs):
-        for idx in torch.randperm(n).split(batch):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if kind in ("learned_order", "bayes_nested"):
-                loss = loss + nested_kl(model, "ordering")  # z is drawn per example: its KL counts per example
-            if kind == "bayes_nested":
-                loss = loss + (step + 1) / steps * nested_kl(model, "weights") / n  # global weights: KL / N
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+    fit(model, opt, epochs, batches, loss)
     return time.process_time() - start
 
 
@@ -219,7 +225,7 @@ def report(rows: list[dict], timing: list[dict], args: argparse.Namespace) -> st
         value = getattr(args, name)
         if value != default:
             flags += f" --{name} " + (" ".join(map(str, value)) if name == "seeds" else str(value))
-    lines = [f"`PYTHONPATH=src python benchmarks/nested_study.py{flags}`", ""]
+    lines = [f"`PYTHONPATH=src python -m lawn.harness.studies.nested{flags}`", ""]
     lines += [f"Seeds {list(args.seeds)}; train {args.train}, test {args.test}, OOD {args.ood}+{args.ood}; "
              f"{args.epochs} epochs, Adam lr {args.lr}, batch {args.batch}, prior π = {args.prior}, "
              f"{args.samples} MC samples for bayes_nested.", ""]  # fmt: skip
