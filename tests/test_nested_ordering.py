@@ -150,9 +150,9 @@ def test_recalibrate_batchnorm_uses_the_current_width() -> None:
     assert model.training and layer.norm.num_batches_tracked == 1
 
 
-def test_top_level_exports() -> None:
-    assert lawn.NestedConv2d is NestedConv2d and lawn.slice_model is lawn.nested.slice_model
-    assert not hasattr(lawn, "nll")  # metrics stay under lawn.nested
+def test_nested_is_exported_as_a_module() -> None:
+    assert lawn.nested.NestedConv2d is NestedConv2d and "nested" in lawn.__all__
+    assert "slice_model" not in lawn.__all__ and not hasattr(lawn, "nll")  # the names stay under lawn.nested
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pruning_helpers import make_net
 
 def test_a_tensor_with_itself_correlates_perfectly():
     model = make_net()
-    out = lawn.weight_correlation(model, model, top=0.2)
+    out = lawn.pruning.weight_correlation(model, model, top=0.2)
     assert set(out["layers"]) == {"conv2.weight", "fc1.weight"}
     for stats in [*out["layers"].values(), out["global"]]:
         for key in ("overlap", "pearson", "spearman", "cosine"):
@@ -22,7 +22,7 @@ def test_independent_tensors_sit_at_chance():
     a = {"w": torch.randn(200, 200, generator=g), "v": torch.randn(100, 50, generator=g)}
     b = {"w": torch.randn(200, 200, generator=g), "v": torch.randn(100, 50, generator=g)}
     for top in (0.1, 0.5):
-        out = lawn.weight_correlation(a, b, top=top)
+        out = lawn.pruning.weight_correlation(a, b, top=top)
         stats = out["global"]
         assert stats["overlap"] == pytest.approx(top, abs=0.02)
         for key in ("pearson", "spearman", "cosine"):
@@ -33,12 +33,12 @@ def test_values_measure_what_they_say():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(50, 40, generator=g)
     flipped = {"w": -2 * w}  # magnitudes scaled, signs flipped
-    out = lawn.weight_correlation({"w": w}, flipped)["global"]
+    out = lawn.pruning.weight_correlation({"w": w}, flipped)["global"]
     assert out["overlap"] == pytest.approx(1.0) and out["spearman"] == pytest.approx(1.0)
     assert out["cosine"] == pytest.approx(-1.0)
-    squared = lawn.weight_correlation({"w": w}, {"w": w**3})["global"]
+    squared = lawn.pruning.weight_correlation({"w": w}, {"w": w**3})["global"]
     assert squared["spearman"] == pytest.approx(1.0) and squared["pearson"] < 0.99  # monotone, not linear
-    ties = lawn.weight_correlation(
+    ties = lawn.pruning.weight_correlation(
         {"w": torch.tensor([[0.0, 0.0, 1.0, 2.0]])}, {"w": torch.tensor([[0.0, 0.0, 1.0, 2.0]])}
     )
     assert ties["global"]["spearman"] == pytest.approx(1.0)
@@ -47,17 +47,17 @@ def test_values_measure_what_they_say():
 def test_masked_model_is_read_as_the_forward_pass_sees_it():
     model = make_net()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    masks = lawn.magnitude_masks(model, 0.5)
-    lawn.apply_masks(model, masks)
-    out = lawn.weight_correlation(initial, model, top=0.5)
+    masks = lawn.pruning.magnitude_masks(model, 0.5)
+    lawn.pruning.apply_masks(model, masks)
+    out = lawn.pruning.weight_correlation(initial, model, top=0.5)
     assert out["global"]["overlap"] == pytest.approx(1.0)  # the kept half is the top half
 
 
 def test_bad_inputs_name_the_culprit():
     a = {"w": torch.randn(3, 3)}
     with pytest.raises(ValueError, match="top"):
-        lawn.weight_correlation(a, a, top=0.0)
+        lawn.pruning.weight_correlation(a, a, top=0.0)
     with pytest.raises(ValueError, match="'w'"):
-        lawn.weight_correlation(a, {"w": torch.randn(3, 4)})
+        lawn.pruning.weight_correlation(a, {"w": torch.randn(3, 4)})
     with pytest.raises(ValueError, match="trained: has no parameter 'w'"):
-        lawn.weight_correlation(a, {"x": torch.randn(3, 3)}, params=["w"])
+        lawn.pruning.weight_correlation(a, {"x": torch.randn(3, 3)}, params=["w"])

@@ -38,15 +38,15 @@ def _train(model: nn.Module, steps: int = 3) -> None:
 def test_tied_weight_is_masked_once_and_stays_tied_under_adam():
     torch.manual_seed(0)
     model = TiedLM()
-    masks = lawn.magnitude_masks(model, 0.5, params=["head.weight"])
-    lawn.apply_masks(model, masks)
+    masks = lawn.pruning.magnitude_masks(model, 0.5, params=["head.weight"])
+    lawn.pruning.apply_masks(model, masks)
     _train(model)
     pruned = ~masks["head.weight"]
     assert bool((model.head.weight[pruned] == 0).all())
     assert bool((model.emb.weight[pruned] == 0).all())
     assert torch.equal(model.head.weight, model.emb.weight)
     assert model.head.parametrizations.weight.original is model.emb.parametrizations.weight.original
-    lawn.remove_masks(model)
+    lawn.pruning.remove_masks(model)
     assert model.head.weight is model.emb.weight
     assert bool((model.head.weight[pruned] == 0).all())
 
@@ -54,15 +54,15 @@ def test_tied_weight_is_masked_once_and_stays_tied_under_adam():
 def test_tied_weight_reports_once_and_is_selectable_by_either_name():
     torch.manual_seed(0)
     model = TiedLM()
-    assert lawn.prunable_weights(model, "all") == ["mid.weight", "head.weight"]
-    masks = lawn.magnitude_masks(model, 0.5, params="all")
+    assert lawn.pruning.prunable_weights(model, "all") == ["mid.weight", "head.weight"]
+    masks = lawn.pruning.magnitude_masks(model, 0.5, params="all")
     assert set(masks) == {"mid.weight", "head.weight"}
-    lawn.apply_masks(model, masks)
-    report = lawn.sparsity_report(model)
+    lawn.pruning.apply_masks(model, masks)
+    report = lawn.pruning.sparsity_report(model)
     assert set(report) == {"mid.weight", "head.weight", "total"}  # the tied weight counted once
     assert report["total"]["numel"] == 8 * 8 + 20 * 8
     with pytest.raises(ValueError, match="one tied weight"):
-        lawn.prunable_weights(model, ["emb.weight", "head.weight"])
+        lawn.pruning.prunable_weights(model, ["emb.weight", "head.weight"])
 
 
 def test_tied_masks_that_differ_are_refused_and_a_state_dict_round_trips():
@@ -70,12 +70,12 @@ def test_tied_masks_that_differ_are_refused_and_a_state_dict_round_trips():
     model = TiedLM()
     mask = torch.rand(20, 8) > 0.5
     with pytest.raises(ValueError, match="masks differ"):
-        lawn.apply_masks(model, {"emb.weight": mask, "head.weight": ~mask})
-    assert lawn.current_masks(model) == {}
-    lawn.apply_masks(model, {"head.weight": mask})
+        lawn.pruning.apply_masks(model, {"emb.weight": mask, "head.weight": ~mask})
+    assert lawn.pruning.current_masks(model) == {}
+    lawn.pruning.apply_masks(model, {"head.weight": mask})
     state = model.state_dict()
     fresh = TiedLM()
-    lawn.apply_masks(fresh, lawn.masks_from_state_dict(state))  # names both holders, with equal masks
+    lawn.pruning.apply_masks(fresh, lawn.pruning.masks_from_state_dict(state))  # names both holders, with equal masks
     fresh.load_state_dict(state)
     assert torch.equal(fresh.head.weight, model.head.weight)
     assert fresh.head.parametrizations.weight.original is fresh.emb.parametrizations.weight.original
@@ -93,13 +93,13 @@ def _normed(kind: str) -> nn.Module:
 def test_reading_masks_of_a_parametrized_model_changes_nothing(kind):
     model = _normed(kind)
     before = copy.deepcopy(model.state_dict())
-    masks = lawn.magnitude_masks(model, 0.5, params="all")
-    lawn.sparsity_report(model)
+    masks = lawn.pruning.magnitude_masks(model, 0.5, params="all")
+    lawn.pruning.sparsity_report(model)
     assert "2.weight" in masks
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # spectral_norm's _u/_v untouched
     assert model[2].parametrizations.weight.training  # its mode restored
-    lawn.apply_masks(model, masks)  # applying runs no power iteration either
+    lawn.pruning.apply_masks(model, masks)  # applying runs no power iteration either
     for key, value in before.items():
         if key.endswith(("_u", "_v")):
             assert torch.equal(model.state_dict()[key], value), key
@@ -109,8 +109,8 @@ def test_reading_masks_of_a_parametrized_model_changes_nothing(kind):
 def test_a_parametrized_weight_is_pruned_and_stays_zero(kind):
     model = _normed(kind)
     initial = copy.deepcopy(model.state_dict())
-    masks = lawn.magnitude_masks(model, 0.5, params="all")
-    lawn.apply_masks(model, masks)
+    masks = lawn.pruning.magnitude_masks(model, 0.5, params="all")
+    lawn.pruning.apply_masks(model, masks)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(3):
         opt.zero_grad()
@@ -119,11 +119,11 @@ def test_a_parametrized_weight_is_pruned_and_stays_zero(kind):
     model.eval()
     assert bool((model[2].weight[~masks["2.weight"]] == 0).all())
     with pytest.raises(ValueError, match="bake=False"):
-        lawn.remove_masks(model)
-    lawn.rewind(model, initial)  # keeps the user's parametrization, restores its stored tensors
+        lawn.pruning.remove_masks(model)
+    lawn.pruning.rewind(model, initial)  # keeps the user's parametrization, restores its stored tensors
     assert bool((model[2].weight[~masks["2.weight"]] == 0).all())
-    lawn.remove_masks(model, bake=False)
-    assert lawn.current_masks(model) == {}
+    lawn.pruning.remove_masks(model, bake=False)
+    assert lawn.pruning.current_masks(model) == {}
     assert len(model[2].parametrizations.weight) == 1
 
 
@@ -133,21 +133,21 @@ def test_hugging_face_conv1d_counts_as_prunable():
     config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=8, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
-    names = lawn.prunable_weights(model, "all")
+    names = lawn.pruning.prunable_weights(model, "all")
     assert "transformer.h.0.attn.c_attn.weight" in names
     assert "transformer.h.0.mlp.c_fc.weight" in names
     assert names[-1] == "lm_head.weight"  # the head is tied to the embedding: listed once
-    masks = lawn.magnitude_masks(model, 0.5)
+    masks = lawn.pruning.magnitude_masks(model, 0.5)
     assert set(masks) == set(names[1:-1])  # the default: all but the first and the last
-    lawn.apply_masks(model, masks)
-    report = lawn.sparsity_report(model, list(masks))
+    lawn.pruning.apply_masks(model, masks)
+    report = lawn.pruning.sparsity_report(model, list(masks))
     assert report["total"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_correlation_reads_a_parametrized_model_by_its_weights():
     model = _normed("weight_norm")
     initial = copy.deepcopy(model)
-    result = lawn.weight_correlation(initial, model)
+    result = lawn.pruning.weight_correlation(initial, model)
     assert "2.weight" in result["layers"]
     assert result["layers"]["2.weight"]["cosine"] == pytest.approx(1.0)
 
@@ -156,13 +156,13 @@ def test_rewind_and_reinitialize_keep_a_tied_weight_tied():
     torch.manual_seed(0)
     model = TiedLM()
     theta0 = copy.deepcopy(model.state_dict())
-    masks = lawn.magnitude_masks(model, 0.5, params="all")
-    lawn.apply_masks(model, masks)
+    masks = lawn.pruning.magnitude_masks(model, 0.5, params="all")
+    lawn.pruning.apply_masks(model, masks)
     _train(model)
-    lawn.rewind(model, theta0)
+    lawn.pruning.rewind(model, theta0)
     assert model.head.parametrizations.weight.original is model.emb.parametrizations.weight.original
     kept = masks["head.weight"]
     assert torch.equal(model.head.weight[kept], theta0["head.weight"][kept])
-    lawn.reinitialize(model, seed=1)
+    lawn.pruning.reinitialize(model, seed=1)
     assert model.head.parametrizations.weight.original is model.emb.parametrizations.weight.original
     assert bool((model.emb.weight[~kept] == 0).all())

@@ -26,22 +26,22 @@ def test_zeros_survive_training_even_with_dense_optimizer_state(name):
     model = make_net()
     opt = OPTIMIZERS[name](model.parameters())
     train_steps(model, opt, 5)  # momentum / Adam moments now non-zero everywhere
-    masks = lawn.magnitude_masks(model, 0.9)
-    lawn.apply_masks(model, masks)  # the same Parameter objects stay in the optimizer
+    masks = lawn.pruning.magnitude_masks(model, 0.9)
+    lawn.pruning.apply_masks(model, masks)  # the same Parameter objects stay in the optimizer
     survivors_before = {k: lawn.pruning._names.effective_tensors(model)[k][m].clone() for k, m in masks.items()}
     train_steps(model, opt, 10)
     assert _pruned_zero(model, masks)
     after = lawn.pruning._names.effective_tensors(model)
     assert any(not torch.equal(after[k][m], survivors_before[k]) for k, m in masks.items())  # it did train
-    lawn.remove_masks(model)
+    lawn.pruning.remove_masks(model)
     assert _pruned_zero(model, masks)  # baked: plain parameters with zeros in place
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_optimizer_made_after_pruning_never_moves_the_stored_zeros(name):
     model = make_net()
-    masks = lawn.magnitude_masks(model, 0.7)
-    lawn.apply_masks(model, masks)
+    masks = lawn.pruning.magnitude_masks(model, 0.7)
+    lawn.pruning.apply_masks(model, masks)
     opt = OPTIMIZERS[name](model.parameters())
     train_steps(model, opt, 8)
     for k, m in masks.items():
@@ -59,19 +59,19 @@ def test_optimizer_made_after_pruning_never_moves_the_stored_zeros(name):
 
 def test_checkpoint_round_trip_with_optimizer_state(tmp_path):
     model = make_net()
-    masks = lawn.magnitude_masks(model, 0.8)
-    lawn.apply_masks(model, masks)
+    masks = lawn.pruning.magnitude_masks(model, 0.8)
+    lawn.pruning.apply_masks(model, masks)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     train_steps(model, opt, 3)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
     saved = torch.load(path, weights_only=True)
     fresh = make_net(seed=1)
-    lawn.apply_masks(fresh, lawn.masks_from_state_dict(saved["model"]))
+    lawn.pruning.apply_masks(fresh, lawn.pruning.masks_from_state_dict(saved["model"]))
     fresh.load_state_dict(saved["model"])
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.05)
     fresh_opt.load_state_dict(saved["opt"])
-    assert all(torch.equal(lawn.current_masks(fresh)[k], masks[k]) for k in masks)
+    assert all(torch.equal(lawn.pruning.current_masks(fresh)[k], masks[k]) for k in masks)
     train_steps(model, opt, 4)
     train_steps(fresh, fresh_opt, 4)
     for (k, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_with_optimizer_state(tmp_path):
     assert _pruned_zero(fresh, masks)
     # the baked, plain model loads into an unpruned architecture
     buffer = io.BytesIO()
-    torch.save(lawn.remove_masks(fresh).state_dict(), buffer)
+    torch.save(lawn.pruning.remove_masks(fresh).state_dict(), buffer)
     plain = make_net()
     plain.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     assert _pruned_zero(plain, masks)
@@ -88,9 +88,9 @@ def test_checkpoint_round_trip_with_optimizer_state(tmp_path):
 def test_torch_compile_keeps_zeros_and_matches_eager():
     torch._dynamo.reset()
     eager, compiled_model = make_net(), make_net()
-    masks = lawn.magnitude_masks(eager, 0.9)
+    masks = lawn.pruning.magnitude_masks(eager, 0.9)
     for m in (eager, compiled_model):
-        lawn.apply_masks(m, masks)
+        lawn.pruning.apply_masks(m, masks)
     compiled = torch.compile(compiled_model, backend="aot_eager")
     train_steps(eager, torch.optim.SGD(eager.parameters(), lr=0.1, momentum=0.9), 4)
     train_steps(compiled_model, torch.optim.SGD(compiled_model.parameters(), lr=0.1, momentum=0.9), 4, compiled)

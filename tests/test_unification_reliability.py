@@ -71,7 +71,7 @@ def test_a_bad_admm_checkpoint_changes_nothing(change, culprit):
 
 def test_pruning_masks_are_refused_before_anything_is_hardened():
     model = small_convnet()
-    lawn.apply_masks(model, lawn.magnitude_masks(model, 0.5, params=["6.weight"]))
+    lawn.pruning.apply_masks(model, lawn.pruning.magnitude_masks(model, 0.5, params=["6.weight"]))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=r"6\.weight carries a parametrization \(WeightMask\).*remove_masks"):
         harden(model, BlockSpec(size=4))
@@ -79,7 +79,7 @@ def test_pruning_masks_are_refused_before_anything_is_hardened():
         ADMM(model, BlockSpec(size=4))
     assert list(hardened_layers(model)) == []
     assert model.state_dict().keys() == before.keys()
-    lawn.remove_masks(model)  # the way the message gives: bake the mask, then unify
+    lawn.pruning.remove_masks(model)  # the way the message gives: bake the mask, then unify
     harden(model, BlockSpec(size=4))
     assert len(list(hardened_layers(model))) == 3
 

@@ -27,7 +27,7 @@ def _require_nested(model: nn.Module, what: str) -> list[NestedModule]:
     if not found:
         raise ValueError(
             f"{what}: {type(model).__name__} has no nested layers; build it with "
-            "lawn.NestedConv2d / lawn.NestedLinear / lawn.NestedDropout"
+            "lawn.nested.NestedConv2d / lawn.nested.NestedLinear / lawn.nested.NestedDropout"
         )
     return found
 
