@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 import lawn
 from lawn import pruning
 from lawn.harness.checked import run_config
-from lawn.harness.config import RunConfig, load_mapping
+from lawn.harness.config import COMPARE_KEYS, LOTTERY_FIELDS, RunConfig, load_mapping, parse_comparisons
 from lawn.harness.datasets import load_data
 from lawn.harness.models import build_model
 from lawn.harness.optimizers import build_base_optimizer
@@ -70,6 +70,8 @@ class LotterySpec:
     def from_dict(cls, data: dict[str, Any]) -> LotterySpec:
         if not isinstance(data, dict):
             raise TypeError(f"lottery spec: expected a mapping, got {type(data).__name__}")
+        parse_comparisons(data, LOTTERY_FIELDS)  # [[compare]] tables are for `lawn report --spec`
+        data = {k: v for k, v in data.items() if k not in COMPARE_KEYS}
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
