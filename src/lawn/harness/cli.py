@@ -176,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--spec",
+        action="append",
+        default=[],
         metavar="SPEC",
-        help="sweep or lottery spec whose [[compare]] tables to decide: writes verdicts.json and a verdict table",
+        help="sweep or lottery spec whose [[compare]] tables to decide (repeat for a study of several specs): "
+        "writes verdicts.json and a verdict table",
     )
     report.add_argument(
         "--pilot",
@@ -469,7 +472,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.spec:
         from lawn.harness.verdicts import load_comparisons
 
-        load_comparisons(args.spec)  # a bad spec fails before anything is written
+        load_comparisons(*args.spec)  # a bad spec fails before anything is written
     rows = _only(read_reported_rows(args.results), args.only)
     pilot = _only(read_reported_rows(args.pilot), args.only) if args.pilot else []
     lottery = [row for row in rows if row.get("experiment") == "lottery"]

@@ -317,7 +317,7 @@ def _validate(c: RunConfig) -> None:
 
 # ---------------------------------------------------------------------- declared comparisons ([[compare]])
 COMPARE_KEYS = ("compare", "bounds")
-COMPARE_FIELDS = ("name", "a", "b", "by", "margin", "bounds")
+COMPARE_FIELDS = ("name", "a", "b", "by", "margin", "bounds", "pilot_by")
 BOUND_EDGES = ("min", "max", "both")
 # what a lottery row records beside its run config (row["lottery"]); a comparison may pick arms by these
 LOTTERY_FIELDS = (
@@ -340,7 +340,8 @@ class Comparison:
 
     ``a`` / ``b``: the fields (and values) that pick each arm's rows; ``margin``: the smallest difference of the
     test metric that matters (metric units); ``bounds``: tuned field → ``"min"`` / ``"max"`` / ``"both"``, the
-    grid edges that are hard bounds (a selected value there is not "on the edge of the grid").
+    grid edges that are hard bounds (a selected value there is not "on the edge of the grid"); ``pilot_by``: the
+    ``by`` fields a pilot selects within (``None``: all of ``by``; ``[]``: one choice from the mean over every group).
     """
 
     name: str
@@ -349,6 +350,7 @@ class Comparison:
     by: tuple[str, ...]
     margin: float
     bounds: dict[str, str] = field(default_factory=dict)
+    pilot_by: tuple[str, ...] | None = None
 
 
 def _bounds(value: Any, where: str, known: set[str]) -> dict[str, str]:
@@ -421,5 +423,10 @@ def parse_comparisons(data: dict[str, Any], extra_fields: Iterable[str] = ()) ->
                 f"got {margin!r}"
             )
         bounds = {**shared, **_bounds(table.get("bounds", {}), f"{where}.bounds", known)}
-        comparisons.append(Comparison(name, a, b, tuple(by), float(margin), bounds))
+        pilot_by = table.get("pilot_by")
+        if pilot_by is not None:
+            if not isinstance(pilot_by, list) or not all(isinstance(f, str) and f in by for f in pilot_by):
+                raise ValueError(f"{where}.pilot_by: expected a list of fields of by {by}, got {pilot_by!r}")
+            pilot_by = tuple(pilot_by)
+        comparisons.append(Comparison(name, a, b, tuple(by), float(margin), bounds, pilot_by))
     return tuple(comparisons)

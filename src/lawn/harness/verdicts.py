@@ -187,37 +187,59 @@ def _metric(row: dict[str, Any]) -> float:
     return 0.0 if row.get("diverged") or value is None else float(value)
 
 
+def pilot_choice(pilot: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]], int, int]:
+    """The pilot's choice for the tuned fields it varied: (choice, their grids, grid points, settings pooled).
+
+    A field is varied when it takes two or more values within one setting of the pilot. Each combination of the
+    varied fields is scored by the mean last-epoch validation metric over every pilot row at it (all settings
+    pooled: a choice made once for several groups, as with ``pilot_by = []``); the best wins (ties: first sorted).
+    """
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for r in pilot:
+        settings.setdefault(json.dumps(_identity(r), sort_keys=True, default=str), []).append(r)
+    varied: dict[str, list[Any]] = {}
+    for rows in settings.values():
+        tuned = list(rows[0].get("tuned") or ("lr", "weight_decay"))
+        for name, values in _grid(rows, tuned).items():
+            if len(values) > 1:
+                varied[name] = sorted({*varied.get(name, []), *values}, key=_sort_key)
+    if not varied:
+        return {}, {}, 1, len(settings)
+    scores: dict[str, list[float]] = {}
+    for r in pilot:
+        point = json.dumps({f: field_value(r, f) for f in varied}, sort_keys=True)
+        value = r.get("val_metric")
+        scores.setdefault(point, []).append(0.0 if r.get("diverged") or value is None else float(value))
+    best = sorted(scores, key=lambda k: (-statistics.fmean(scores[k]), k))[0]
+    return json.loads(best), varied, len(scores), len(settings)
+
+
 def choose_arm(
     fields: dict[str, Any], rows: list[dict[str, Any]], pilot: list[dict[str, Any]], label: str, where: str
 ) -> Arm:
     """Select arm ``label`` on validation: on ``pilot`` for the fields it varied, on ``rows`` for the rest."""
     arm = Arm(fields=fields)
-    pilot_choice: dict[str, Any] = {}
+    choice: dict[str, Any] = {}
     pilot_grid: dict[str, list[Any]] = {}
     pilot_size = 1
     if pilot:
-        chosen = _one_setting(pilot, f"{where}, arm {label} in the pilot rows")
-        pilot_grid = {f: v for f, v in _grid(pilot, chosen.tuned).items() if len(v) > 1}
-        pilot_choice = {f: chosen.chosen[f] for f in pilot_grid}
-        pilot_size = chosen.grid_size
-        rows = [r for r in rows if _matches(r, pilot_choice)]
-        if pilot_choice:
-            arm.selected_on = "pilot"
+        choice, pilot_grid, pilot_size, pooled = pilot_choice(pilot)
+        rows = [r for r in rows if _matches(r, choice)]
+        if choice and pooled > 1:
+            arm.notes.append(f"{label}: the pilot's choice is the best mean over {pooled} pooled settings")
         if not rows:
-            arm.selected = pilot_choice
-            arm.grid = pilot_grid
-            arm.grid_size = pilot_size
-            arm.notes.append(f"{label}: no runs in RESULTS at the pilot's choice {_fields_text(pilot_choice)}")
+            arm.selected, arm.grid, arm.grid_size = choice, pilot_grid, pilot_size
+            arm.notes.append(f"{label}: no runs in RESULTS at the pilot's choice {_fields_text(choice)}")
             return arm
     if not rows:
         return arm
     chosen = _one_setting(rows, f"{where}, arm {label}")
     results_grid = _grid(rows, chosen.tuned)
-    arm.selected = {**chosen.chosen, **pilot_choice}
+    arm.selected = {**chosen.chosen, **choice}
     arm.grid = {**results_grid, **pilot_grid}
     arm.grid_size = pilot_size * chosen.grid_size
-    if pilot_choice:
-        arm.selected_on = f"pilot ({_fields_text(pilot_choice)}) and RESULTS"
+    if choice:
+        arm.selected_on = f"pilot ({_fields_text(choice)}) and RESULTS"
     arm.by_seed = {int(r["config"]["seed"]): r for r in chosen.rows}
     diverged = sum(bool(r.get("diverged")) for r in chosen.rows)
     if diverged:
@@ -307,16 +329,25 @@ def _compare_group(
 ) -> dict[str, Any]:
     where = f"compare {comparison.name!r}" + (f", group {_fields_text(group)}" if group else "")
     pilot = pilot or []
-    a = choose_arm(comparison.a, a_rows, _arm_rows(pilot, comparison.a, group), "a", where)
-    b = choose_arm(comparison.b, b_rows, _arm_rows(pilot, comparison.b, group), "b", where)
+    pilot_by = comparison.by if comparison.pilot_by is None else comparison.pilot_by
+    pilot_group = {k: v for k, v in group.items() if k in pilot_by}
+    a = choose_arm(comparison.a, a_rows, _arm_rows(pilot, comparison.a, pilot_group), "a", where)
+    b = choose_arm(comparison.b, b_rows, _arm_rows(pilot, comparison.b, pilot_group), "b", where)
     flags: list[str] = []
+    short: list[str] = []  # the same flags in a few words, for the docs' tables
     notes = a.notes + b.notes
     for label, arm_rows in (("a", a_rows), ("b", b_rows)):
         if not arm_rows:
             flags.append(f"{label} has no runs in this group")
-    flags += edge_notes(a, "a", comparison.bounds) + edge_notes(b, "b", comparison.bounds)
+            short.append(f"{label} missing")
+    edges = edge_notes(a, "a", comparison.bounds) + edge_notes(b, "b", comparison.bounds)
+    flags += edges
+    if edges:
+        where = [n.split(" is the ")[0].replace(" = ", "=") + (" (max)" if "largest" in n else " (min)") for n in edges]
+        short.append("not bracketed: " + ", ".join(where))
     if a.grid_size and b.grid_size and a.grid_size != b.grid_size:
         flags.append(f"unequal tuning budgets: a was selected over {a.grid_size} grid points, b over {b.grid_size}")
+        short.append(f"budgets {a.grid_size} vs {b.grid_size} grid points")
     seeds = sorted(set(a.by_seed) & set(b.by_seed))
     alone_a, alone_b = sorted(set(a.by_seed) - set(seeds)), sorted(set(b.by_seed) - set(seeds))
     if alone_a or alone_b:
@@ -327,6 +358,7 @@ def _compare_group(
         )
     if len(seeds) < 2:
         flags.append(f"fewer than 2 paired seeds (n = {len(seeds)}): no spread, no test")
+        short.append(f"n = {len(seeds)}")
     diffs = [_metric(a.by_seed[s]) - _metric(b.by_seed[s]) for s in seeds]
     stats = paired_stats(diffs)
 
@@ -358,6 +390,7 @@ def _compare_group(
         "ci_adjusted_low": None,
         "ci_adjusted_high": None,
         "verdict": "inconclusive",
+        "reason": "; ".join(short),
         "flags": flags,
         "notes": notes,
     }
@@ -376,30 +409,45 @@ def _decide(result: dict[str, Any]) -> None:
     flags = result.pop("flags")
     result["verdict"] = "inconclusive" if flags else statistical
     notes = list(flags)
+    reason = [result["reason"]] if result["reason"] else []
     if flags and statistical != "inconclusive":
         notes.append(f"the statistics alone would say {statistical!r}; the flags above make it inconclusive")
+        reason.append(f"statistics alone: {statistical}")
     if statistical == "inconclusive" and result["sd_diff"] is not None:
         level = result["adjusted_level"] or 1 - ALPHA
         needed = seeds_to_resolve(result["mean_diff"], result["sd_diff"], margin, 1 - level)
         spread = f"sd of the paired differences {result['sd_diff']:.4f}, mean {result['mean_diff']:+.4f}"
         if needed is None:
             notes.append(f"no number of seeds would resolve it at the observed spread ({spread}, margin {margin:g})")
+            reason.append("no number of seeds would resolve it")
         else:
-            notes.append(f"about {needed} paired seeds would resolve it at the observed spread ({spread})")
+            notes.append(
+                f"about {needed} paired seeds would resolve it at the observed spread ({spread}; at this "
+                f"comparison's Holm level {level:.4f})"
+            )
+            reason.append(f"~{needed} seeds would resolve it")
     result["notes"] = notes + result["notes"]
+    result["reason"] = "; ".join(reason)
 
 
 # ---------------------------------------------------------------------- files
-def load_comparisons(path: str | Path) -> tuple[Comparison, ...]:
-    """The ``[[compare]]`` tables of a sweep or lottery spec file; an error when it declares none."""
-    data = load_mapping(path)
-    try:
-        comparisons = parse_comparisons(data, LOTTERY_FIELDS)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{path}: {err}") from err
-    if not comparisons:
-        raise ValueError(f"{path}: declares no [[compare]] tables; add one per comparison (docs/harness.md)")
-    return comparisons
+def load_comparisons(*paths: str | Path) -> tuple[Comparison, ...]:
+    """The ``[[compare]]`` tables of sweep or lottery spec files, in order; an error when one declares none or two
+    share a name."""
+    comparisons: list[Comparison] = []
+    for path in paths:
+        data = load_mapping(path)
+        try:
+            mine = parse_comparisons(data, LOTTERY_FIELDS)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{path}: {err}") from err
+        if not mine:
+            raise ValueError(f"{path}: declares no [[compare]] tables; add one per comparison (docs/harness.md)")
+        for c in mine:
+            if c.name in {d.name for d in comparisons}:
+                raise ValueError(f"{path}: comparison name {c.name!r} is already used by an earlier spec")
+            comparisons.append(c)
+    return tuple(comparisons)
 
 
 def _num(value: float | None, digits: int = 4, sign: bool = False) -> str:
@@ -465,12 +513,12 @@ def insert_section(report: str, section: str) -> str:
 
 def write_verdicts(
     rows: list[dict[str, Any]],
-    spec: str | Path,
+    specs: list[str] | list[Path],
     out_dir: str | Path,
     pilot: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
     """Write ``verdicts.json`` into ``out_dir`` and put the verdict table into its ``report.md``."""
-    results = compare(load_comparisons(spec), rows, pilot)
+    results = compare(load_comparisons(*specs), rows, pilot)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "verdicts.json"
@@ -503,11 +551,24 @@ def summary_line(results: list[dict[str, Any]], name: str) -> str:
     return f"{name}: {counts} of {len(mine)} groups" + (f" (inconclusive because: {', '.join(why)})" if why else "")
 
 
+def compact_table(results: list[dict[str, Any]]) -> str:
+    """The verdicts in a short table (the docs' form): group, n, a − b with its adjusted interval, verdict, why."""
+    lines = [
+        "| comparison | group | n | a − b [adjusted interval] | Holm p | verdict | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {_group_text(r['group'])} | {r['n']} | {_difference(r)} | {_p(r['p_adjusted'])} | "
+            f"**{r['verdict']}** | {r['reason'] or '–'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render_block(kind: str, results: list[dict[str, Any]], path: str) -> str:
     """The generated text between a docs marker pair: the verdict table, or one summary line per comparison."""
     if kind == "verdicts":
-        table = markdown(results).split("\n")[4:]  # the table without the heading and the rule text
-        return f"Verdicts computed by `lawn report` ([{Path(path).name}]({path})):\n\n" + "\n".join(table)
+        return f"Computed by `lawn report --spec` ([{Path(path).name}]({path})):\n\n" + compact_table(results)
     names = list(dict.fromkeys(r["name"] for r in results))
     return "".join(f"- {summary_line(results, n)}\n" for n in names)
 
