@@ -149,7 +149,12 @@ def _fields_text(fields: dict[str, Any]) -> str:
 
 
 def _one_setting(rows: list[dict[str, Any]], where: str) -> Selection:
-    """The single setting of ``rows`` selected on validation; an error naming the fields if there are several."""
+    """The single setting of ``rows`` selected on validation; an error naming the fields if there are several.
+
+    Rows that list different tuned fields (a ``lawn run`` row beside sweep rows) are read with the union of them.
+    """
+    tuned = sorted({t for r in rows for t in (r.get("tuned") or ("lr", "weight_decay"))})
+    rows = [{**r, "tuned": tuned} for r in rows]
     identities = [_identity(r) for r in rows]
     distinct = {json.dumps(i, sort_keys=True, default=str) for i in identities}
     if len(distinct) > 1:
@@ -533,22 +538,28 @@ def write_verdicts(
 BLOCK = re.compile(r"<!-- (verdicts|verdict-summary): (\S+) -->\n(.*?)<!-- /\1 -->", re.DOTALL)
 
 
+FLAG_WORDS = {
+    "optimum not bracketed": "optimum not bracketed",
+    "unequal tuning budgets": "unequal tuning budgets",
+    "fewer than 2 paired seeds": "fewer than 2 paired seeds",
+    "has no runs": "an arm without runs",
+}
+
+
 def summary_line(results: list[dict[str, Any]], name: str) -> str:
-    """``name: 0 better, 0 worse, 1 level, 8 inconclusive (6 not bracketed, …)`` for one comparison."""
+    """``name: 0 better, 0 worse, 1 level, 8 inconclusive of 9 groups (inconclusive: …)`` for one comparison."""
     mine = [r for r in results if r["name"] == name]
     counts = ", ".join(f"{sum(r['verdict'] == v for r in mine)} {v}" for v in VERDICTS)
-    reasons = {
-        "optimum not bracketed": "not bracketed",
-        "unequal tuning budgets": "unequal budgets",
-        "fewer than 2 paired seeds": "n < 2",
-        "has no runs": "an arm missing",
-    }
     why = []
-    for text, short in reasons.items():
+    for text, short in FLAG_WORDS.items():
         k = sum(r["verdict"] == "inconclusive" and any(text in note for note in r["notes"]) for r in mine)
         if k:
-            why.append(f"{k} {short}")
-    return f"{name}: {counts} of {len(mine)} groups" + (f" (inconclusive because: {', '.join(why)})" if why else "")
+            why.append(f"{short} in {k}")
+    wide = sum(r["verdict"] == "inconclusive" and not any(t in n for t in FLAG_WORDS for n in r["notes"]) for r in mine)
+    if wide:
+        why.append(f"interval too wide for its seeds in {wide}")
+    groups = "group" if len(mine) == 1 else "groups"
+    return f"{name}: {counts} of {len(mine)} {groups}" + (f" (inconclusive: {'; '.join(why)})" if why else "")
 
 
 def compact_table(results: list[dict[str, Any]]) -> str:
