@@ -341,3 +341,28 @@ def test_verdict_lines_in_the_docs_agree_with_the_committed_verdicts() -> None:
         for verdict in json.loads(path.read_text()):
             assert verdict["verdict"] in ("better", "worse", "level", "inconclusive"), path
             assert str(path.relative_to(ROOT)) in (ROOT / "docs" / "results.md").read_text(), path
+
+
+def test_a_verdict_block_that_disagrees_with_its_json_is_reported_and_regenerated(tmp_path: Path) -> None:
+    plain = [0.90, 0.91, 0.92, 0.905, 0.915]
+    results = compare([LAWN_VS_PLAIN], arm("lawn", [p + 0.02 for p in plain]) + arm("plain", plain))
+    (tmp_path / "v.json").write_text(json.dumps(results))
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- verdict-summary: v.json -->\n- lawn vs plain: 1 worse\n<!-- /verdict-summary -->\n")
+    assert sync_docs(doc, tmp_path) == ["v.json"]
+    assert sync_docs(doc, tmp_path, write=True) == ["v.json"] and sync_docs(doc, tmp_path) == []
+    assert "- lawn vs plain: 1 better, 0 worse, 0 level, 0 inconclusive of 1 group\n" in doc.read_text()
+
+
+def test_the_committed_specs_declare_valid_comparisons() -> None:
+    from lawn.harness.config import load_mapping
+    from lawn.harness.lottery import LotterySpec
+    from lawn.harness.sweep import SweepSpec
+    from lawn.harness.verdicts import load_comparisons
+
+    specs = [p for p in sorted((ROOT / "docs" / "sweeps").glob("*.toml")) if "[[compare]]" in p.read_text()]
+    assert len(specs) >= 10
+    for path in specs:
+        assert load_comparisons(path), path
+        data = load_mapping(path)
+        (LotterySpec if "sparsities" in data else SweepSpec).from_dict(data)
