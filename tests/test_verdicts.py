@@ -366,3 +366,37 @@ def test_the_committed_specs_declare_valid_comparisons() -> None:
         assert load_comparisons(path), path
         data = load_mapping(path)
         (LotterySpec if "sparsities" in data else SweepSpec).from_dict(data)
+
+
+def test_a_comparison_that_matches_no_row_is_refused() -> None:
+    rows = arm("plain", [0.9, 0.91])
+    ghost = Comparison("ghost", {"method": "lawn"}, {"method": "wrs"}, (), 0.005)
+    with pytest.raises(ValueError, match="'ghost': no row matches"):
+        compare([ghost], rows)
+
+
+def test_pilot_by_empty_makes_one_choice_from_the_mean_over_every_group() -> None:
+    # batch 64 prefers free fraction 0.1 slightly, batch 128 prefers 0.3 strongly: pooled, 0.3 wins for both
+    pilot = []
+    for batch, vals in ((64, {0.1: 0.91, 0.3: 0.90}), (128, {0.1: 0.80, 0.3: 0.95})):
+        pilot += [row("lawn", 0, 0.9, val=v, free_fraction=f, batch_size=batch) for f, v in vals.items()]
+    study = []
+    for batch in (64, 128):
+        for f in (0.1, 0.3):
+            study += [row("lawn", s, 0.9 + f / 10, free_fraction=f, batch_size=batch) for s in (1, 2, 3)]
+        study += [row("plain", s, 0.9, batch_size=batch) for s in (1, 2, 3)]
+    pooled = Comparison("lawn vs plain", {"method": "lawn"}, {"method": "plain"}, ("batch_size",), 0.005, {}, ())
+    per_group = Comparison("lawn vs plain", {"method": "lawn"}, {"method": "plain"}, ("batch_size",), 0.005)
+    chosen = [r["a"]["selected"]["free_fraction"] for r in compare([pooled], study, pilot=pilot)]
+    assert chosen == [0.3, 0.3]
+    assert [r["a"]["selected"]["free_fraction"] for r in compare([per_group], study, pilot=pilot)] == [0.1, 0.3]
+    assert (
+        parse_comparisons(
+            {"compare": [{"name": "x", "a": {"method": "a"}, "b": {"method": "b"}, "margin": 0, "pilot_by": []}]}
+        )[0].pilot_by
+        == ()
+    )
+    with pytest.raises(ValueError, match="pilot_by: expected a list of fields of by"):
+        parse_comparisons(
+            {"compare": [{"name": "x", "a": {"method": "a"}, "b": {"method": "b"}, "margin": 0, "pilot_by": ["lr"]}]}
+        )

@@ -299,18 +299,17 @@ def compare(
     """One verdict object per comparison and group (see the module docstring), Holm-adjusted over all of them."""
     results = []
     for comparison in comparisons:
-        groups = _groups(comparison, rows)
-        if not groups:
+        before = len(results)
+        for group in _groups(comparison, rows):
+            a_rows = _arm_rows(rows, comparison.a, group)
+            b_rows = _arm_rows(rows, comparison.b, group)
+            if a_rows or b_rows:
+                results.append(_compare_group(comparison, group, a_rows, b_rows, pilot))
+        if len(results) == before:
             raise ValueError(
                 f"compare {comparison.name!r}: no row matches a = {comparison.a} or b = {comparison.b}; check the "
                 "field values against the rows (or the RESULTS files)"
             )
-        for group in groups:
-            a_rows = _arm_rows(rows, comparison.a, group)
-            b_rows = _arm_rows(rows, comparison.b, group)
-            if not a_rows and not b_rows:
-                continue
-            results.append(_compare_group(comparison, group, a_rows, b_rows, pilot))
     tested = [r for r in results if r["p"] is not None]
     adjusted, ranks = holm([r["p"] for r in tested])
     m = len(tested)
