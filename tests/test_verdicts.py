@@ -303,27 +303,54 @@ def test_report_refuses_a_row_without_history_naming_file_and_line(
     assert f"{results}:3:" in err and "no 'history'" in err and "Traceback" not in err
 
 
+def lottery_rows(seeds: tuple[int, ...], tests: dict[str, float]) -> list[dict[str, Any]]:
+    """Constructed lottery rows: a dense run and one-shot arms at 50 % sparsity, test metric per arm (+ seed / 100)."""
+    correlation = {"global": {k: 0.5 for k in ("overlap", "pearson", "spearman", "cosine")}}
+    rows = []
+    for seed in seeds:
+        for name, test in tests.items():
+            r = row("plain", seed, test + seed / 100, lr=0.01)
+            r.update(experiment="lottery", tuned=[], timing={"seconds": 1.0}, key=f"{name}-{seed}")
+            r.update(correlation={"initial": correlation, "rewind": correlation})
+            r["config"].update(momentum=0.9, epochs=1, schedule="cosine", train_limit=100)
+            r["lottery"] = {
+                "arm": name,
+                "sparsity": 0.0 if name == "dense" else 0.5,
+                "finetune_lr_scale": 0.1,
+                "scope": "global",
+                "rewind_steps": 0,
+            }
+            rows.append(r)
+    return rows
+
+
 def test_one_seed_lottery_report_shows_n_1_and_no_spread() -> None:
     from lawn.harness.lottery_report import markdown as lottery_markdown
 
-    correlation = {"global": {k: 0.5 for k in ("overlap", "pearson", "spearman", "cosine")}}
-    rows = []
-    for name, sparsity in (("dense", 0.0), ("ticket", 0.5), ("reinit", 0.5), ("finetune", 0.5)):
-        r = row("plain", 0, 0.8, lr=0.01)
-        r.update(
-            experiment="lottery", timing={"seconds": 1.0}, correlation={"initial": correlation, "rewind": correlation}
-        )
-        r["config"].update(momentum=0.9, epochs=1, schedule="cosine", train_limit=100)
-        r["lottery"] = {
-            "arm": name,
-            "sparsity": sparsity,
-            "finetune_lr_scale": 0.1,
-            "scope": "global",
-            "rewind_steps": 0,
-        }
-        rows.append(r)
-    text = lottery_markdown(rows)
+    text = lottery_markdown(lottery_rows((0,), {"dense": 0.8, "ticket": 0.8, "reinit": 0.8, "finetune": 0.8}))
     assert "0.8000 (n = 1)" in text and "± 0.0" not in text and "(1)" not in text
+
+
+def test_lottery_report_with_a_spec_pairs_arms_by_seed(tmp_path: Path) -> None:
+    from lawn.harness.cli import main
+
+    rows = lottery_rows((0, 1, 2, 3), {"dense": 0.8, "ticket": 0.85, "reinit": 0.7, "finetune": 0.84})
+    for r in rows:  # seed noise shared by the arms of a seed; the ticket's lead over re-init varies a little
+        if r["lottery"]["arm"] == "reinit":
+            r["test_metric"] += 0.002 * (r["config"]["seed"] % 2)
+    results = tmp_path / "lottery.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "lottery.toml"
+    spec.write_text(
+        'lrs = [0.01]\n[base]\ndataset = "digits"\n\n[[compare]]\nname = "ticket vs re-init"\na = {arm = "ticket"}\n'
+        'b = {arm = "reinit"}\nby = ["lr", "sparsity"]\nmargin = 0.01\n'
+    )
+    out = tmp_path / "rep"
+    assert main(["report", str(results), "--spec", str(spec), "--out", str(out)]) == 0
+    (verdict,) = json.loads((out / "verdicts.json").read_text())
+    assert verdict["group"] == {"lr": 0.01, "sparsity": 0.5} and verdict["n"] == 4
+    assert verdict["mean_diff"] == pytest.approx(0.149) and verdict["verdict"] == "better"
+    assert "## Verdicts" in (out / "report.md").read_text()
 
 
 def test_verdict_lines_in_the_docs_agree_with_the_committed_verdicts() -> None:
