@@ -427,3 +427,101 @@ def test_pilot_by_empty_makes_one_choice_from_the_mean_over_every_group() -> Non
         parse_comparisons(
             {"compare": [{"name": "x", "a": {"method": "a"}, "b": {"method": "b"}, "margin": 0, "pilot_by": ["lr"]}]}
         )
+
+
+D, S = "docs/results", "docs/sweeps"
+STUDIES = {  # verdicts.json → (results files, specs, pilot files, --only): the commands of docs/results.md
+    "afan": (
+        [f"{D}/afan/{n}.jsonl" for n in ("plain", "plain_matched", "afan_aug", "afan_position", "afan_batch")]
+        + [f"{D}/afan/afan_random.jsonl", f"{D}/afan/afan_late.jsonl"],
+        [f"{S}/study_afan.toml"],
+        [],
+        {},
+    ),
+    "ranking": ([f"{D}/ranking/results.jsonl"], [f"{S}/study_ranking.toml"], [], {}),
+    "lottery/lenet_report": ([f"{D}/lottery/lenet.jsonl"], [f"{S}/study_lottery_lenet.toml"], [], {}),
+    "lawn_paper_mnist1d_nonorm": (
+        [f"{D}/lawn_paper_mnist1d_nonorm/rows.jsonl"],
+        [f"{S}/lawn_paper_mnist1d_nonorm.toml"],
+        [f"{D}/lawn_paper_mnist1d/pilot.jsonl"],
+        {},
+    ),
+    "mnist1d": ([f"{D}/mnist1d/results.jsonl"], [f"{S}/study_mnist1d.toml"], [], {}),
+    "ablations": (
+        [f"{D}/mnist1d/results.jsonl", f"{D}/ablations/results.jsonl"],
+        [f"{S}/ablation_free_phase.toml", f"{S}/ablation_row.toml", f"{S}/ablation_no_projection.toml"],
+        [],
+        {"optimizer": "adam", "method": "lawn"},
+    ),
+    "companions": ([f"{D}/companions/results.jsonl"], [f"{S}/study_companions.toml"], [], {}),
+    "mimicnorm": ([f"{D}/mimicnorm/results.jsonl"], [f"{S}/study_mimicnorm.toml"], [], {}),
+    "fashion_mnist_subset": (
+        [f"{D}/fashion_mnist_subset/results.jsonl"],
+        [f"{S}/study_fashion_mnist_subset.toml"],
+        [],
+        {},
+    ),
+    "lottery/vgg_report": (
+        [f"{D}/lottery/vgg.jsonl", f"{D}/lottery/vgg_finetune_lr1.jsonl"],
+        [f"{S}/study_lottery.toml", f"{S}/study_lottery_finetune_lr.toml"],
+        [],
+        {},
+    ),
+    "lawn_paper": (
+        [f"{D}/lawn_paper/{n}.jsonl" for n in ("results", "3phase_lawn", "3phase_lawn_all", "3phase_lawn_auto")]
+        + [f"{D}/lawn_paper/1warmup_lawn.jsonl", f"{D}/lawn_paper/1warmup_lawn_all.jsonl"],
+        [f"{S}/lawn_paper_3phase.toml", f"{S}/lawn_paper_1warmup.toml"],
+        [f"{D}/lawn_paper/pilot.jsonl", f"{D}/lawn_paper/pilot_adam.jsonl"],
+        {},
+    ),
+    "lawn_paper_vgg": (
+        [f"{D}/lawn_paper_vgg/{n}.jsonl" for n in ("plain", "lawn", "lawn_auto")],
+        [f"{S}/lawn_paper_vgg.toml"],
+        [f"{D}/lawn_paper/pilot.jsonl", f"{D}/lawn_paper/pilot_adam.jsonl"],
+        {},
+    ),
+    "lawn_paper_mnist1d": (
+        [f"{D}/lawn_paper_mnist1d/{n}.jsonl" for n in ("baselines", "3phase", "1warmup")],
+        [f"{S}/lawn_paper_mnist1d_3phase.toml", f"{S}/lawn_paper_mnist1d_1warmup.toml"],
+        [f"{D}/lawn_paper_mnist1d/pilot.jsonl"],
+        {},
+    ),
+    "lawn_paper_fashion_mnist": (
+        [f"{D}/lawn_paper_fashion_mnist/rows.jsonl"],
+        [f"{S}/lawn_paper_fashion_mnist.toml"],
+        [f"{D}/lawn_paper_mnist1d/pilot.jsonl"],
+        {},
+    ),
+}
+QUICK = ("afan", "ranking", "lottery/lenet_report", "lawn_paper_mnist1d_nonorm")
+
+
+def _recompute(study: str) -> None:
+    from lawn.harness.report import read_reported_rows
+    from lawn.harness.verdicts import load_comparisons
+
+    results, specs, pilot, only = STUDIES[study]
+
+    def read(paths: list[str]) -> list[dict[str, Any]]:
+        rows = read_reported_rows([str(ROOT / p) for p in paths])
+        return [r for r in rows if all(r["config"].get(k) == v for k, v in only.items())]
+
+    fresh = compare(load_comparisons(*(ROOT / s for s in specs)), read(results), read(pilot) if pilot else None)
+    committed = json.loads((ROOT / D / study / "verdicts.json").read_text())
+    assert json.loads(json.dumps(fresh)) == committed, f"{study}: verdicts.json is not what lawn report computes"
+
+
+@pytest.mark.parametrize("study", QUICK)
+def test_committed_verdicts_are_what_lawn_report_computes(study: str) -> None:
+    _recompute(study)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", [s for s in STUDIES if s not in QUICK])
+def test_committed_verdicts_of_the_larger_studies_are_what_lawn_report_computes(study: str) -> None:
+    _recompute(study)
+
+
+def test_every_committed_verdicts_file_has_its_recomputation() -> None:
+    committed = {str(p.parent.relative_to(ROOT / D)) for p in (ROOT / D).glob("**/verdicts.json")}
+    assert committed == set(STUDIES)
