@@ -525,3 +525,14 @@ def test_committed_verdicts_of_the_larger_studies_are_what_lawn_report_computes(
 def test_every_committed_verdicts_file_has_its_recomputation() -> None:
     committed = {str(p.parent.relative_to(ROOT / D)) for p in (ROOT / D).glob("**/verdicts.json")}
     assert committed == set(STUDIES)
+
+
+def test_every_study_section_of_the_results_links_its_verdicts_or_says_why_not() -> None:
+    text = (ROOT / "docs" / "results.md").read_text()
+    sections = text.split("\n## ")[1:]
+    studies = [s for s in sections if not s.startswith(("Verdicts", "Defaults"))]
+    assert len(studies) >= 10
+    for section in studies:
+        title = section.split("\n", 1)[0]
+        assert "verdicts.json" in section, f"docs/results.md, section {title!r}: no verdicts.json link (or why not)"
+        assert "No verdicts.json" in section or "post-hoc" in section, title
