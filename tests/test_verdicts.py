@@ -300,7 +300,7 @@ def test_report_refuses_a_row_without_history_naming_file_and_line(
     results.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
     assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert f"{results}:3:" in err and "no 'history'" in err and "Traceback" not in err
+    assert f"({results}:3) has no 'history'" in err and "Traceback" not in err
 
 
 def lottery_rows(seeds: tuple[int, ...], tests: dict[str, float]) -> list[dict[str, Any]]:

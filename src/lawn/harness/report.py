@@ -73,13 +73,13 @@ def check_row(row: dict[str, Any], where: str) -> None:
     a sweep row without a non-empty ``history`` (lottery rows keep no history)."""
     if not isinstance(row.get("config"), dict):
         raise ValueError(
-            f"{where}: result row {row.get('key', '?')!r} has no 'config' object; it is not a row written by "
+            f"result row {row.get('key', '?')!r} ({where}) has no 'config' object; it is not a row written by "
             "lawn run / lawn sweep / lawn lottery"
         )
     history = row.get("history")
     if row.get("experiment") != "lottery" and (not isinstance(history, list) or not history):
         raise ValueError(
-            f"{where}: result row {row.get('key', '?')!r} has no 'history' (or an empty one); a finished run of "
+            f"result row {row.get('key', '?')!r} ({where}) has no 'history' (or an empty one); a finished run of "
             "lawn run / lawn sweep records one entry per epoch: rerun it or remove the line"
         )
 
