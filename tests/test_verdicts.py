@@ -536,3 +536,26 @@ def test_every_study_section_of_the_results_links_its_verdicts_or_says_why_not()
         title = section.split("\n", 1)[0]
         assert "verdicts.json" in section, f"docs/results.md, section {title!r}: no verdicts.json link (or why not)"
         assert "No verdicts.json" in section or "post-hoc" in section, title
+
+
+def test_the_counts_in_the_results_intro_match_the_verdicts() -> None:
+    import re
+
+    text = " ".join((ROOT / "docs" / "results.md").read_text().split())
+    found = re.search(
+        r"Of the (\d+) comparisons, (\d+) are `better` .*?, (\d+) `worse` .*?, none `level`, and (\d+) `inconclusive`: "
+        r"(\d+) because an optimum was not bracketed",
+        text,
+    )
+    assert found, "docs/results.md: the intro's count sentence changed; update this test with it"
+    results = [r for p in (ROOT / D).glob("**/verdicts.json") for r in json.loads(p.read_text())]
+    counts = {v: sum(r["verdict"] == v for r in results) for v in ("better", "worse", "level", "inconclusive")}
+    bracket = sum(r["verdict"] == "inconclusive" and any("not bracketed" in n for n in r["notes"]) for r in results)
+    assert [int(g) for g in found.groups()] == [
+        len(results),
+        counts["better"],
+        counts["worse"],
+        counts["inconclusive"],
+        bracket,
+    ]
+    assert counts["level"] == 0
