@@ -128,7 +128,7 @@ def test_report_accepts_no_progress_and_shows_one_seed_without_a_spread(
     assert main([*argv, "--results", str(results)]) == 0
     assert main(["report", str(results), "--out", str(tmp_path / "rep"), "--no-progress"]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
-    assert "(1 seed)" in report and "± 0.0000 (1)" not in report
+    assert "(n = 1)" in report and "± 0.0000" not in report
     assert "(accuracy_vs_batch.png)" in report and "(norms.png)" in report
 
 

@@ -174,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="keep only rows whose config FIELD equals VALUE (read as JSON if it parses)",
     )
+    report.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="sweep or lottery spec whose [[compare]] tables to decide (repeat for a study of several specs): "
+        "writes verdicts.json and a verdict table",
+    )
+    report.add_argument(
+        "--pilot",
+        action="append",
+        default=[],
+        metavar="PILOT_ROWS",
+        help="with --spec: select the fields the pilot varied on these rows, then pair RESULTS at the choice",
+    )
     report.add_argument("--no-progress", action="store_true", help="accepted for symmetry; report shows no bars")
     return parser
 
@@ -452,7 +467,14 @@ def _duration(seconds: float) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from lawn.harness.report import read_reported_rows, write_report
 
+    if args.pilot and not args.spec:
+        raise ValueError("--pilot selects for the comparisons of --spec SPEC; give the spec too")
+    if args.spec:
+        from lawn.harness.verdicts import load_comparisons
+
+        load_comparisons(*args.spec)  # a bad spec fails before anything is written
     rows = _only(read_reported_rows(args.results), args.only)
+    pilot = _only(read_reported_rows(args.pilot), args.only) if args.pilot else []
     lottery = [row for row in rows if row.get("experiment") == "lottery"]
     if lottery:
         from lawn.harness.lottery_report import write_lottery_report
@@ -460,17 +482,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(lottery) != len(rows):
             raise ValueError("report: the files mix lottery rows with sweep rows; report them separately")
         written = write_lottery_report(lottery, args.out, sources=list(args.results))
+        written += _verdicts(args, rows, pilot)
         print(written[0].read_text())
         print("wrote: " + ", ".join(str(p) for p in written))
         return 0
     from lawn.harness.selection import DEFAULT_TUNED
 
-    for row in rows:  # a split field becomes part of the setting, so each of its values is reported
+    for row in rows + pilot:  # a split field becomes part of the setting, so each of its values is reported
         row["tuned"] = [t for t in row.get("tuned") or DEFAULT_TUNED if t not in args.split]
     written = write_report(rows, args.out, sources=list(args.results))
+    written += _verdicts(args, rows, pilot)
     print(written[0].read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _verdicts(args: argparse.Namespace, rows: list[dict[str, Any]], pilot: list[dict[str, Any]]) -> list[Path]:
+    """With ``--spec``: verdicts.json and the verdict table of report.md (lawn.harness.verdicts)."""
+    if not args.spec:
+        return []
+    from lawn.harness.verdicts import write_verdicts
+
+    return write_verdicts(rows, args.spec, args.out, pilot)[:1]
 
 
 def _only(rows: list[dict[str, Any]], conditions: list[str]) -> list[dict[str, Any]]:

@@ -320,3 +320,120 @@ def _validate(c: RunConfig) -> None:
         c.device == "cpu" or c.device == "cuda" or c.device.startswith("cuda:") or c.device == "mps",
         f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}",
     )
+
+
+# ---------------------------------------------------------------------- declared comparisons ([[compare]])
+COMPARE_KEYS = ("compare", "bounds")
+COMPARE_FIELDS = ("name", "a", "b", "by", "margin", "bounds", "pilot_by")
+BOUND_EDGES = ("min", "max", "both")
+# what a lottery row records beside its run config (row["lottery"]); a comparison may pick arms by these
+LOTTERY_FIELDS = (
+    "arm",
+    "sparsity",
+    "round",
+    "finetune_lr_scale",
+    "rewind_steps",
+    "scope",
+    "imp_rate",
+    "arm_epochs",
+    "total_epochs",
+    "correlation_top",
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One declared comparison of a study: arm ``a`` against arm ``b`` in every group of ``by`` values.
+
+    ``a`` / ``b``: the fields (and values) that pick each arm's rows; ``margin``: the smallest difference of the
+    test metric that matters (metric units); ``bounds``: tuned field → ``"min"`` / ``"max"`` / ``"both"``, the
+    grid edges that are hard bounds (a selected value there is not "on the edge of the grid"); ``pilot_by``: the
+    ``by`` fields a pilot selects within (``None``: all of ``by``; ``[]``: one choice from the mean over every group).
+    """
+
+    name: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    by: tuple[str, ...]
+    margin: float
+    bounds: dict[str, str] = field(default_factory=dict)
+    pilot_by: tuple[str, ...] | None = None
+
+
+def _bounds(value: Any, where: str, known: set[str]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError(f'{where}: expected a table of field = "min" / "max" / "both", got {value!r}')
+    for name, edge in value.items():
+        if name not in known:
+            raise ValueError(f"{where}: {unknown_field_message([name], known)}")
+        if edge not in BOUND_EDGES:
+            raise ValueError(f"{where}.{name}: expected one of {BOUND_EDGES}, got {edge!r}")
+    return dict(value)
+
+
+def _arm(value: Any, where: str, known: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise TypeError(f'{where}: expected a non-empty table of fields that pick the arm, e.g. {{method = "lawn"}}')
+    arm = {}
+    for name, v in value.items():
+        if name not in known:
+            raise ValueError(f"{where}: {unknown_field_message([name], known)}")
+        arm[name] = coerce_field(name, v) if name in _hints() else v
+    return arm
+
+
+def parse_comparisons(data: dict[str, Any], extra_fields: Iterable[str] = ()) -> tuple[Comparison, ...]:
+    """The ``[[compare]]`` tables of a sweep or lottery spec (and its top-level ``bounds``), checked as data.
+
+    Field names are run config fields or ``extra_fields`` (a lottery's ``LOTTERY_FIELDS``); every error names the
+    comparison and the key. A spec without ``compare`` has no comparisons. Top-level ``bounds`` apply to every
+    comparison; a comparison's own ``bounds`` add to them (and win for the same field).
+    """
+    known = set(_hints()) | set(extra_fields)
+    shared = _bounds(data.get("bounds", {}), "bounds", known)
+    tables = data.get("compare", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise TypeError("compare: expected [[compare]] tables (a list of tables)")
+    comparisons: list[Comparison] = []
+    for index, table in enumerate(tables):
+        name = table.get("name")
+        where = f"compare[{index}]" + (f" ({name!r})" if isinstance(name, str) else "")
+        unknown = sorted(set(table) - set(COMPARE_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {list(COMPARE_FIELDS)}")
+        missing = [k for k in ("name", "a", "b", "margin") if k not in table]
+        if missing:
+            raise ValueError(f"{where}: missing {missing} (name, a, b and margin are required; by and bounds optional)")
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"{where}: name: expected a non-empty string, got {name!r}")
+        if name in {c.name for c in comparisons}:
+            raise ValueError(f"{where}: name {name!r} is used twice; each comparison needs its own name")
+        a = _arm(table["a"], f"{where}.a", known)
+        b = _arm(table["b"], f"{where}.b", known)
+        if a == b:
+            raise ValueError(f"{where}: a and b pick the same rows ({a}); they must differ in at least one field")
+        by = table.get("by", [])
+        if not isinstance(by, list) or not all(isinstance(f, str) for f in by):
+            raise TypeError(f'{where}.by: expected a list of field names, e.g. ["optimizer", "batch_size"], got {by!r}')
+        for f in by:
+            if f not in known:
+                raise ValueError(f"{where}.by: {unknown_field_message([f], known)}")
+        if len(set(by)) != len(by):
+            raise ValueError(f"{where}.by: a field is listed twice in {by}")
+        both = [f for f in by if f in a and f in b]
+        if both:
+            raise ValueError(f"{where}.by: {both} fixed by both a and b, so they group nothing; remove them from by")
+        margin = table["margin"]
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+            raise ValueError(
+                f"{where}.margin: expected a number >= 0 in metric units (e.g. 0.005 = half a point of accuracy), "
+                f"got {margin!r}"
+            )
+        bounds = {**shared, **_bounds(table.get("bounds", {}), f"{where}.bounds", known)}
+        pilot_by = table.get("pilot_by")
+        if pilot_by is not None:
+            if not isinstance(pilot_by, list) or not all(isinstance(f, str) and f in by for f in pilot_by):
+                raise ValueError(f"{where}.pilot_by: expected a list of fields of by {by}, got {pilot_by!r}")
+            pilot_by = tuple(pilot_by)
+        comparisons.append(Comparison(name, a, b, tuple(by), float(margin), bounds, pilot_by))
+    return tuple(comparisons)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 import lawn
 from lawn import pruning
 from lawn.harness.checked import run_config
-from lawn.harness.config import RunConfig, load_mapping
+from lawn.harness.config import COMPARE_KEYS, LOTTERY_FIELDS, RunConfig, load_mapping, parse_comparisons
 from lawn.harness.datasets import load_data
 from lawn.harness.optimizers import build_base_optimizer
 from lawn.harness.results import ResultsFile
@@ -77,6 +77,8 @@ class LotterySpec:
         """The spec of ``data``; every problem found is reported at once, in one ``ValueError``."""
         if not isinstance(data, dict):
             raise TypeError(f"lottery spec: expected a mapping, got {type(data).__name__}")
+        parse_comparisons(data, LOTTERY_FIELDS)  # [[compare]] tables are for `lawn report --spec`
+        data = {k: v for k, v in data.items() if k not in COMPARE_KEYS}
         base = data.get("base", {})
         if not isinstance(base, dict):
             raise TypeError("lottery spec: 'base' must be a mapping of run config fields")

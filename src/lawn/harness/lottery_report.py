@@ -36,11 +36,18 @@ CORRELATIONS = ("overlap", "pearson", "spearman", "cosine")
 
 
 def _ms(values: list[float], digits: int = 4) -> str:
+    """``mean ± sample std``; one value has no spread: ``mean (n = 1)``."""
     if not values:
         return "–"
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (n = 1)"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _cell(values: list[float]) -> str:
+    """A table cell: ``mean ± std (n)``, or ``mean (n = 1)`` for one seed."""
+    return _ms(values) if len(values) == 1 else f"{_ms(values)} ({len(values)})"
 
 
 def _metric(row: dict[str, Any]) -> float:
@@ -124,13 +131,13 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
             for arm in ("dense", "dense_extra", *[v for v in variants if v.startswith("dense_extra@")]):
                 runs = index.get((lr, arm, 0.0), {})
                 if runs:
-                    cell = f"{_ms([_metric(r) for r in runs.values()])} ({len(runs)})"
+                    cell = _cell([_metric(r) for r in runs.values()])
                     lines.append(f"| {_label(arm)} | " + " | ".join([cell] * len(sparsities)) + " |")
             for arm in ("ticket", "reinit", "finetune", *[v for v in variants if v.startswith("finetune@")]):
                 cells = []
                 for s in sparsities:
                     runs = index.get((lr, arm, s), {})
-                    cells.append(f"{_ms([_metric(r) for r in runs.values()])} ({len(runs)})" if runs else "–")
+                    cells.append(_cell([_metric(r) for r in runs.values()]) if runs else "–")
                 lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
             dense = index.get((lr, "dense", 0.0), {})
             lines += [
@@ -160,8 +167,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     runs = index[(lr, arm, s)]
                     total = next(iter(runs.values()))["lottery"]["total_epochs"]
                     lines.append(
-                        f"| {_label(arm)} | {100 * s:g} % | {_ms([_metric(r) for r in runs.values()])} "
-                        f"({len(runs)}) | {total} |"
+                        f"| {_label(arm)} | {100 * s:g} % | {_cell([_metric(r) for r in runs.values()])} | {total} |"
                     )
                 lines.append("")
         lines += [

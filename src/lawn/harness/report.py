@@ -58,11 +58,41 @@ def unique_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) ->
     return unique
 
 
-def read_reported_rows(paths: list[str]) -> list[dict[str, Any]]:
-    """The rows of every results file in ``paths``, checked and de-duplicated by key (:func:`unique_rows`)."""
+def numbered_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of the results file ``path`` with their line numbers (:func:`lawn.harness.results.read_rows`)."""
     from lawn.harness.results import read_rows
 
-    return unique_rows([row for path in paths for row in read_rows(path)], [str(p) for p in paths])
+    rows = read_rows(path)
+    complete = Path(path).read_bytes().split(b"\n")[:-1]  # read_rows keeps every non-blank complete line
+    numbers = [number for number, line in enumerate(complete, start=1) if line.strip()]
+    return list(zip(numbers, rows))
+
+
+def check_row(row: dict[str, Any], where: str) -> None:
+    """A ``ValueError`` naming ``where`` (file:line) for a row ``lawn report`` cannot use: no ``config`` object, or
+    a sweep row without a non-empty ``history`` (lottery rows keep no history)."""
+    if not isinstance(row.get("config"), dict):
+        raise ValueError(
+            f"result row {row.get('key', '?')!r} ({where}) has no 'config' object; it is not a row written by "
+            "lawn run / lawn sweep / lawn lottery"
+        )
+    history = row.get("history")
+    if row.get("experiment") != "lottery" and (not isinstance(history, list) or not history):
+        raise ValueError(
+            f"result row {row.get('key', '?')!r} ({where}) has no 'history' (or an empty one); a finished run of "
+            "lawn run / lawn sweep records one entry per epoch: rerun it or remove the line"
+        )
+
+
+def read_reported_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of every results file in ``paths``, each checked (:func:`check_row`, naming its file and line) and
+    de-duplicated by key (:func:`unique_rows`)."""
+    rows = []
+    for path in paths:
+        for number, row in numbered_rows(path):
+            check_row(row, f"{path}:{number}")
+            rows.append(row)
+    return unique_rows(rows, [str(p) for p in paths])
 
 
 def panels(selections: list[Selection]) -> list[tuple[dict[str, Any], list[Selection]]]:
@@ -89,9 +119,9 @@ def _colors(methods: list[str]) -> dict[str, str]:
 
 
 def _mean_std(mean: float, std: float, seeds: int, count: bool = True) -> str:
-    """``mean ± std (n)``; with one seed there is no spread to show: ``mean (1 seed)``."""
+    """``mean ± std (n)``; with one seed there is no spread to show: ``mean (n = 1)``."""
     if seeds == 1:
-        return f"{mean:.4f}" + (" (1 seed)" if count else "")
+        return f"{mean:.4f}" + (" (n = 1)" if count else "")
     return f"{mean:.4f} ± {std:.4f}" + (f" ({seeds})" if count else "")
 
 
@@ -158,7 +188,10 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                     if s is None:
                         continue
                     chosen = ", ".join(f"{k}={_fmt(v)}" for k, v in s.chosen.items())
-                    auc = f" {s.test_auc_mean:.4f} ± {s.test_auc_std:.4f} |" if has_auc else ""
+                    auc = ""
+                    if has_auc:
+                        assert s.test_auc_mean is not None and s.test_auc_std is not None
+                        auc = f" {_mean_std(s.test_auc_mean, s.test_auc_std, s.seeds, count=False)} |"
                     lines.append(
                         f"| {o} | {m} | {b} | {s.grid_size} | {chosen} | {s.val_mean:.4f} | "
                         f"{_mean_std(s.test_mean, s.test_std, s.seeds, count=False)} | {s.seeds} | {s.diverged} | "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from lawn.harness.checked import run_config
-from lawn.harness.config import RunConfig, coerce_field, load_mapping
+from lawn.harness.config import COMPARE_KEYS, RunConfig, coerce_field, load_mapping, parse_comparisons
 from lawn.harness.methods import METHODS
 from lawn.harness.results import ResultsFile
 
@@ -69,10 +69,12 @@ class SweepSpec:
             "seeds",
             "grids",
             "vary",
+            *COMPARE_KEYS,
         }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"sweep spec: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        parse_comparisons(data)  # [[compare]] tables are for `lawn report --spec`; checked here, before any run
         base = data.get("base", {})
         if not isinstance(base, dict):
             raise TypeError("sweep spec: 'base' must be a mapping of run config fields")
