@@ -32,6 +32,14 @@ IMAGE_DEFAULTS: dict[str, Any] = {"epochs": 15, "model": "mlp", "train_limit": 1
 FILE_SETS = ("fashion_mnist", "mnist")
 
 
+def default_epochs_text() -> str:
+    """The per-data-set epoch defaults in words, for ``--help`` (read from the tables above, never restated)."""
+    names = {"mnist1d": "MNIST-1D", "digits": "digits"}
+    parts = [f"{IMAGE_DEFAULTS['epochs']} on Fashion-MNIST and MNIST"]
+    parts += [f"{d['epochs']} on {names.get(n, n)}" for n, d in PER_DATASET.items()]
+    return ", ".join(parts)
+
+
 def settings(dataset: str) -> dict[str, Any]:
     """The demo's per-data-set defaults (epochs, model, subset sizes, data options)."""
     return dict(PER_DATASET.get(dataset, IMAGE_DEFAULTS))
@@ -164,10 +172,22 @@ def verdict(selections: list[Any], report_dir: str | Path) -> str:
             )
     out = Path(report_dir)
     lines += [
+        "",
         f"Plots: {out / 'accuracy_vs_batch.png'} (test metric ± seed std per batch size) and {out / 'norms.png'} "
         "(test metric, logit norm and weight norms per epoch; the dotted line marks LAWN's switch); table and "
         f"links in {out / 'report.md'}.",
+        "",
         "Next: wrap your own optimizer (README, 'Usage'), run LAWN as the paper does (README), or read the full "
         "study with its verdicts (docs/results.md).",
     ]
     return "\n".join(lines)
+
+
+def report_with_reading(report: str, reading: str) -> str:
+    """``report.md`` with the demo's plain-language reading (:func:`verdict`) at its top, under the title."""
+    first, sep, rest = report.partition("\n")
+    heading, _, body = reading.partition("\n")
+    section = f"## {heading.rstrip(':')}\n{body}\n"
+    if first.startswith("# "):
+        return f"{first}\n\n{section}{sep}{rest}"
+    return f"{section}\n{report}"
