@@ -21,3 +21,4 @@ def test_readme_test_command_is_what_ci_runs() -> None:
         assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
         assert "python -m pip install -q torch==" in command  # torch first: no CUDA build pulled in by lawn
     assert "-n auto" in tests and ".[test," in tests
+    assert ",tensorboard]" in tests  # the --log-dir tests run in CI, not skipped

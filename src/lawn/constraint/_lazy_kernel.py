@@ -31,7 +31,7 @@ def build_inputs() -> dict[str, Any]:
         "sources": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.cpp")))).hexdigest(),
         "torch": torch.__version__,
         "torch_dir": str(Path(torch.__file__).resolve().parent),
-        "python": f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}{getattr(sys, 'abiflags', '')}",
+        "python": f"{sys.implementation.cache_tag}{getattr(sys, 'abiflags', '')}",
         "abi": sysconfig.get_config_var("EXT_SUFFIX") or "",
         "compiler": os.environ.get("CXX", "c++"),
         "cflags": list(CFLAGS),
