@@ -114,7 +114,8 @@ def test_ssi_penalty_on_every_model(model: nn.Module, inputs: torch.Tensor) -> N
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     assert penalty is not None and torch.isfinite(penalty) and penalty > 0
     if not isinstance(model, ResNet):  # a chain, geometric form: at most λ·Σ‖W‖² (equal when balanced)
-        assert float(penalty) <= 1e-3 * sum(float(m.weight.norm()) ** 2 for m in layers) * (1 + 1e-6)
+        bound = 1e-3 * sum(float(m.weight.detach().norm()) ** 2 for m in layers) * (1 + 1e-6)
+        assert float(penalty.detach()) <= bound
     penalty.backward()
     shortcuts = {id(m) for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)}
     for m in layers:  # the ResNet's 1×1 shortcut convs are left out on purpose (ResNet.ssi_layers)
