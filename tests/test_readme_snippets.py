@@ -22,7 +22,7 @@ def test_the_nested_networks_snippet_runs_on_its_own() -> None:
     namespace: dict = {}
     exec(compile(python_block("## Bayesian nested networks"), "README.md (nested)", "exec"), namespace)
     loss, N = namespace["loss"], namespace["N"]
-    assert N == len(namespace["x_train"]) and math.isfinite(float(loss.detach()))
+    assert len(namespace["x_train"]) == N and math.isfinite(float(loss.detach()))
     probs, ece = namespace["probs"], namespace["ece"]
     assert torch.allclose(probs.sum(dim=1), torch.ones(len(probs))) and 0.0 <= ece <= 1.0
     model, small, x_test = namespace["model"], namespace["small"], namespace["x_test"]
