@@ -133,3 +133,17 @@ def test_log_dir_without_tensorboard_names_the_extra_before_training(
     err = capsys.readouterr().err
     assert "lawn run: error: --log-dir: TensorBoard is not installed" in err and "lawn[tensorboard]" in err
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "tb").exists()
+
+
+def test_lottery_log_dir_writes_every_row_of_the_study(tmp_path: Path) -> None:
+    spec = {"lrs": [0.05], "seeds": [0], "sparsities": [0.5], "arms": ["ticket"]}
+    spec["base"] = {"dataset": "digits", "train_limit": 200, "test_limit": 60, "model": "lenet300"}
+    spec["base"] |= {"optimizer": "sgd", "batch_size": 50, "epochs": 1}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    results, log_dir = tmp_path / "r.jsonl", tmp_path / "tb"
+    argv = ["lottery", str(tmp_path / "spec.json"), "--results", str(results), "--log-dir", str(log_dir), *QUIET]
+    assert main(argv) == 0
+    rows = read_rows(results)
+    assert len(rows) >= 2 and sorted(p.name for p in log_dir.iterdir()) == sorted(row["key"] for row in rows)
+    for row in rows:
+        assert curve(read_events(log_dir / row["key"]), "accuracy/test")[-1][1] == pytest.approx(row["test_metric"])
