@@ -322,3 +322,12 @@ def test_sigterm_stops_the_demo_cleanly(tmp_path: Path) -> None:
     assert demo.returncode == 130, err
     assert "lawn demo: interrupted; rerun the same command to resume" in err
     assert "leaked" not in err and "Traceback" not in err, err
+
+
+def test_demo_notes_the_batch_sizes_that_are_the_whole_training_set() -> None:
+    from lawn.harness.demo import full_batch_note
+
+    assert full_batch_note([128, 2048], 9000) is None
+    note = full_batch_note([128, 2048, 4096], 1294)
+    assert note is not None and "batch size 2048, 4096 is not less than the 1294 training examples" in note
+    assert "full-batch" in note

@@ -329,16 +329,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(config: Any) -> str:
-    """One paragraph: the resolved config and, for LAWN, when it will switch."""
+def _training_examples(config: Any) -> int:
+    """The size of ``config``'s training split (its data set loaded here, on the CPU)."""
     import torch
 
     from lawn.harness.datasets import load_data
+    from lawn.harness.tasks import make_task
+
+    return make_task(load_data(config), torch.device("cpu"), config.negatives_per_positive).train_size
+
+
+def _describe(config: Any) -> str:
+    """One paragraph: the resolved config and, for LAWN, when it will switch."""
     from lawn.harness.methods import free_steps
     from lawn.harness.schedule import scaled_lr
-    from lawn.harness.tasks import batch_starts, make_task
+    from lawn.harness.tasks import batch_starts
 
-    examples = make_task(load_data(config), torch.device("cpu"), config.negatives_per_positive).train_size
+    examples = _training_examples(config)
     per_epoch = len(batch_starts(examples, config.batch_size))
     steps = per_epoch * config.epochs
     lr = f"lr {scaled_lr(config):g}"
@@ -596,7 +603,7 @@ def _only(rows: list[dict[str, Any]], conditions: list[str]) -> list[dict[str, A
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lawn.harness.demo import demo_spec, pick_dataset, report_with_reading, settings, verdict
+    from lawn.harness.demo import demo_spec, full_batch_note, pick_dataset, report_with_reading, settings, verdict
     from lawn.harness.report import write_report
     from lawn.harness.results import read_rows
     from lawn.harness.selection import select
@@ -634,7 +641,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{chosen['epochs']} epochs, lr grid {args.lrs} (sqrt scaling from batch 128), {args.seeds} seed(s), "
         f"device {device}, {jobs} job(s) of {args.threads} thread(s)"
     )
-    keys = {config.key() for config, _ in spec.expand()}  # this demo's runs, even if the file holds others
+    runs = spec.expand()
+    note = full_batch_note(args.batch_sizes, _training_examples(runs[0][0]))
+    if note:
+        print(note)
+    keys = {config.key() for config, _ in runs}  # this demo's runs, even if the file holds others
     _events_of_present_rows(log_dir, results, keys)
     try:
         counts = run_sweep(

@@ -35,7 +35,7 @@ FILE_SETS = ("fashion_mnist", "mnist")
 def default_epochs_text() -> str:
     """The per-data-set epoch defaults in words, for ``--help`` (read from the tables above, never restated)."""
     names = {"mnist1d": "MNIST-1D", "digits": "digits"}
-    parts = [f"{IMAGE_DEFAULTS['epochs']} on Fashion-MNIST and MNIST"]
+    parts = [f"{IMAGE_DEFAULTS['epochs']} on Fashion-MNIST, MNIST and CIFAR-10"]
     parts += [f"{d['epochs']} on {names.get(n, n)}" for n, d in PER_DATASET.items()]
     return ", ".join(parts)
 
@@ -130,6 +130,18 @@ def demo_spec(
     )
 
 
+def full_batch_note(batch_sizes: list[int], examples: int) -> str | None:
+    """A note for the batch sizes that are not less than the training set (their runs are full-batch)."""
+    full = [b for b in batch_sizes if b >= examples]
+    if not full:
+        return None
+    sizes = ", ".join(str(b) for b in full)
+    return (
+        f"note: batch size {sizes} is not less than the {examples} training examples: those runs are full-batch "
+        "(one step per epoch, the same batch every step)"
+    )
+
+
 def _final(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [r["history"][-1].get(key) for r in rows if not r.get("diverged")]
     values = [v for v in values if v is not None]
@@ -187,7 +199,7 @@ def report_with_reading(report: str, reading: str) -> str:
     """``report.md`` with the demo's plain-language reading (:func:`verdict`) at its top, under the title."""
     first, sep, rest = report.partition("\n")
     heading, _, body = reading.partition("\n")
-    section = f"## {heading.rstrip(':')}\n{body}\n"
+    section = f"## {heading.rstrip(':')}\n\n{body}\n"
     if first.startswith("# "):
         return f"{first}\n\n{section}{sep}{rest}"
     return f"{section}\n{report}"
