@@ -40,11 +40,15 @@ def test_build_name_changes_with_what_changes_the_binary(monkeypatch: pytest.Mon
     assert _lazy_kernel.build_name() != before
 
 
-def test_build_name_changes_with_the_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_build_name_changes_with_the_sources_and_their_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    here = _lazy_kernel.build_name()
     for source in _lazy_kernel.CSRC.glob("*.cpp"):
         (tmp_path / source.name).write_bytes(source.read_bytes())
     monkeypatch.setattr(_lazy_kernel, "CSRC", tmp_path)
     before = _lazy_kernel.build_name()
+    assert before != here  # the same sources in another checkout: torch's build file names them by path
     (tmp_path / "kernels.cpp").write_bytes((tmp_path / "kernels.cpp").read_bytes() + b"\n// edited\n")
     assert _lazy_kernel.build_name() != before
 

@@ -23,12 +23,14 @@ LDFLAGS = ("-fopenmp",)
 
 
 def build_inputs() -> dict[str, Any]:
-    """Everything that changes the compiled binary: the sources, torch (version and installation, whose headers
-    and libraries it is built against), the Python ABI, the compiler and its flags."""
+    """Everything that changes the compiled binary or its build commands: the sources and where they are (the
+    build file names them by path, so another checkout would rebuild over this one's), torch (version and
+    installation, whose headers and libraries it is built against), the Python ABI, the compiler and its flags."""
     import torch
 
     return {
         "sources": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.cpp")))).hexdigest(),
+        "checkout": str(CSRC.resolve()),
         "torch": torch.__version__,
         "torch_dir": str(Path(torch.__file__).resolve().parent),
         "python": f"{sys.implementation.cache_tag}{getattr(sys, 'abiflags', '')}",
