@@ -13,3 +13,20 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+def pytest_sessionstart(session) -> None:
+    """pytest-xdist prints its status line, without a terminal "bringing up nodes..." under ``-q``, once when the
+    workers start and again when they have collected: keep the first, so CI's log says it once."""
+    reporter = session.config.pluginmanager.getplugin("terminaldistreporter")
+    show = getattr(reporter, "ensure_show_status", None)
+    if show is None or session.config.option.verbose >= 0:  # verbose: the second line counts the tests
+        return
+    shown: list[bool] = []
+
+    def once() -> None:
+        if not shown:
+            shown.append(True)
+            show()
+
+    reporter.ensure_show_status = once

@@ -172,13 +172,18 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.Capture
     argv += ["--lrs", "0.001", "--train-limit", "200", "--test-limit", "100", "--out", str(tmp_path), *QUIET]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| adam | plain |" in out and "| adam | lawn |" in out
-    assert {p.name for p in tmp_path.iterdir()} >= {
-        "results.jsonl",
+    assert "What this run shows:" in out and "- batch 32: test accuracy Adam" in out
+    assert "| adam | plain |" not in out and "](" not in out  # the reading, not the raw markdown
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "results.jsonl",  # and no lock file left behind
         "report.md",
         "accuracy_vs_batch.png",
         "norms.png",
     }
+    report = (tmp_path / "report.md").read_text()
+    title, blank, reading = report.splitlines()[:3]
+    assert title.startswith("# ") and blank == "" and reading == "## What this run shows"
+    assert report.index("- batch 32: test accuracy Adam") < report.index("| adam | plain |")
     assert len(read_rows(tmp_path / "results.jsonl")) == 4
     assert main([*argv, "--seeds", "2"]) == 0  # resumes: only seed 1 is new; the report covers both seeds
     out = capsys.readouterr().out
@@ -186,7 +191,7 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path, capsys: pytest.Capture
     assert "What this run shows:" in out and "- batch 32: test accuracy Adam" in out and "mechanism:" in out
     assert "Next:" in out and str(tmp_path / "norms.png") in out
     assert main([*argv, "--epochs", "2", "--batch-sizes", "64"]) == 0  # other options: report only those
-    assert "batch 64 |" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
+    assert "- batch 64:" in capsys.readouterr().out and "batch 32 |" not in (tmp_path / "report.md").read_text()
 
 
 def test_report_only_and_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -240,3 +245,89 @@ def test_demo_verdict_reads_noise_and_real_differences() -> None:
     assert "batch 2048:" in text and "LAWN better, beyond the seed spread (±0.0030)" in text
     one = verdict([sel("plain", 128, 0.9, 0.0, seeds=1), sel("lawn", 128, 0.8, 0.0, seeds=1)], "out")
     assert "one seed only" in one
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture) -> None:
+    import lawn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lawn {lawn.__version__}"
+
+
+def test_demo_help_states_the_epochs_the_demo_runs(capsys: pytest.CaptureFixture) -> None:
+    from lawn.harness.demo import IMAGE_DEFAULTS, settings
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{settings('mnist1d')['epochs']} on MNIST-1D" in text
+    assert (
+        f"{IMAGE_DEFAULTS['epochs']} on Fashion-MNIST" in text and f"{settings('digits')['epochs']} on digits" in text
+    )
+
+
+def test_run_states_the_learning_rate_without_a_null_scaling_and_notes_a_full_batch(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ["run", "--dataset", "digits", "--epochs", "1", "--batch-size", "256", *TINY, *QUIET]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "lr 0.001, batch 256" in first and "scaling" not in first
+    assert "not less than the 108 training examples: every step is full-batch, 1 per epoch" in first
+    assert main([*argv, "--set", "lr_scaling=sqrt", "--batch-size", "32"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "(sqrt scaling of 0.001 from batch 128), batch 32," in first and "full-batch" not in first
+
+
+def test_demo_and_sweep_share_one_rule_for_the_default_jobs(capsys: pytest.CaptureFixture) -> None:
+    from lawn.harness.cli import build_parser
+    from lawn.harness.parallel import JOBS_CAP, default_jobs
+
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).jobs is None and parser.parse_args(["sweep", "s", "--results", "r"]).jobs is None
+    assert [default_jobs("cpu", cores=n) for n in (1, 2, 3, 64)] == [1, 2, 3, JOBS_CAP]
+    assert default_jobs("cuda", gpu_count=3) == 3 and default_jobs("cuda:1", gpu_count=3) == 1
+    for command in ("demo", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"(default: one per CPU core, at most {JOBS_CAP}; on CUDA one per visible GPU;" in text
+
+
+def test_sigterm_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's or ``kill``'s) to the demo, its workers busy: exit 130, the resume hint, no
+    multiprocessing warnings, and nothing left running."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    argv = ["demo", "--dataset", "digits", "--epochs", "5000", "--seeds", "1", "--batch-sizes", "32", "--jobs", "2"]
+    argv += ["--lrs", "0.001", "--out", str(tmp_path), *QUIET]
+    cli = "import sys; from lawn.harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    demo = subprocess.Popen(
+        [sys.executable, "-c", cli, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert demo.stdout is not None and demo.stdout.readline().startswith("demo: digits")
+        time.sleep(3.0)  # the two workers are training
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=60)  # EOF: the workers and helper processes are gone too
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, err
+    assert "lawn demo: interrupted; rerun the same command to resume" in err
+    assert "leaked" not in err and "Traceback" not in err, err
+
+
+def test_demo_notes_the_batch_sizes_that_are_the_whole_training_set() -> None:
+    from lawn.harness.demo import full_batch_note
+
+    assert full_batch_note([128, 2048], 9000) is None
+    note = full_batch_note([128, 2048, 4096], 1294)
+    assert note is not None and "batch size 2048, 4096 is not less than the 1294 training examples" in note
+    assert "full-batch" in note

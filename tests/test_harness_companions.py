@@ -114,7 +114,8 @@ def test_ssi_penalty_on_every_model(model: nn.Module, inputs: torch.Tensor) -> N
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     assert penalty is not None and torch.isfinite(penalty) and penalty > 0
     if not isinstance(model, ResNet):  # a chain, geometric form: at most λ·Σ‖W‖² (equal when balanced)
-        assert float(penalty) <= 1e-3 * sum(float(m.weight.norm()) ** 2 for m in layers) * (1 + 1e-6)
+        bound = 1e-3 * sum(float(m.weight.detach().norm()) ** 2 for m in layers) * (1 + 1e-6)
+        assert float(penalty.detach()) <= bound
     penalty.backward()
     shortcuts = {id(m) for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)}
     for m in layers:  # the ResNet's 1×1 shortcut convs are left out on purpose (ResNet.ssi_layers)
@@ -123,7 +124,8 @@ def test_ssi_penalty_on_every_model(model: nn.Module, inputs: torch.Tensor) -> N
     assert len(shortcuts) == (2 if isinstance(model, ResNet) else 0)
     assert all(p.grad is None for p in model.parameters() if p.dim() < 2)  # biases, BN: not in it
     assert all(m.weight.grad is None for m in model.modules() if isinstance(m, nn.Embedding))
-    assert float(METHODS["ssi"].penalty(model, config.replace(ssi_lambda=2e-3))) == pytest.approx(2 * float(penalty))
+    doubled = METHODS["ssi"].penalty(model, config.replace(ssi_lambda=2e-3))
+    assert float(doubled.detach()) == pytest.approx(2 * float(penalty.detach()))
     assert METHODS["ssi"].penalty(model, config.replace(ssi_lambda=0.0)) is None
     model(inputs)  # still a working model
 
@@ -138,12 +140,12 @@ def test_resnet_gives_its_residual_structure_to_the_penalty() -> None:
     # a scale shift inside a branch (conv1 × c, conv2 / c) leaves the penalty unchanged; read as a plain
     # chain of all convs the value would differ
     config = RunConfig(dataset="digits", method="ssi")
-    before = float(METHODS["ssi"].penalty(model, config))
-    with torch.no_grad():
+    with torch.no_grad():  # values only
+        before = float(METHODS["ssi"].penalty(model, config))
         model.stages[0].conv1.weight.mul_(3.0)
         model.stages[0].conv2.weight.div_(3.0)
-    assert float(METHODS["ssi"].penalty(model, config)) == pytest.approx(before, rel=1e-5)
-    chain = float(config.ssi_lambda * lawn.scale_shift_invariant_penalty(model))
+        assert float(METHODS["ssi"].penalty(model, config)) == pytest.approx(before, rel=1e-5)
+        chain = float(config.ssi_lambda * lawn.scale_shift_invariant_penalty(model))
     assert chain != pytest.approx(before, rel=1e-3)
     converted = lawn.convert_to_mimicnorm(model, 10)  # the structure is found through MimicNorm's wrapper
     assert len(ssi_layers(converted)) == 5

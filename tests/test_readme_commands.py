@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +24,13 @@ def test_readme_test_command_is_what_ci_runs() -> None:
         assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
         assert "python -m pip install -q torch==" in command  # torch first: no CUDA build pulled in by lawn
     assert "-n auto" in tests and ".[test," in tests
+    assert ",tensorboard]" in tests  # the --log-dir tests run in CI, not skipped
+
+
+def test_the_ci_log_says_bringing_up_nodes_once(tmp_path: Path) -> None:
+    """Under CI's `-q -n auto` without a terminal, pytest-xdist's status line appears once, not twice."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", __file__, "-k", "ci_runs"]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).stdout
+    assert out.count("bringing up nodes...") == 1, out
+    assert "1 passed" in out

@@ -67,8 +67,55 @@ def test_a_run_failing_on_a_ray_worker_is_reported(local_ray: None, tmp_path: Pa
 def test_per_run_requests_set_the_runs_in_flight(local_ray: None) -> None:
     assert RayBackend(cpus_per_run=0.5).slots() == 4
     assert RayBackend(cpus_per_run=0.5, max_in_flight=3).slots() == 3
-    assert RayBackend(gpus_per_run=0.25).slots() == 1  # no GPU yet: runs queue until one joins the cluster
     assert RayBackend(gpus_per_run=0.25).device == "cuda" and RayBackend().device == "cpu"
+
+
+def test_a_gpu_request_on_a_cluster_without_gpus_is_refused_at_start(
+    local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match=r"--gpus-per-run 0.25: the Ray cluster \(local\) has 0 GPU"):
+        RayBackend(gpus_per_run=0.25).slots()
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"base": {"dataset": "digits"}, "lrs": [0.001], "methods": ["plain"]}')
+    argv = ["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), "--ray", "--gpus-per-run", "0.25"]
+    assert main(argv) == 2
+    assert "use --gpus-per-run 0 to train on CPUs" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+    assert ray.is_initialized()  # an instance the sweep did not start is left running
+
+
+def test_sigterm_stops_a_ray_sweep_cleanly(tmp_path: Path) -> None:
+    """SIGTERM to the driver of ``--ray`` (its own local instance) while runs train: exit 130 and the resume hint,
+    as with --jobs; no Ray or C++ dump."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**SPEC, "base": {**SPEC["base"], "epochs": 5000}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    cli = "import sys; from lawn.harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), "--ray", "--jobs", "2", "--no-progress"]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", cli, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert driver.stdout is not None
+        started = 0
+        while started < 2:
+            line = driver.stdout.readline()
+            assert line, f"the sweep ended early: {driver.stderr.read() if driver.stderr else ''}"
+            started += " start " in line
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err
+    assert "lawn sweep: interrupted; rerun the same command to resume" in err
+    assert "SIGTERM received" not in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(

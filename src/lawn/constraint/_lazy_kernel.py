@@ -1,36 +1,91 @@
-"""lawn's C++ extension (``csrc/kernels.cpp``), built once per process on first use; after a failed build, one
-warning and ``None`` for good."""
+"""lawn's C++ extension (``csrc/kernels.cpp``), built once per machine and environment on first use; after a failed
+build, one warning and ``None`` for good."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
+import sys
+import sysconfig
+import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lawn.constraint._warn import warn_at_caller
 
 CSRC = Path(__file__).with_name("csrc")
+# OpenMP: at::parallel_for runs on torch's intra-op threads; no errno from sqrt, so that it vectorises
+CFLAGS = ("-O3", "-fopenmp", "-fno-math-errno")
+LDFLAGS = ("-fopenmp",)
+
+
+def build_inputs() -> dict[str, Any]:
+    """Everything that changes the compiled binary or its build commands: the sources and where they are (the
+    build file names them by path, so another checkout would rebuild over this one's), torch (version and
+    installation, whose headers and libraries it is built against), the Python ABI, the compiler and its flags."""
+    import torch
+
+    return {
+        "sources": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.cpp")))).hexdigest(),
+        "checkout": str(CSRC.resolve()),
+        "torch": torch.__version__,
+        "torch_dir": str(Path(torch.__file__).resolve().parent),
+        "python": f"{sys.implementation.cache_tag}{getattr(sys, 'abiflags', '')}",
+        "abi": sysconfig.get_config_var("EXT_SUFFIX") or "",
+        "compiler": os.environ.get("CXX", "c++"),
+        "cflags": list(CFLAGS),
+        "ldflags": list(LDFLAGS),
+    }
+
+
+def build_name(inputs: dict[str, Any] | None = None) -> str:
+    """The extension's name, ``lawn_kernels_<hash of build_inputs()>``.
+
+    torch caches a build under its name and keys it on the files it is given, not on what they include nor on the
+    environment; with one name per combination, two checkouts or virtual environments used in turn on one machine
+    each keep their own build instead of rebuilding over each other's, and an edited kernel is never loaded stale.
+    """
+    data = json.dumps(build_inputs() if inputs is None else inputs, sort_keys=True).encode()
+    return f"lawn_kernels_{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache already holds the compiled ``name`` (then loading it takes no build)."""
+    from torch.utils import cpp_extension
+
+    try:
+        directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a torch without the helper: say nothing rather than something wrong
+        return True
+    return any((directory / f"{name}{suffix}").is_file() for suffix in (".so", ".pyd"))
 
 
 @functools.cache
 def build_extension() -> ModuleType:
     """Compile (or load from torch's extension cache) ``csrc/kernels.cpp``, which includes both kernels' sources.
 
-    torch keys its cache on the files it is given, not on what they include, so the extension's name carries a
-    hash of every source: an edited kernel is rebuilt, never loaded stale.
+    A real build says so on stderr, once before and once when done: it takes about a minute of CPU.
     """
     from torch.utils import cpp_extension
 
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.cpp")))).hexdigest()[:12]
-    return cpp_extension.load(
-        name=f"lawn_kernels_{digest}",
+    name = build_name()
+    building = not _is_built(name)
+    if building:
+        print("lawn: building lawn's C++ kernel (about a minute, once per machine)...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    module = cpp_extension.load(
+        name=name,
         sources=[str(CSRC / "kernels.cpp")],
-        # OpenMP: at::parallel_for runs on torch's intra-op threads; no errno from sqrt, so that it vectorises
-        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
         verbose=False,
     )
+    if building:
+        print(f"lawn: built lawn's C++ kernel in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return module
 
 
 class LazyKernel:

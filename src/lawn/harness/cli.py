@@ -6,9 +6,12 @@ Bad options, files or config values end the command with ``lawn: error: …`` na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,31 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
+def _add_log_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="also write each run's per-epoch curves as TensorBoard events into DIR/<row key> (needs the "
+        "tensorboard extra; view with: tensorboard --logdir DIR)",
+    )
+
+
+def _add_jobs(p: argparse.ArgumentParser, ray: bool = False) -> None:
+    from lawn.harness.parallel import JOBS_CAP
+
+    extra = "; with --ray: at most N in flight (default: what the cluster fits)" if ray else ""
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help=f"runs trained at once, in local worker processes (default: one per CPU core, at most {JOBS_CAP}; "
+        f"on CUDA one per visible GPU; 1 trains in this process){extra}",
+    )
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
+
+
 def _config_fields_epilog() -> str:
     """The ``--set`` fields with their defaults, and the registered names of the name-valued fields."""
     import dataclasses
@@ -71,11 +99,12 @@ def _config_fields_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from lawn.harness.demo import DATASETS as DEMO_SETS
-    from lawn.harness.demo import DEFAULTS
+    from lawn.harness.demo import DEFAULTS, default_epochs_text
 
     parser = argparse.ArgumentParser(
         prog="lawn", description="Train models with and without LAWN and report how they compare."
     )
+    parser.add_argument("--version", action="version", version=f"lawn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run,sweep,lottery,report}")
 
     demo = sub.add_parser("demo", help="Adam vs Adam+LAWN at a small and a large batch size (minutes on CPU)")
@@ -89,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(DEMO_SETS)} (default: auto = Fashion-MNIST if its files are installed, else MNIST-1D)",
     )
     demo.add_argument("--data-dir", help="directory of the data set's IDX files (default: the Debian package's)")
-    demo.add_argument("--epochs", type=int, help="epochs per run (default: 15 on Fashion-MNIST, 30 on MNIST-1D)")
+    demo.add_argument("--epochs", type=int, help=f"epochs per run (default: {default_epochs_text()})")
     demo.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="number of seeds (default: %(default)s)")
     demo.add_argument(
         "--batch-sizes", type=int, nargs="+", default=DEFAULTS["batch_sizes"], help="(default: %(default)s)"
@@ -99,12 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--train-limit", type=int, help="training pool size (default: 10000 on image data sets)")
     demo.add_argument("--test-limit", type=int, help="test examples (default: 5000 on image data sets)")
-    demo.add_argument(
-        "--jobs",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="runs trained at once, in worker processes (default: %(default)s, up to 2 on this machine's cores)",
-    )
+    _add_jobs(demo)
+    _add_log_dir(demo)
     _add_runtime(demo)
 
     fields_epilog = _config_fields_epilog()
@@ -120,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--" + name.replace("_", "-"), type=kind, help=f"config field {name} (see below)")
     run.add_argument("--results", help="append the result row to this JSONL file")
     run.add_argument("--json", help="write the full result row (with per-epoch history) to this file")
+    _add_log_dir(run)
     _add_runtime(run)
 
     sweep = sub.add_parser(
@@ -130,14 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("spec", help="sweep spec file (.json or .toml)")
     sweep.add_argument("--results", required=True, help="JSONL file the rows are appended to")
-    sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
+    _add_overrides(sweep)
     sweep.add_argument("--data-dir", help="override the base data_dir")
     sweep.add_argument("--dry-run", action="store_true", help="list the grid, run nothing")
-    sweep.add_argument(
-        "--jobs",
-        type=int,
-        help="runs at once: N local worker processes (default 1: in this process); with --ray, at most N in flight",
-    )
+    _add_jobs(sweep, ray=True)
     sweep.add_argument(
         "--ray",
         nargs="?",
@@ -147,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="with --ray: CPUs each run requests")
     sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="with --ray: GPUs each run requests (0.25)")
+    _add_log_dir(sweep)
     _add_runtime(sweep)
 
     lottery = sub.add_parser(
@@ -154,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lottery.add_argument("spec", help="lottery spec file (.json or .toml); see docs/sweeps/study_lottery.toml")
     lottery.add_argument("--results", required=True, help="JSONL file the rows are appended to")
-    lottery.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
+    _add_overrides(lottery)
+    _add_log_dir(lottery)
     _add_runtime(lottery)
 
     report = sub.add_parser("report", help="markdown table and plots from result files")
@@ -193,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    import lawn
+
+    return lawn.__version__
+
+
 def _demo_dataset(text: str) -> str:
     """``--dataset`` of the demo: the hyphenated spelling (``fashion-mnist``) is accepted too."""
     from lawn.harness.demo import DATASETS as DEMO_SETS
@@ -207,14 +237,18 @@ def _demo_dataset(text: str) -> str:
     return name
 
 
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag}: must be >= 1, got {value}")
+
+
 def _runtime(args: argparse.Namespace) -> str:
     """Apply ``--threads`` and turn ``--device`` into a concrete device name."""
     import torch
 
     from lawn.harness.train import resolve_device
 
-    if args.threads < 1:
-        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+    _at_least_one("--threads", args.threads)
     torch.set_num_threads(args.threads)
     device = args.device
     if device not in DEVICES[:-1] and not (device.startswith("cuda:") and device[5:].isdigit()):
@@ -224,6 +258,35 @@ def _runtime(args: argparse.Namespace) -> str:
             f"--device: unknown {device!r}{did_you_mean(device, DEVICES)}; choose from {', '.join(DEVICES)}"
         )
     return str(resolve_device(device))
+
+
+def _log_dir(args: argparse.Namespace) -> Path | None:
+    """``--log-dir`` as a path, after checking that TensorBoard is installed (before anything trains)."""
+    if not args.log_dir:
+        return None
+    from lawn.harness.tensorboard import require
+
+    require()
+    return Path(args.log_dir)
+
+
+def _events_of_present_rows(log_dir: Path | None, results: str | Path, keys: set[str]) -> None:
+    """TensorBoard events for the rows of ``keys`` already in ``results`` that have none yet (a resumed run)."""
+    if log_dir is None or not Path(results).is_file():
+        return
+    from lawn.harness.results import read_rows
+    from lawn.harness.tensorboard import write_missing
+
+    write_missing(log_dir, [row for row in read_rows(results) if row["key"] in keys])
+
+
+def _row_events(log_dir: Path | None) -> Any:
+    """The ``on_row`` callback that writes a finished row's TensorBoard events (``None`` without ``--log-dir``)."""
+    if log_dir is None:
+        return None
+    from lawn.harness.tensorboard import write_run_events
+
+    return lambda row: write_run_events(log_dir, row)
 
 
 def _print_history(row: dict[str, Any]) -> None:
@@ -258,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     fields.update(parse_assignment(text) for text in args.set)
     fields["device"] = _runtime(args)
     config = run_config(fields)
+    log_dir = _log_dir(args)
     print(_describe(config))
     row = train(config, progress=not args.no_progress)
     row["tuned"] = ["lr", "weight_decay"]
@@ -273,90 +337,116 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_bytes(encode_row(row))
         print(f"wrote {args.json}")
+    if log_dir is not None:
+        from lawn.harness.tensorboard import write_run_events
+
+        print(f"TensorBoard events: {write_run_events(log_dir, row)} (tensorboard --logdir {log_dir})")
     return 0
+
+
+def _training_examples(config: Any) -> int:
+    """The size of ``config``'s training split (its data set loaded here, on the CPU)."""
+    import torch
+
+    from lawn.harness.datasets import load_data
+    from lawn.harness.tasks import make_task
+
+    return make_task(load_data(config), torch.device("cpu"), config.negatives_per_positive).train_size
 
 
 def _describe(config: Any) -> str:
     """One paragraph: the resolved config and, for LAWN, when it will switch."""
-    import torch
-
-    from lawn.harness.datasets import load_data
     from lawn.harness.methods import free_steps
     from lawn.harness.schedule import scaled_lr
-    from lawn.harness.tasks import batch_starts, make_task
+    from lawn.harness.tasks import batch_starts
 
-    examples = make_task(load_data(config), torch.device("cpu"), config.negatives_per_positive).train_size
-    steps = len(batch_starts(examples, config.batch_size)) * config.epochs
+    examples = _training_examples(config)
+    per_epoch = len(batch_starts(examples, config.batch_size))
+    steps = per_epoch * config.epochs
+    lr = f"lr {scaled_lr(config):g}"
+    if config.lr_scaling != "none":
+        lr += f" ({config.lr_scaling} scaling of {config.lr:g} from batch {config.base_batch_size})"
+    batch = f"batch {config.batch_size}"
+    if config.batch_size >= examples:
+        batch += f" (not less than the {examples} training examples: every step is full-batch, 1 per epoch)"
     text = (
         f"run: {config.dataset} ({examples} training examples), model {config.model} (width "
-        f"{config.width}), {config.optimizer} + {config.method}, lr {scaled_lr(config):g} ({config.lr_scaling} "
-        f"scaling of {config.lr:g}), batch {config.batch_size}, {config.epochs} epochs = {steps} steps, "
-        f"{config.schedule} schedule, seed {config.seed}, device {config.device}"
+        f"{config.width}), {config.optimizer} + {config.method}, {lr}, {batch}, {config.epochs} epochs = "
+        f"{steps} steps, {config.schedule} schedule, seed {config.seed}, device {config.device}"
     )
     if config.method == "lawn":
         text += f"; LAWN switches after step {free_steps(config, steps)} (free_fraction {config.free_fraction:g})"
     return text
 
 
-def _sweep_spec(args: argparse.Namespace) -> Any:
+def _spec(args: argparse.Namespace, cls: Any, extra: dict[str, Any] | None = None) -> Any:
+    """``cls.from_dict`` of the spec file with ``--set`` (and ``extra``) overriding its base; errors name the file."""
     from lawn.harness.config import load_mapping, parse_assignment
-    from lawn.harness.sweep import SweepSpec
 
     data = load_mapping(args.spec)
     overrides = dict(parse_assignment(text) for text in args.set)
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
+    overrides.update(extra or {})
     if overrides:
         base = data.get("base", {})
         if not isinstance(base, dict):
             raise TypeError(f"{args.spec}: 'base' must be a mapping of run config fields")
         data = {**data, "base": {**base, **overrides}}
     try:
-        return SweepSpec.from_dict(data)
+        return cls.from_dict(data)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{args.spec}: {err}") from err
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+def _print_dry_run(spec: Any, results: str) -> None:
     from lawn.harness.results import completed_keys
-    from lawn.harness.sweep import SweepFailed, run_sweep
 
-    spec = _sweep_spec(args)
     runs = spec.expand()
+    done = completed_keys(results)
+    print(f"{len(runs)} runs, {sum(c.key() in done for c, _ in runs)} already in {results}")
+    if spec.vary:
+        varied = " × ".join(f"{k}{list(v)}" for k, v in spec.vary.items())
+        print(f"  each grid below is run for every combination of {varied}")
+    for optimizer in spec.optimizers:
+        for method in spec.methods:
+            axes = spec.tuned_axes(optimizer, method)
+            size = 1
+            for values in axes.values():
+                size *= len(values)
+            grid = " × ".join(f"{k}{list(v)}" for k, v in axes.items())
+            print(f"  {optimizer}/{method}: {size} grid points: {grid}")
+
+
+def _print_failures(command: str, failures: list[tuple[Any, str]]) -> None:
+    print(f"{command}: {len(failures)} run(s) failed (their rows are not written):", file=sys.stderr)
+    for config, error in failures:
+        print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lawn.harness.sweep import SweepFailed, SweepSpec, run_sweep
+
+    extra = {"data_dir": args.data_dir} if args.data_dir else None
+    spec = _spec(args, SweepSpec, extra)
     if args.dry_run:
-        done = completed_keys(args.results) if Path(args.results).exists() else set()
-        print(f"{len(runs)} runs, {sum(c.key() in done for c, _ in runs)} already in {args.results}")
-        if spec.vary:
-            varied = " × ".join(f"{k}{list(v)}" for k, v in spec.vary.items())
-            print(f"  each grid below is run for every combination of {varied}")
-        for optimizer in spec.optimizers:
-            for method in spec.methods:
-                axes = spec.tuned_axes(optimizer, method)
-                size = 1
-                for values in axes.values():
-                    size *= len(values)
-                grid = " × ".join(f"{k}{list(v)}" for k, v in axes.items())
-                print(f"  {optimizer}/{method}: {size} grid points: {grid}")
+        _print_dry_run(spec, args.results)
         return 0
+    log_dir = _log_dir(args)
     backend, device = _sweep_backend(args)
+    _events_of_present_rows(log_dir, args.results, {config.key() for config, _ in spec.expand()})
     on_event = _log_event if args.no_progress else None
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops like Ctrl-C
     try:
         counts = run_sweep(
-            spec, args.results, device=device, progress=not args.no_progress, backend=backend, on_event=on_event
+            spec,
+            args.results,
+            device=device,
+            progress=not args.no_progress,
+            backend=backend,
+            on_event=on_event,
+            on_row=_row_events(log_dir),
         )
     except SweepFailed as failed:
         counts = failed.counts
-        print(f"sweep: {len(failed.failures)} run(s) failed (their rows are not written):", file=sys.stderr)
-        for config, error in failed.failures:
-            print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        _print_failures("sweep", failed.failures)
     print(
         f"sweep: {counts['done']} run(s) done now, {counts['skipped']} already in {args.results}, "
         f"{counts['total']} in the grid"
@@ -369,22 +459,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_lottery(args: argparse.Namespace) -> int:
-    from lawn.harness.config import load_mapping, parse_assignment
     from lawn.harness.lottery import LotterySpec, run_lottery
 
-    data = load_mapping(args.spec)
-    overrides = dict(parse_assignment(text) for text in args.set)
-    if overrides:
-        data = {**data, "base": {**data.get("base", {}), **overrides}}
-    try:
-        spec = LotterySpec.from_dict(data)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{args.spec}: {err}") from err
-    counts = run_lottery(spec, args.results, device=_runtime(args), progress=not args.no_progress)
+    spec = _spec(args, LotterySpec)
+    log_dir = _log_dir(args)
+    device = _runtime(args)
+    counts = run_lottery(spec, args.results, device=device, progress=not args.no_progress)
     print(
         f"lottery: {counts['done']} row(s) done now, {counts['skipped']} already in {args.results}, "
         f"{counts['total']} in the study"
     )
+    if log_dir is not None and Path(args.results).is_file():
+        from lawn.harness.results import read_rows
+        from lawn.harness.tensorboard import write_missing
+
+        rows = [row for row in read_rows(args.results) if row.get("experiment") == "lottery"]
+        print(f"TensorBoard events: {write_missing(log_dir, rows)} run(s) written to {log_dir}")
     print(f"next: lawn report {args.results} --out <dir>")
     return 0
 
@@ -393,26 +483,44 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler) stops a command like Ctrl-C: workers ended, finished rows kept, exit
+    130 with a resume hint. Only the main thread can set a handler; elsewhere SIGTERM keeps its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _local_backend(args: argparse.Namespace, device: str) -> tuple[Any, int]:
+    """``(backend, jobs)`` for ``--jobs`` on this machine: ``None`` (in this process) for one job, else a pool."""
+    import torch
+
+    from lawn.harness.parallel import LocalPool, default_jobs, worker_devices
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    jobs = args.jobs if args.jobs is not None else default_jobs(device, gpus)
+    if jobs == 1:
+        return None, 1
+    return LocalPool(jobs, threads=args.threads, devices=worker_devices(device, jobs, gpus)), jobs
+
+
 def _sweep_backend(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The backend of ``--jobs`` / ``--ray`` and the device to run on (``None``: the backend decides)."""
     import os
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+    _at_least_one("--jobs", args.jobs)
+    _at_least_one("--threads", args.threads)
     if args.ray is None:
         if args.cpus_per_run != 1.0 or args.gpus_per_run != 0.0:
             raise ValueError("--cpus-per-run/--gpus-per-run: only with --ray (locally, use --jobs and --threads)")
         device = _runtime(args)
-        if not args.jobs or args.jobs == 1:
-            return None, device
-        import torch
-
-        from lawn.harness.parallel import LocalPool, worker_devices
-
-        devices = worker_devices(device, args.jobs, torch.cuda.device_count() if device == "cuda" else 0)
-        return LocalPool(args.jobs, threads=args.threads, devices=devices), device
+        return _local_backend(args, device)[0], device
     try:
         from lawn.harness.ray_backend import RayBackend
     except ImportError as err:
@@ -464,6 +572,12 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _show_written(written: list[Path]) -> None:
+    """Print the report (the first file written) and the list of files."""
+    print(written[0].read_text())
+    print("wrote: " + ", ".join(str(p) for p in written))
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lawn.harness.report import read_reported_rows, write_report
 
@@ -481,19 +595,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         if len(lottery) != len(rows):
             raise ValueError("report: the files mix lottery rows with sweep rows; report them separately")
-        written = write_lottery_report(lottery, args.out, sources=list(args.results))
-        written += _verdicts(args, rows, pilot)
-        print(written[0].read_text())
-        print("wrote: " + ", ".join(str(p) for p in written))
+        _show_written(
+            write_lottery_report(lottery, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot)
+        )
         return 0
     from lawn.harness.selection import DEFAULT_TUNED
 
     for row in rows + pilot:  # a split field becomes part of the setting, so each of its values is reported
         row["tuned"] = [t for t in row.get("tuned") or DEFAULT_TUNED if t not in args.split]
-    written = write_report(rows, args.out, sources=list(args.results))
-    written += _verdicts(args, rows, pilot)
-    print(written[0].read_text())
-    print("wrote: " + ", ".join(str(p) for p in written))
+    _show_written(write_report(rows, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot))
     return 0
 
 
@@ -526,7 +636,7 @@ def _only(rows: list[dict[str, Any]], conditions: list[str]) -> list[dict[str, A
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lawn.harness.demo import demo_spec, pick_dataset, settings, verdict
+    from lawn.harness.demo import demo_spec, full_batch_note, pick_dataset, report_with_reading, settings, verdict
     from lawn.harness.report import write_report
     from lawn.harness.results import read_rows
     from lawn.harness.selection import select
@@ -539,10 +649,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name in ("epochs", "train_limit", "test_limit"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
-    for name in ("epochs", "seeds", "train_limit", "test_limit"):
-        value = chosen.get(name, getattr(args, name, None))
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    for name in ("epochs", "seeds", "train_limit", "test_limit", "jobs"):
+        _at_least_one(f"--{name.replace('_', '-')}", chosen.get(name, getattr(args, name, None)))
     spec = demo_spec(
         dataset,
         data_dir,
@@ -555,40 +663,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model=chosen["model"],
         data_options=chosen.get("data_options"),
     )
+    log_dir = _log_dir(args)
     device = _runtime(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
+    backend, jobs = _local_backend(args, device)
     print(
         f"demo: {dataset}, model {chosen['model']}, Adam vs Adam+LAWN, batch sizes {args.batch_sizes}, "
         f"{chosen['epochs']} epochs, lr grid {args.lrs} (sqrt scaling from batch 128), {args.seeds} seed(s), "
-        f"device {device}, {args.threads} thread(s)"
+        f"device {device}, {jobs} job(s) of {args.threads} thread(s)"
     )
-    backend = None
-    if args.jobs < 1:
-        raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
-    if args.jobs > 1:
-        import torch
-
-        from lawn.harness.parallel import LocalPool, worker_devices
-
-        devices = worker_devices(device, args.jobs, torch.cuda.device_count() if device == "cuda" else 0)
-        backend = LocalPool(args.jobs, threads=args.threads, devices=devices)
+    runs = spec.expand()
+    note = full_batch_note(args.batch_sizes, _training_examples(runs[0][0]))
+    if note:
+        print(note)
+    keys = {config.key() for config, _ in runs}  # this demo's runs, even if the file holds others
+    _events_of_present_rows(log_dir, results, keys)
     try:
-        counts = run_sweep(spec, results, device=device, progress=not args.no_progress, backend=backend)
+        counts = run_sweep(
+            spec,
+            results,
+            device=device,
+            progress=not args.no_progress,
+            backend=backend,
+            on_row=_row_events(log_dir),
+        )
     except SweepFailed as failed:
-        print(f"demo: {len(failed.failures)} run(s) failed; rerun the same command to retry them:", file=sys.stderr)
-        for config, error in failed.failures:
-            print(f"  {_run_label(config)}: {error.splitlines()[0]}", file=sys.stderr)
+        _print_failures("demo", failed.failures)
+        print("demo: rerun the same command to retry them", file=sys.stderr)
         return 1
     print(f"{counts['done']} run(s) trained, {counts['skipped']} reused from {results}")
-    keys = {config.key() for config, _ in spec.expand()}  # this demo's runs, even if the file holds others
     rows = [r for r in read_rows(results) if r["key"] in keys]
     written = write_report(rows, out, sources=[str(results)])
-    print(written[0].read_text())
-    print("wrote: " + ", ".join(str(p) for p in written))
+    reading = verdict(select(rows), out)
+    written[0].write_text(report_with_reading(written[0].read_text(), reading))
     print()
-    print(verdict(select(rows), out))
+    print(reading)
+    print()
+    print("wrote: " + ", ".join(str(p) for p in written))
+    if log_dir is not None:
+        print(f"TensorBoard: tensorboard --logdir {log_dir}")
     return 0
 
 
@@ -599,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_interrupts():
+            return COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as err:
         print(f"lawn {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

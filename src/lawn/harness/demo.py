@@ -32,6 +32,14 @@ IMAGE_DEFAULTS: dict[str, Any] = {"epochs": 15, "model": "mlp", "train_limit": 1
 FILE_SETS = ("fashion_mnist", "mnist")
 
 
+def default_epochs_text() -> str:
+    """The per-data-set epoch defaults in words, for ``--help`` (read from the tables above, never restated)."""
+    names = {"mnist1d": "MNIST-1D", "digits": "digits"}
+    parts = [f"{IMAGE_DEFAULTS['epochs']} on Fashion-MNIST, MNIST and CIFAR-10"]
+    parts += [f"{d['epochs']} on {names.get(n, n)}" for n, d in PER_DATASET.items()]
+    return ", ".join(parts)
+
+
 def settings(dataset: str) -> dict[str, Any]:
     """The demo's per-data-set defaults (epochs, model, subset sizes, data options)."""
     return dict(PER_DATASET.get(dataset, IMAGE_DEFAULTS))
@@ -122,6 +130,18 @@ def demo_spec(
     )
 
 
+def full_batch_note(batch_sizes: list[int], examples: int) -> str | None:
+    """A note for the batch sizes that are not less than the training set (their runs are full-batch)."""
+    full = [b for b in batch_sizes if b >= examples]
+    if not full:
+        return None
+    sizes = ", ".join(str(b) for b in full)
+    return (
+        f"note: batch size {sizes} is not less than the {examples} training examples: those runs are full-batch "
+        "(one step per epoch, the same batch every step)"
+    )
+
+
 def _final(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [r["history"][-1].get(key) for r in rows if not r.get("diverged")]
     values = [v for v in values if v is not None]
@@ -164,10 +184,22 @@ def verdict(selections: list[Any], report_dir: str | Path) -> str:
             )
     out = Path(report_dir)
     lines += [
+        "",
         f"Plots: {out / 'accuracy_vs_batch.png'} (test metric ± seed std per batch size) and {out / 'norms.png'} "
         "(test metric, logit norm and weight norms per epoch; the dotted line marks LAWN's switch); table and "
         f"links in {out / 'report.md'}.",
+        "",
         "Next: wrap your own optimizer (README, 'Usage'), run LAWN as the paper does (README), or read the full "
         "study with its verdicts (docs/results.md).",
     ]
     return "\n".join(lines)
+
+
+def report_with_reading(report: str, reading: str) -> str:
+    """``report.md`` with the demo's plain-language reading (:func:`verdict`) at its top, under the title."""
+    first, sep, rest = report.partition("\n")
+    heading, _, body = reading.partition("\n")
+    section = f"## {heading.rstrip(':')}\n\n{body}\n"
+    if first.startswith("# "):
+        return f"{first}\n\n{section}{sep}{rest}"
+    return f"{section}\n{report}"

@@ -4,7 +4,8 @@ Per panel (data set / model): test metric by arm × sparsity for each learning r
 seeds), paired differences for the three claims (ticket − dense, ticket − reinit, finetune − ticket; the
 mean and std over seeds of the per-seed difference), the initial/trained weight correlation by learning rate,
 IMP rows if any, and the wall time of each arm. Plots: ``accuracy_vs_sparsity*.png`` (one panel per learning
-rate, one line per arm, dense as a dashed line) and ``correlation_vs_lr*.png``.
+rate, one line per arm, dense as a dashed line; each arm its own marker and a small sideways offset, so arms
+that tie stay visible) and ``correlation_vs_lr*.png``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ARM_COLORS = {
     "imp_ticket": "tab:olive",
     "imp_finetune": "tab:cyan",
 }
+ARM_MARKERS = {"ticket": "o", "reinit": "s", "finetune": "^", "imp_ticket": "D", "imp_finetune": "v"}
+DODGE = 0.6  # percentage points between neighbouring arms' markers at one sparsity: ties stay visible
 CORRELATIONS = ("overlap", "pearson", "spearman", "cosine")
 
 
@@ -217,10 +220,14 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             if dense:
                 ax.axhline(statistics.fmean(dense), color="k", ls="--", lw=1, label="dense (E)")
             extra = sorted({k[1] for k in index if "@" in k[1]})
-            for arm in ("dense_extra", "ticket", "reinit", "finetune", "imp_ticket", "imp_finetune", *extra):
+            arms = [
+                arm
+                for arm in ("dense_extra", "ticket", "reinit", "finetune", "imp_ticket", "imp_finetune", *extra)
+                if any(k[0] == lr and k[1] == arm for k in index)
+            ]
+            series = [arm for arm in arms if not arm.startswith("dense_extra")]
+            for arm in arms:
                 xs = sorted({k[2] for k in index if k[0] == lr and k[1] == arm})
-                if not xs:
-                    continue
                 values = [[_metric(r) for r in index[(lr, arm, s)].values()] for s in xs]
                 means = [statistics.fmean(v) for v in values]
                 stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
@@ -228,18 +235,20 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 if arm.startswith("dense_extra"):
                     ax.axhline(means[0], color=color, ls=":", lw=1.5, label=_label(arm))
                     continue
+                offset = (series.index(arm) - (len(series) - 1) / 2) * DODGE
                 ax.errorbar(
-                    [100 * x for x in xs],
+                    [100 * x + offset for x in xs],
                     means,
                     yerr=stds,
-                    marker="o",
+                    marker=ARM_MARKERS.get(arm.partition("@")[0], "P"),
+                    markerfacecolor="none" if "@" in arm else color,
                     capsize=3,
                     label=_label(arm),
                     color=color,
                     ls="--" if arm.startswith("imp_") else "-",
                 )
             ax.set_title(f"{title}, lr = {lr:g}")
-            ax.set_xlabel("sparsity of the pruned layers (%)")
+            ax.set_xlabel(f"sparsity of the pruned layers (%; arms offset by {DODGE:g} apart)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
         handles: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from lawn.harness.config import RunConfig
 
 DEATH_GRACE_S = 5.0
+JOBS_CAP = 4  # more workers than this buys little for the harness's small models and costs memory per worker
 
 
 @dataclass
@@ -83,6 +84,18 @@ class InProcess:
 
     def close(self, cancel: bool) -> None:
         self._queued = None
+
+
+def default_jobs(device: str, gpu_count: int = 0, cores: int | None = None) -> int:
+    """``--jobs`` when not given, the one rule of ``lawn demo`` and ``lawn sweep``: on CPU one run per usable core,
+    at most ``JOBS_CAP``; with ``cuda`` one per visible GPU; on one named GPU (``cuda:1``) or MPS, one."""
+    if device == "cuda":
+        return max(1, gpu_count)
+    if device != "cpu":
+        return 1
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(JOBS_CAP, cores))
 
 
 def worker_devices(device: str, jobs: int, gpu_count: int) -> list[str]:

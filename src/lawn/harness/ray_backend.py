@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import threading
 from typing import Any
 
 import ray
@@ -75,11 +77,29 @@ class RayBackend:
             return
         if not ray.is_initialized():
             options = {"include_dashboard": False, **self.init_options} if self.address == "local" else {}
+            main_thread = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
             ray.init(address=self.address, **options)
+            if sigterm is not None:  # ray.init replaces it with an exit; keep the caller's (a clean stop)
+                signal.signal(signal.SIGTERM, sigterm)
             self._started = True
+        self._check_resources()
         self._remote = ray.remote(_train_task).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0
         )
+
+    def _check_resources(self) -> None:
+        """Refuse a per-run GPU request on a cluster without GPUs: Ray would queue the tasks forever."""
+        if self.gpus_per_run <= 0:
+            return
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if gpus < self.gpus_per_run:
+            self.close(cancel=True)
+            raise ValueError(
+                f"--gpus-per-run {self.gpus_per_run:g}: the Ray cluster ({self.address}) has {gpus:g} GPU(s), so no "
+                "run could start; use --gpus-per-run 0 to train on CPUs, or start Ray where GPUs are (on an "
+                "autoscaling cluster, bring a GPU node up first)"
+            )
 
     def slots(self) -> int:
         """How many runs the cluster fits at once now (at least 1: tasks queue until resources appear)."""

@@ -9,11 +9,14 @@ Several processes may share one results file through :class:`ResultsFile`. Next 
 ``FILE.lock``, an empty file whose bytes carry POSIX record locks: byte 0 is held while a row is appended
 (so no process cuts off, as "partial", a line another one is still writing), and byte ``1 + h(key)`` is held
 while the run with that key is being trained (a *claim*). The kernel drops a process's locks when it exits,
-however it exits, so a killed sweep leaves no stale claim behind.
+however it exits, so a killed sweep leaves no stale claim behind. The last process to close the file removes
+``FILE.lock`` (only while no other process holds any lock in it, and every lock taken checks that it locked the
+file now at that path), so a finished sweep leaves only its results behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -155,11 +158,30 @@ class ResultsFile:
             self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def close(self) -> None:
-        """Close the lock file, which releases every claim this process holds on it."""
+        """Close the lock file, which releases every claim this process holds on it; remove it when no other
+        process holds a lock in it (the others then lock a new one: see :meth:`_lock`)."""
         if self._fd is not None:
+            if fcntl is not None and self._same_file():
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)  # the whole file: nobody else in it
+                except OSError:
+                    pass
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.lock_path)
             os.close(self._fd)
             self._fd = None
         self._claims.clear()
+
+    def _same_file(self) -> bool:
+        """Whether ``self._fd`` is the file now at ``lock_path`` (not one removed since it was opened)."""
+        assert self._fd is not None
+        try:
+            now = os.stat(self.lock_path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fd)
+        return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
     def _lock(self, offset: int, blocking: bool) -> bool:
         if fcntl is None:
@@ -167,11 +189,18 @@ class ResultsFile:
         if self._fd is None:
             self.open()
         flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.lockf(self._fd, flags, 1, offset)
-        except OSError:  # EACCES or EAGAIN: another process holds it
-            return False
-        return True
+        while True:
+            try:
+                fcntl.lockf(self._fd, flags, 1, offset)
+            except OSError:  # EACCES or EAGAIN: another process holds it
+                return False
+            if self._claims or self._same_file():
+                return True
+            # the last other user removed the file after we opened it: lock the one at the path instead
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+            os.close(self._fd)
+            self._fd = None
+            self.open()
 
     def _unlock(self, offset: int) -> None:
         if fcntl is not None and self._fd is not None:
