@@ -42,3 +42,35 @@ def test_an_unfinished_or_missing_pilot_is_refused():
         PilotSelected(main, [r for r in rows if not (r["config"]["method"] == "plain" and r["config"]["lr"] == 1.0)])
     with pytest.raises(ValueError, match="no pilot row for the setting of adam"):
         PilotSelected(main, [r for r in rows if r["config"]["optimizer"] == "sgd"])
+
+
+def test_lawn_sweep_runs_fresh_seeds_at_the_pilots_choice(tmp_path, capsys):
+    """``lawn sweep SPEC --seeds 0`` is the pilot; ``--pilot ROWS --seeds 1,2`` trains only the chosen points."""
+    import json
+
+    from lawn.harness.cli import main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "base": {"dataset": "digits", "train_limit": 120, "test_limit": 40, "width": 4, "epochs": 1},
+                "optimizers": ["adam"],
+                "methods": ["plain"],
+                "batch_sizes": [32],
+                "lrs": [1e-4, 1e-2, 3e-2],
+                "seeds": [7],
+            }
+        )
+    )
+    pilot, fresh = tmp_path / "pilot.jsonl", tmp_path / "fresh.jsonl"
+    quiet = ["--no-progress", "--jobs", "1", "--threads", "1"]
+    assert main(["sweep", str(spec), "--results", str(pilot), "--seeds", "0", *quiet]) == 0
+    rows = [json.loads(line) for line in pilot.read_text().splitlines()]
+    assert sorted(r["config"]["seed"] for r in rows) == [0, 0, 0]
+    best = max(rows, key=lambda r: (r["val_metric"], -r["config"]["lr"]))["config"]["lr"]
+    assert main(["sweep", str(spec), "--results", str(fresh), "--pilot", str(pilot), "--seeds", "1,2", *quiet]) == 0
+    fresh_rows = [json.loads(line) for line in fresh.read_text().splitlines()]
+    assert sorted((r["config"]["seed"], r["config"]["lr"]) for r in fresh_rows) == [(1, best), (2, best)]
+    assert main(["sweep", str(spec), "--results", str(fresh), "--seeds", "one", *quiet]) == 2
+    assert "--seeds: expected comma-separated integers" in capsys.readouterr().err

@@ -217,3 +217,22 @@ def test_documented_sweep_specs_are_valid(path: Path) -> None:
         # (<= 1: a spec of plain runs only, e.g. a compute-matched control, has none)
         assert len({size for (o2, m), size in sizes.items() if o2 == o and m != "plain"}) <= 1
     assert len(spec.expand()) > 0
+
+
+STUDY_SPECS = sorted((SRC.parent / "docs" / "sweeps").glob("*/*.toml"))  # pre-registered studies, a folder each
+
+
+@pytest.mark.parametrize("path", STUDY_SPECS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_pre_registered_study_specs_parse(path: Path) -> None:
+    """Each file of a study folder is a sweep or lottery spec, or a file of [[compare]] tables only."""
+    from lawn.harness.config import COMPARE_KEYS, load_mapping
+    from lawn.harness.lottery import LotterySpec
+    from lawn.harness.verdicts import load_comparisons
+
+    data = load_mapping(path)
+    if set(data) <= set(COMPARE_KEYS):
+        assert load_comparisons(path)
+    elif "arms" in data or "sparsities" in data:
+        assert LotterySpec.load(path).seeds
+    else:
+        assert SweepSpec.load(path).expand()

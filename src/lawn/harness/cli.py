@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -159,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(sweep)
     sweep.add_argument("--data-dir", help="override the base data_dir")
     sweep.add_argument("--dry-run", action="store_true", help="list the grid, run nothing")
+    sweep.add_argument(
+        "--seeds",
+        help="comma-separated seeds instead of the spec's (e.g. a pilot's 0, or fresh seeds 1,2,3,4,5)",
+    )
+    sweep.add_argument(
+        "--pilot",
+        nargs="+",
+        metavar="PILOT_ROWS",
+        help="run only the grid point each setting's pilot rows selected on validation (fresh seeds at the "
+        "pilot's choice; the verdicts then pair them: lawn report RESULTS --pilot PILOT_ROWS --spec ...)",
+    )
     _add_jobs(sweep, ray=True)
     sweep.add_argument(
         "--ray",
@@ -397,12 +409,28 @@ def _spec(args: argparse.Namespace, cls: Any, extra: dict[str, Any] | None = Non
         raise type(err)(f"{args.spec}: {err}") from err
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers such as 1,2,3,4,5, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds: expected distinct integers >= 0, got {text!r}")
+    return seeds
+
+
 def _print_dry_run(spec: Any, results: str) -> None:
+    from lawn.harness.pilot import PilotSelected
     from lawn.harness.results import completed_keys
 
     runs = spec.expand()
     done = completed_keys(results)
     print(f"{len(runs)} runs, {sum(c.key() in done for c, _ in runs)} already in {results}")
+    if isinstance(spec, PilotSelected):
+        for config, tuned in runs:
+            rest = ", ".join(f"{k}={getattr(config, k)}" for k in tuned if k != "lr")
+            print(f"  {_run_label(config)}" + (f" {rest}" if rest else ""))
+        return
     if spec.vary:
         varied = " × ".join(f"{k}{list(v)}" for k, v in spec.vary.items())
         print(f"  each grid below is run for every combination of {varied}")
@@ -427,6 +455,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     extra = {"data_dir": args.data_dir} if args.data_dir else None
     spec = _spec(args, SweepSpec, extra)
+    if args.seeds:
+        spec = dataclasses.replace(spec, seeds=_seed_list(args.seeds))
+    if args.pilot:
+        from lawn.harness.pilot import PilotSelected
+        from lawn.harness.report import read_reported_rows
+
+        spec = PilotSelected(spec, read_reported_rows(args.pilot))
     if args.dry_run:
         _print_dry_run(spec, args.results)
         return 0
