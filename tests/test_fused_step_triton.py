@@ -77,9 +77,12 @@ def test_the_cases_cover_every_base_and_option():
 
 
 # ----------------------------------------------------------------------------- compiled for a GPU
-def _variants() -> list[tuple[str, str, dict[str, object], int]]:
-    """(kernel, dtype, constexprs, warps): each kernel with each optimizer's branches, projection and retraction on
-    and off, Adam's ``step`` read in the kernel and passed by the host, the largest tiles; fp32 and bf16."""
+def _variants() -> list[tuple[str, dict[str, object], int]]:
+    """(kernel, constexprs, warps): each kernel with each optimizer's branches, projection and retraction on and
+    off, Adam's ``step`` read in the kernel (fp32 and fp64) and passed by the host, the largest tiles; fp32 and
+    bf16 weights, with and without the 16-byte alignment hints."""
+    import triton.language as tl
+
     adam = {"ADAM": True, "AMSGRAD": True, "MOMENTUM": False, "FIRST": False, "NESTEROV": False}
     adam_host = {**adam, "AMSGRAD": False, "STEP_ON_DEVICE": False}
     adam |= {"STEP_ON_DEVICE": True}
@@ -92,29 +95,36 @@ def _variants() -> list[tuple[str, str, dict[str, object], int]]:
     short_rows = {"ROWS": 16, "BLOCK": 128, "ONE_CHUNK": True}
     chunked = {"ROWS": 1, "BLOCK": 2048, "ONE_CHUNK": False}
     tensor = {"BLOCK": 2048, "PARTS": 1024}
-    out: list[tuple[str, str, dict[str, object], int]] = []
-    for dtype in ("fp32", "bf16"):
+    out: list[tuple[str, dict[str, object], int]] = []
+    for dt, vec in ((tl.float32, 4), (tl.bfloat16, 8), (tl.bfloat16, 1)):
+        types = {"DT": dt, "VEC": vec}
+        step = {**types, "STEP_DT": tl.float32}
         out += [
-            ("_rows_kernel", dtype, {**adam, **both, **one_chunk}, 16),
-            ("_rows_kernel", dtype, {**adam, **both, **chunked}, 8),
-            ("_tensor_update_kernel", dtype, {**adam, **both, **tensor}, 8),
-            ("_tensor_dot_kernel", dtype, {"BLOCK": 2048}, 8),
-            ("_tensor_scale_kernel", dtype, {"BLOCK": 2048, "PARTS": 1024}, 8),
+            ("_rows_kernel", {**adam, **both, **one_chunk, **step}, 16),
+            ("_rows_kernel", {**adam, **both, **chunked, **step}, 8),
+            ("_tensor_update_kernel", {**adam, **both, **tensor, **step}, 8),
+            ("_tensor_dot_kernel", {"BLOCK": 2048, **types}, 8),
+            ("_tensor_scale_kernel", {"BLOCK": 2048, "PARTS": 1024, **types}, 8),
         ]
+    fp32, bf16 = (
+        {"DT": tl.float32, "VEC": 4, "STEP_DT": tl.float32},
+        {"DT": tl.bfloat16, "VEC": 8, "STEP_DT": tl.float32},
+    )
     out += [
-        ("_rows_kernel", "bf16", {**adam_host, **neither, **short_rows}, 8),
-        ("_tensor_update_kernel", "bf16", {**adam_host, **neither, **tensor}, 8),
-        ("_rows_kernel", "bf16", {**nesterov, **both, **short_rows}, 8),
-        ("_rows_kernel", "fp32", {**first, **neither, **chunked}, 8),
-        ("_tensor_update_kernel", "bf16", {**first, **both, **tensor}, 8),
-        ("_tensor_update_kernel", "fp32", {**plain, **neither, **tensor}, 8),
+        ("_rows_kernel", {**adam, **both, **short_rows, **fp32, "STEP_DT": tl.float64}, 8),
+        ("_rows_kernel", {**adam_host, **neither, **short_rows, **bf16}, 8),
+        ("_tensor_update_kernel", {**adam_host, **neither, **tensor, **bf16}, 8),
+        ("_rows_kernel", {**nesterov, **both, **short_rows, **bf16}, 8),
+        ("_rows_kernel", {**first, **neither, **chunked, **fp32}, 8),
+        ("_tensor_update_kernel", {**first, **both, **tensor, **bf16}, 8),
+        ("_tensor_update_kernel", {**plain, **neither, **tensor, **fp32}, 8),
     ]
     return out
 
 
-def _signature(kernel, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
-    """Every argument that is not a constexpr: pointers to the weights' dtype (fp32 for step, target, partials),
-    i64 sizes, fp32 hyper-parameters."""
+def _signature(kernel, constexprs: dict[str, object]) -> dict[str, str]:
+    """Every argument that is not a constexpr: the int64 tables (tasks, addresses, sizes), the fp32 partials,
+    fp32 hyper-parameters."""
     import inspect
 
     signature = {}
@@ -122,9 +132,7 @@ def _signature(kernel, dtype: str, constexprs: dict[str, object]) -> dict[str, s
         if name in constexprs:
             continue
         if name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in ("step_ptr", "target_ptr", "part_ptr") else f"*{dtype}"
-        elif name in ("rows", "cols", "n", "chunks"):
-            signature[name] = "i64"
+            signature[name] = "*fp32" if name == "part_ptr" else "*i64"
         else:
             signature[name] = "fp32"
     return signature
@@ -142,11 +150,11 @@ def test_kernels_compile_for_an_sm90_gpu():
     import lawn.constraint.fused_step_triton as kernels
 
     target = GPUTarget("cuda", 90, 32)
-    for name, dtype, constexprs, warps in _variants():
+    for name, constexprs, warps in _variants():
         fn = getattr(kernels, name)
-        source = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
+        source = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
         compiled = triton.compile(source, target=target, options={"num_warps": warps, "enable_fp_fusion": kernels.FMA})
-        assert compiled.asm.get("cubin"), (name, dtype, constexprs)
+        assert compiled.asm.get("cubin"), (name, constexprs)
 
 
 # ----------------------------------------------------------------------------- routing

@@ -31,7 +31,7 @@ from fused_bases import BASES
 # With TINY_TILING: (6, 5) per row: 4 rows per program (the second program half empty), per tensor: one program
 # walking 2 chunks; (4, 3, 3, 3): rows of 2 chunks, per tensor 2 programs of 4 chunks each (the three-kernel
 # path, 2 of 16 partial slots used); (3, 20): rows of 2 chunks, per tensor 2 programs of 2 chunks.
-TINY_TILING = {"ONE_CHUNK_MAX": 16, "TILE": 64, "CHUNK": 16, "SMALL_TENSOR": 32, "MAX_PROGRAMS": 2}
+TINY_TILING = {"ONE_CHUNK_MAX": 16, "TILE": 64, "CHUNK": 16, "MAX_PROGRAMS": 2}
 SHAPES = [(6, 5), (4, 3, 3, 3)]  # a linear layer, a channels-last conv
 CHUNKED_SHAPES = [(6, 5), (4, 3, 3, 3), (3, 20)]
 LONG_SHAPES = [(3, 12000)]  # with the default tiling: rows > ONE_CHUNK_MAX, a tensor > SMALL_TENSOR
