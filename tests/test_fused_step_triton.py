@@ -24,7 +24,7 @@ import lawn.constraint.fused_step as fused_step
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'lawn[triton]')")
 
-from triton_interpret_cases import cases  # noqa: E402  (after the skip: it needs nothing from triton itself)
+from triton_interpret_cases import FEW, MANY, cases, launch_cases  # noqa: E402  (after the skip: no triton needed)
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -33,7 +33,7 @@ CASES = [case.name for case in cases()]
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
-    """Every case's result, from one interpreter subprocess (about 25 s of CPU on a busy 2-core machine)."""
+    """Every case's result, from one interpreter subprocess (about a minute of CPU)."""
     env = {
         **os.environ,
         "TRITON_INTERPRET": "1",
@@ -60,6 +60,16 @@ def test_triton_step_equals_the_reference_path(case, interpreted):
     result = interpreted.get(case)
     assert result is not None, f"{case}: no result from the interpreter run"
     assert result["ok"], f"{case}:\n{result['error']}"
+
+
+@pytest.mark.parametrize("case", launch_cases())
+def test_launches_per_step_do_not_grow_with_the_number_of_weights(case, interpreted):
+    """With 3 and with 60 constrained weights (the same shapes repeated), every base and granularity: the same
+    number of kernel launches in each step, at most 6, and the 60 weights end where the reference path ends."""
+    result = interpreted.get(case)
+    assert result is not None, f"{case}: no result from the interpreter run"
+    assert result["ok"], f"{case}:\n{result['error']}"
+    assert result["few"] == result["many"] and max(result["many"]) <= 6, (FEW, result["few"], MANY, result["many"])
 
 
 def test_the_cases_cover_every_base_and_option():
@@ -155,6 +165,89 @@ def test_kernels_compile_for_an_sm90_gpu():
         source = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
         compiled = triton.compile(source, target=target, options={"num_warps": warps, "enable_fp_fusion": kernels.FMA})
         assert compiled.asm.get("cubin"), (name, constexprs)
+
+
+# ----------------------------------------------------------------------------- launch plans (no kernel runs)
+def _entries(shapes, dtype=torch.float32):
+    import lawn.constraint.fused_step_triton as kernels
+
+    out = []
+    for k, shape in enumerate(shapes):
+        w = torch.empty(shape, dtype=dtype)
+        out.append(kernels._Entry(k, w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w)))
+    return out
+
+
+def test_a_plan_is_built_once_and_rebuilt_when_a_storage_moves():
+    """The table is cached on the tensors' addresses and layouts: the same tensors reuse it (their checks do not
+    run again); a gradient at a new address, or another layout, gets a new one."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    entries = _entries([(6, 5), (4, 3, 3, 3)])
+    checks = []
+    first = kernels._plan(entries, True, lambda: checks.append(1))
+    assert kernels._plan(entries, True, lambda: checks.append(1)) is first and checks == [1]
+    moved = torch.empty_like(entries[1].g)
+    entries[1].g = moved
+    assert kernels._plan(entries, True, lambda: checks.append(1)) is not first and checks == [1, 1]
+    entries[0].w = entries[0].w.view(5, 6)  # same storage, another shape
+    assert kernels._plan(entries, True, lambda: checks.append(1)) is not first and checks == [1, 1, 1]
+    assert kernels._plan(entries, False, lambda: checks.append(1)) is not first and len(checks) == 4
+
+
+def test_model_shapes_take_a_few_launches_whatever_the_number_of_weights():
+    """Per row one launch per row-length class, per tensor three: ResNet-18's 21 weights and twice them take the
+    same launches (9 per row, 3 per tensor), a ViT-B block 2 per row."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    overhead = _shapes()
+    resnet = [shape for _, shape in overhead.resnet18_shapes() if len(shape) >= 2]
+    vit = [shape for _, shape in overhead.vit_shapes(1) if len(shape) >= 2]
+    for shapes, per_row, launches in ((resnet, True, 9), (resnet, False, 3), (vit, True, 2)):
+        for dtype in (torch.float32, torch.bfloat16):
+            once = kernels._build(_entries(shapes, dtype), per_row)
+            twice = kernels._build(_entries(shapes * 2, dtype), per_row)
+            assert len(once.launches) == len(twice.launches) == launches
+            programs = sum(launch.grid for launch in once.launches)
+            assert sum(launch.grid for launch in twice.launches) == 2 * programs
+
+
+def _shapes():
+    import importlib.util
+
+    path = TESTS.parent / "benchmarks" / "step_overhead.py"
+    spec = importlib.util.spec_from_file_location("step_overhead", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("step_overhead", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_input_is_refused_before_any_state_changes():
+    """A target of the wrong dtype, lists of different lengths, non-empty norms: a ValueError that names the
+    culprit, and Adam's ``step`` is not incremented."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    ws = [torch.zeros(3, 4), torch.zeros(2, 5)]
+    state = [torch.zeros_like(w) for w in ws]
+    steps = [torch.tensor(4.0), torch.tensor(4.0)]
+    targets = [torch.ones(3), torch.ones(2, dtype=torch.float64)]
+    options = dict(
+        lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=True, amsgrad=False,
+        maximize=False, project=True, retract=True, per_row=True,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"target\[1\]: expected contiguous float32"):
+        kernels.adam_(ws, state, state, state, [], steps, [], targets, **options)
+    with pytest.raises(ValueError, match=r"target\[0\]: expected 3 value\(s\), got 1"):
+        kernels.adam_(ws, state, state, state, [], steps, [], [torch.ones(1), torch.ones(2)], **options)
+    with pytest.raises(ValueError, match="adam_: lists differ in length"):
+        kernels.adam_(ws, state[:1], state, state, [], steps, [], targets, **options)
+    with pytest.raises(ValueError, match="adam_: norms must be empty"):
+        kernels.adam_(ws, state, state, state, [], steps, [torch.ones(1)] * 2, targets, **options)
+    with pytest.raises(ValueError, match=r"grad\[1\]: expected a tensor of the weight's dtype"):
+        grads = [state[0], state[1].double()]
+        kernels.adam_(ws, grads, state, state, [], steps, [], [torch.ones(3), torch.ones(2)], **options)
+    assert [float(s) for s in steps] == [4.0, 4.0]
 
 
 # ----------------------------------------------------------------------------- routing

@@ -20,8 +20,8 @@ synchronisation (pinned memory, ``non_blocking``) and cached, keyed on the tenso
 shapes and strides: it is rebuilt only when a storage changes (a new gradient tensor at another address, a
 reloaded state). Launches per call:
 
-* **per row**: one per row-length class in use (a power of two from 16 to ``ONE_CHUNK_MAX``, or longer, each with
-  and without 16-byte alignment): at most 2 × 10, whatever the number of tensors (ResNet-18: 6; ViT-B: 2).
+* **per row**: one per row-length class in use (a power of two from 16 to ``ONE_CHUNK_MAX``, or longer; with or
+  without 16-byte alignment): at most 2 × 10 whatever the number of tensors (ResNet-18 and -50: 9; ViT-B: 2).
   A program takes a tile of rows of one tensor. A row of up to ``ONE_CHUNK_MAX`` elements is loaded once: the dot
   and ‖w‖², the update and the new norm in registers, and ``w`` stored once, already rescaled (one rounding).
   A longer row is walked three times by its program (dot; update, storing the new norm's squares; rescale):
@@ -574,6 +574,7 @@ def _log2(beta: float) -> float:
     return math.log2(beta) if beta > 0 else -math.inf
 
 
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _NO_MOMENTUM = {"momentum": 0.0, "one_minus_dampening": 0.0}
 _NO_ADAM = {
     "decay": 1.0, "beta2": 0.0, "one_minus_beta1": 0.0, "one_minus_beta2": 0.0, "eps": 0.0, "step_size": 0.0,
@@ -620,8 +621,6 @@ def adam_(
     n = len(params)
     _lengths("adam_", n, grads, exp_avgs, exp_avg_sqs, steps, targets, *([max_exp_avg_sqs] if amsgrad else []))
     _no_norms("adam_", norms)
-    if steps:
-        torch._foreach_add_(steps, 1.0)  # device steps: one op, read by the kernels; CPU steps: on the host
     common = {
         "sign": -1.0 if maximize else 1.0,
         "weight_decay": 0.0 if decoupled else float(weight_decay),
@@ -643,25 +642,35 @@ def adam_(
             continue
         step = steps[k]
         on_device = _step_in_kernel(step, w)
-        # torch's own non-capturable step reads its CPU `step` the same way: no wait on the GPU
-        where = (w.device, w.dtype, step.dtype, on_device, None if on_device else float(step))
+        # a CPU `step` is read on the host, as torch's own non-capturable step does (no wait on the GPU); its
+        # value after this call's increment (exact: steps are whole numbers below 2^24)
+        where = (w.device, w.dtype, step.dtype, on_device, None if on_device else float(step) + 1.0)
         entry = _Entry(k, w, grads[k], exp_avgs[k], exp_avg_sqs[k], max_exp_avg_sqs[k] if amsgrad else None)
         entry.step = step if on_device else None
         entry.target = targets[k] if retract else None
         groups.setdefault(where, []).append(entry)
-    for (device, dtype, step_dtype, on_device, t), entries in groups.items():
+    plans = [
+        (where, _plan(entries, per_row, _checker(entries, per_row, _ADAM_STATE))) for where, entries in groups.items()
+    ]
+    if steps:  # after the checks, so that a refused call changes nothing
+        torch._foreach_add_(steps, 1.0)  # device steps: one op, read by the kernels; CPU steps: on the host
+    for (device, dtype, step_dtype, on_device, t), plan in plans:
         hyper = {**common, "step_size": 0.0, "bias_correction2_sqrt": 1.0}
         if not on_device:
             hyper |= {"step_size": lr / (1.0 - beta1**t), "bias_correction2_sqrt": math.sqrt(1.0 - beta2**t)}
-
-        def check(entries: list[_Entry] = entries) -> None:
-            for e in entries:
-                _check(e.w, per_row, e.k, grad=e.g, exp_avg=e.a, exp_avg_sq=e.b, max_exp_avg_sq=e.x)
-                if e.target is not None:
-                    _check_target(e.target, e.w, _rows(e.w, per_row), e.k)
-
-        plan = _plan(entries, per_row, check)
         _run(plan, hyper, {**flags, "STEP_ON_DEVICE": on_device}, dtype, step_dtype, device)
+
+
+def _checker(entries: list[_Entry], per_row: bool, state: tuple[str, ...]) -> Callable[[], None]:
+    """The checks of a call's tensors (run when their plan is built): ``state`` names slots ``a, b, x``."""
+
+    def check() -> None:
+        for e in entries:
+            _check(e.w, per_row, e.k, grad=e.g, **dict(zip(state, (e.a, e.b, e.x))))
+            if e.target is not None:
+                _check_target(e.target, e.w, _rows(e.w, per_row), e.k)
+
+    return check
 
 
 def sgd_(
@@ -706,13 +715,9 @@ def sgd_(
         buf = momentum_buffers[k] if has_momentum else None
         entry = _Entry(k, w, grads[k], buf, target=targets[k] if retract else None)
         groups.setdefault((w.device, w.dtype, bool(first[k]) and has_momentum), []).append(entry)
-    for (device, dtype, is_first), entries in groups.items():
-
-        def check(entries: list[_Entry] = entries) -> None:
-            for e in entries:
-                _check(e.w, per_row, e.k, grad=e.g, momentum_buffer=e.a)
-                if e.target is not None:
-                    _check_target(e.target, e.w, _rows(e.w, per_row), e.k)
-
-        plan = _plan(entries, per_row, check)
+    plans = [
+        (where, _plan(entries, per_row, _checker(entries, per_row, ("momentum_buffer",))))
+        for where, entries in groups.items()
+    ]
+    for (device, dtype, is_first), plan in plans:
         _run(plan, hyper, {**flags, "FIRST": is_first}, dtype, torch.float32, device)
