@@ -168,31 +168,33 @@ def test_kernels_compile_for_an_sm90_gpu():
 
 
 # ----------------------------------------------------------------------------- launch plans (no kernel runs)
-def _entries(shapes, dtype=torch.float32):
+def _slots(shapes, dtype=torch.float32):
+    """A launch group of weights of these shapes, with gradients and Adam's two state tensors."""
     import lawn.constraint.fused_step_triton as kernels
 
-    out = []
-    for k, shape in enumerate(shapes):
-        w = torch.empty(shape, dtype=dtype)
-        out.append(kernels._Entry(k, w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w)))
-    return out
+    ws = [torch.empty(shape, dtype=dtype) for shape in shapes]
+    state = [[torch.empty_like(w) for w in ws] for _ in range(3)]
+    return kernels._Slots(list(range(len(ws))), ws, *state)
 
 
 def test_a_plan_is_built_once_and_rebuilt_when_a_storage_moves():
-    """The table is cached on the tensors' addresses and layouts: the same tensors reuse it (their checks do not
-    run again); a gradient at a new address, or another layout, gets a new one."""
+    """The tables are cached on the tensors' addresses and layouts: the same tensors reuse them (their checks do
+    not run again); a gradient at a new address gets a new address table but the same launches and task tables;
+    another shape, or the other granularity, other launches."""
     import lawn.constraint.fused_step_triton as kernels
 
-    entries = _entries([(6, 5), (4, 3, 3, 3)])
+    slots = _slots([(6, 5), (4, 3, 3, 3)])
     checks = []
-    first = kernels._plan(entries, True, lambda: checks.append(1))
-    assert kernels._plan(entries, True, lambda: checks.append(1)) is first and checks == [1]
-    moved = torch.empty_like(entries[1].g)
-    entries[1].g = moved
-    assert kernels._plan(entries, True, lambda: checks.append(1)) is not first and checks == [1, 1]
-    entries[0].w = entries[0].w.view(5, 6)  # same storage, another shape
-    assert kernels._plan(entries, True, lambda: checks.append(1)) is not first and checks == [1, 1, 1]
-    assert kernels._plan(entries, False, lambda: checks.append(1)) is not first and len(checks) == 4
+    first = kernels._plan(slots, True, checks.append)
+    assert kernels._plan(slots, True, checks.append) is first and len(checks) == 1
+    slots.g[1] = torch.empty_like(slots.g[1])
+    second = kernels._plan(slots, True, checks.append)
+    assert second is not first and second.layout is first.layout and len(checks) == 2
+    assert not torch.equal(second.addresses, first.addresses)
+    slots.w[0] = slots.w[0].view(5, 6)  # same storage, another shape
+    third = kernels._plan(slots, True, checks.append)
+    assert third.layout is not first.layout and len(checks) == 3
+    assert kernels._plan(slots, False, checks.append).layout is not third.layout and len(checks) == 4
 
 
 def test_model_shapes_take_a_few_launches_whatever_the_number_of_weights():
@@ -205,8 +207,8 @@ def test_model_shapes_take_a_few_launches_whatever_the_number_of_weights():
     vit = [shape for _, shape in overhead.vit_shapes(1) if len(shape) >= 2]
     for shapes, per_row, launches in ((resnet, True, 9), (resnet, False, 3), (vit, True, 2)):
         for dtype in (torch.float32, torch.bfloat16):
-            once = kernels._build(_entries(shapes, dtype), per_row)
-            twice = kernels._build(_entries(shapes * 2, dtype), per_row)
+            once = kernels._plan(_slots(shapes, dtype), per_row, lambda entries: None).layout
+            twice = kernels._plan(_slots(shapes * 2, dtype), per_row, lambda entries: None).layout
             assert len(once.launches) == len(twice.launches) == launches
             programs = sum(launch.grid for launch in once.launches)
             assert sum(launch.grid for launch in twice.launches) == 2 * programs

@@ -14,11 +14,12 @@ by the value that leaves the tensor (row) as it is (0, 1), as in the reference.
 **Multi-tensor launches.** All the tensors of one call that share a device, a dtype and (Adam) where ``step``
 lives are updated by a fixed, small number of launches, whatever their number, as torch's fused optimizers do:
 each program reads from a device table which tensor and which tile of it is its work, and the tensors' addresses
-and sizes (an int64 table: ``w, g, a, b, x, step, target`` addresses per tensor; rows and row length, or size,
-span length and partial-sum offset). The table is built on the host once, copied to the device without a
-synchronisation (pinned memory, ``non_blocking``) and cached, keyed on the tensors' addresses and the weights'
-shapes and strides: it is rebuilt only when a storage changes (a new gradient tensor at another address, a
-reloaded state). Launches per call:
+and sizes (int64 tables: ``w, g, a, b, x, step, target`` addresses per tensor; rows and row length, or size,
+span length and partial-sum offset). The tables are built on the host, copied to the device without a
+synchronisation (pinned memory, ``non_blocking``) and cached in two levels: the layout (the task and size
+tables, the large part) keyed on the weights' shapes and alignment; the plan (the address table, 64 bytes per
+tensor, and the partial sums) keyed on every address and the weights' and gradients' layouts, rebuilt only when
+a storage moves (a gradient at another address, a reloaded state). Launches per call:
 
 * **per row**: one per row-length class in use (a power of two from 16 to ``ONE_CHUNK_MAX``, or longer; with or
   without 16-byte alignment): at most 2 × 10 whatever the number of tensors (ResNet-18 and -50: 9; ViT-B: 2).
@@ -26,13 +27,13 @@ reloaded state). Launches per call:
   and ‖w‖², the update and the new norm in registers, and ``w`` stored once, already rescaled (one rounding).
   A longer row is walked three times by its program (dot; update, storing the new norm's squares; rescale):
   the second and third walks mostly hit the cache;
-* **per tensor**: three (two with alignment classes: at most six), each program one contiguous span of one
-  tensor (at most ``MAX_PROGRAMS`` spans per tensor): (1) each program writes its span's ⟨g, w⟩ and ‖w‖² to
-  its tensor's slots of a small fp32 buffer of partials; (2) each program sums all its tensor's partials in the
-  same order (so every program of a tensor gets the same coefficient: deterministic, no atomics), updates its
-  span and writes the span's new ‖w‖²; (3) each program sums those and rescales its span. Without projection
-  (1) is skipped, without retraction (3). Extra traffic over the base step: one read of ``g`` and ``w`` (1) and
-  one read and write of ``w`` (3), as on CPU; the partials are 12 bytes per program.
+* **per tensor**: three (six when some tensors are 16-byte aligned and others not), each program one
+  contiguous span of one tensor (at most ``MAX_PROGRAMS`` spans per tensor): (1) each program writes its span's
+  ⟨g, w⟩ and ‖w‖² to its tensor's slots of a small fp32 buffer of partials; (2) each program sums all its
+  tensor's partials in the same order (so every program of a tensor gets the same coefficient: deterministic,
+  no atomics), updates its span and writes the span's new ‖w‖²; (3) each program sums those and rescales its
+  span. Without projection (1) is skipped, without retraction (3). Extra traffic over the base step: one read
+  of ``g`` and ``w`` (1) and one read and write of ``w`` (3), as on CPU; the partials are 12 bytes per program.
 
 No host synchronisation. Adam's ``step``: where it lives on the weights' device (torch's ``fused=True`` or
 ``capturable=True``), all the steps are incremented by one ``torch._foreach_add_`` and each program reads its
@@ -49,7 +50,9 @@ tensors (the tests do that).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -406,30 +409,93 @@ class _Entry:
         others = tuple(0 if t is None else t.data_ptr() for t in (self.a, self.b, self.x, self.step, self.target))
         return (w.data_ptr(), w.shape, w.stride(), g.data_ptr(), g.stride(), others)
 
+    @functools.cached_property
     def addresses(self) -> list[int]:
+        """The address table's row: ``w, g, a, b, x, step, target`` (0 for an unused slot), and padding."""
         out = [0 if t is None else t.data_ptr() for t in (self.w, self.g, self.a, self.b, self.x, self.step)]
         return out + [0 if self.target is None else self.target.data_ptr(), 0]
 
 
+_SHAPE = operator.attrgetter("shape")
+
+
+@dataclass
+class _Slots:
+    """The tensors of one launch group, slot by slot (``None``: a slot this call does not use), and their indices
+    in the caller's lists (for messages)."""
+
+    ks: list[int]
+    w: list[torch.Tensor]
+    g: list[torch.Tensor]
+    a: list[torch.Tensor] | None = None
+    b: list[torch.Tensor] | None = None
+    x: list[torch.Tensor] | None = None
+    step: list[torch.Tensor] | None = None
+    target: list[torch.Tensor] | None = None
+
+    def key(self) -> tuple:
+        """What the plan depends on: every address, and the weights' and gradients' layouts (the state must share
+        the weights'; checked when a plan is built, and every step by ``lawn.constraint.fused_step``). Built with
+        ``map`` over the lists: about a microsecond per tensor."""
+        ptr, stride = torch.Tensor.data_ptr, torch.Tensor.stride
+        head = (tuple(map(ptr, self.w)), tuple(map(_SHAPE, self.w)), tuple(map(stride, self.w)))
+        head += (tuple(map(ptr, self.g)), tuple(map(stride, self.g)))
+        return head + tuple(None if t is None else tuple(map(ptr, t)) for t in (self.a, self.b, self.x, self.step,
+                                                                                 self.target))  # fmt: skip
+
+    def entries(self) -> list[_Entry]:
+        def at(t: list[torch.Tensor] | None, i: int) -> torch.Tensor | None:
+            return None if t is None else t[i]
+
+        return [
+            _Entry(
+                k,
+                self.w[i],
+                self.g[i],
+                at(self.a, i),
+                at(self.b, i),
+                at(self.x, i),
+                at(self.step, i),
+                at(self.target, i),
+            )  # fmt: skip
+            for i, k in enumerate(self.ks)
+        ]
+
+
 @dataclass
 class _Launch:
-    """One kernel launch of a plan: its grid, table arguments and compile-time constants; ``role`` is ``rows``,
+    """One kernel launch of a layout: its grid, task table and compile-time constants; ``role`` is ``rows``,
     ``dot`` (skipped without projection), ``update`` or ``scale`` (skipped without retraction)."""
 
     role: str
     kernel: Any
     grid: int
-    tables: tuple[torch.Tensor, ...]
+    tasks: torch.Tensor  # (grid, 2) int64 on the device: (tensor, tile or span) of each program
     constexprs: dict[str, Any]
     warps: int
 
 
 @dataclass
-class _Plan:
+class _Layout:
+    """What depends only on the tensors' sizes (and alignment): the launches, their tasks, the size table."""
+
     launches: list[_Launch]
-    keep: tuple[torch.Tensor, ...]  # the device table (its views are in the launches) and the partials
+    sizes: torch.Tensor  # (tensors, SIZES) int64 on the device
+    partials: int  # fp32 slots a plan needs (per tensor: 3 per span)
+    host: torch.Tensor  # what the device table was copied from
 
 
+@dataclass
+class _Plan:
+    """A layout with the tensors' addresses (a small table, rebuilt when a storage moves) and the partials."""
+
+    layout: _Layout
+    addresses: torch.Tensor  # (tensors, ADDRESSES) int64 on the device
+    partials: torch.Tensor
+    host: torch.Tensor  # what the address table was copied from
+
+
+_LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
 
 
@@ -441,64 +507,59 @@ def _vec(entry: _Entry, length: int) -> int:
     """Elements per 16 bytes if every address of the tensor is 16-byte aligned and ``length`` (row length, or
     size) a multiple of that (the kernels then tell the compiler so, and it vectorizes), else 1."""
     vec = 16 // entry.w.element_size()
-    if length % vec or any(address % 16 for address in entry.addresses()[_W : _X + 1]):
+    if length % vec or any(address % 16 for address in entry.addresses[_W : _X + 1]):
         return 1
     return vec
 
 
-def _device_table(values: list[int], device: torch.device) -> torch.Tensor:
-    """``values`` as int64 on ``device``: from pinned memory without waiting (the copy is ordered on the stream
-    before the launches that read it; torch keeps the pinned block until the copy is done)."""
+def _device_table(values: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` as int64 on ``device``, and the host tensor they were copied from: on CUDA, pinned memory copied
+    without waiting (ordered on the stream before the launches that read it). The caller keeps the host tensor
+    as long as the device one: a copy captured in a CUDA graph reads it again at each replay."""
     host = torch.tensor(values, dtype=torch.int64)
     if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+        return host.to(device), host
+    host = host.pin_memory()
+    return host.to(device, non_blocking=True), host
 
 
-def _row_buckets(entries: list[_Entry]) -> dict[tuple[int, bool, int], list[tuple[int, int, int]]]:
-    """Per row: (block, one chunk, vec) → [(index, rows, cols)]: tensors whose rows share a tile shape."""
-    buckets: dict[tuple[int, bool, int], list[tuple[int, int, int]]] = {}
-    for i, e in enumerate(entries):
-        rows = e.w.shape[0] if e.w.dim() > 0 else 1
-        cols = e.w.numel() // rows
-        if cols <= ONE_CHUNK_MAX:
-            block, one_chunk = max(16, triton.next_power_of_2(cols)), True
-        else:
-            block, one_chunk = CHUNK, False
-        buckets.setdefault((block, one_chunk, _vec(e, cols)), []).append((i, rows, cols))
-    return buckets
+def _length(w: torch.Tensor, per_row: bool) -> int:
+    """What the alignment hint needs a multiple of: the row length (per row) or the size (per tensor)."""
+    return w.numel() // _rows(w, per_row)
 
 
-def _build(entries: list[_Entry], per_row: bool) -> _Plan:
-    """The launches for ``entries`` (one device and dtype): the address and size tables and each launch's tasks,
-    in one int64 device table."""
-    device = entries[0].w.device
-    values: list[int] = []
-    for e in entries:
-        values += e.addresses()
-    sizes_at = len(values)
+def _layout(shapes: list[tuple[torch.Size, int]], per_row: bool, device: torch.device) -> _Layout:
+    """The launches for tensors of these (shape, vec): per row, one per (block, one chunk, vec) class of row
+    lengths; per tensor, the three passes per vec class (all dot passes first, then updates, then rescales)."""
     sizes: list[int] = []
-    pieces: list[tuple[str, Any, int, int, dict[str, Any], int]] = []  # role, kernel, task offset, grid, ...
+    pieces: list[tuple[str, Any, list[int], dict[str, Any], int]] = []  # role, kernel, tasks, constexprs, warps
     parts = 0
     if per_row:
-        for (block, one_chunk, vec), members in _row_buckets(entries).items():
-            most = max(rows for _, rows, _ in members)
+        buckets: dict[tuple[int, bool, int], list[tuple[int, int]]] = {}
+        for i, (shape, vec) in enumerate(shapes):
+            rows = shape[0] if len(shape) > 0 else 1
+            cols = math.prod(shape) // rows
+            sizes += [rows, cols, 0, 0]
+            if cols <= ONE_CHUNK_MAX:
+                block, one_chunk = max(16, triton.next_power_of_2(cols)), True
+            else:
+                block, one_chunk = CHUNK, False
+            buckets.setdefault((block, one_chunk, vec), []).append((i, rows))
+        for (block, one_chunk, vec), members in buckets.items():
+            most = max(rows for _, rows in members)
             tile = min(triton.next_power_of_2(most), max(1, TILE // block)) if one_chunk else 1
-            tasks = [v for i, rows, _ in members for t in range(triton.cdiv(rows, tile)) for v in (i, t)]
+            tasks = [v for i, rows in members for t in range(triton.cdiv(rows, tile)) for v in (i, t)]
             constexprs = {"VEC": vec, "ROWS": tile, "BLOCK": block, "ONE_CHUNK": one_chunk}
             pieces.append(("rows", _rows_kernel, tasks, constexprs, _warps(tile * block)))
-        for e in entries:
-            rows = e.w.shape[0] if e.w.dim() > 0 else 1
-            sizes += [rows, e.w.numel() // rows, 0, 0]
     else:
         classes: dict[int, list[int]] = {}
-        for i, e in enumerate(entries):
-            n = e.w.numel()
+        for i, (shape, vec) in enumerate(shapes):
+            n = math.prod(shape)
             chunks = triton.cdiv(triton.cdiv(n, CHUNK), MAX_PROGRAMS)
             spans = triton.cdiv(n, chunks * CHUNK)
             sizes += [n, chunks, spans, parts]
             parts += 3 * spans
-            classes.setdefault(_vec(e, n), []).append(i)
+            classes.setdefault(vec, []).append(i)
         for vec, members in classes.items():
             tasks = [v for i in members for s in range(sizes[SIZES * i + 2]) for v in (i, s)]
             most = max(sizes[SIZES * i + 2] for i in members)
@@ -508,36 +569,47 @@ def _build(entries: list[_Entry], per_row: bool) -> _Plan:
             pieces.append(("update", _tensor_update_kernel, tasks, with_parts, _warps(CHUNK)))
             pieces.append(("scale", _tensor_scale_kernel, tasks, with_parts, _warps(CHUNK)))
         pieces.sort(key=lambda piece: ("dot", "update", "scale").index(piece[0]))  # each pass over all tensors
-    values += sizes
-    offsets = []
+    values = list(sizes)
     for piece in pieces:
-        offsets.append(len(values))
         values += piece[2]
-    table = _device_table(values, device)
-    addresses, size_table = table[:sizes_at], table[sizes_at : sizes_at + len(sizes)]
-    partials = torch.empty(max(parts, 1), dtype=torch.float32, device=device)
-    launches = []
-    for (role, kernel, tasks, constexprs, warps), at in zip(pieces, offsets):
-        tables = (table[at : at + len(tasks)], addresses, size_table)
-        if role != "rows":
-            tables += (partials,)
-        launches.append(_Launch(role, kernel, len(tasks) // 2, tables, constexprs, warps))
-    return _Plan(launches, (table, partials))
+    table, host = _device_table(values, device)  # one copy: the size table, then each launch's tasks
+    launches, at = [], len(sizes)
+    for role, kernel, tasks, constexprs, warps in pieces:
+        view = table[at : at + len(tasks)]
+        launches.append(_Launch(role, kernel, len(tasks) // 2, view, constexprs, warps))
+        at += len(tasks)
+    return _Layout(launches, table[: len(sizes)], parts, host)
 
 
-def _plan(entries: list[_Entry], per_row: bool, check: Callable[[], None]) -> _Plan:
-    """The cached plan for these tensors (``check()`` runs when it is built)."""
-    w = entries[0].w
-    key = (per_row, w.device, w.dtype, _tiling(), tuple(e.key() for e in entries))
-    plan = _PLANS.get(key)
-    if plan is None:
-        check()
-        plan = _PLANS[key] = _build(entries, per_row)
-        while len(_PLANS) > PLANS:
-            _PLANS.popitem(last=False)
+def _cached(cache: OrderedDict, key: tuple, make: Callable[[], Any], most: int) -> Any:
+    """``cache[key]``, made by ``make()`` if missing; the least recently used entries beyond ``most`` dropped."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        while len(cache) > most:
+            cache.popitem(last=False)
     else:
-        _PLANS.move_to_end(key)
-    return plan
+        cache.move_to_end(key)
+    return value
+
+
+def _plan(slots: _Slots, per_row: bool, check: Callable[[list[_Entry]], None]) -> _Plan:
+    """The cached plan for these tensors (one device and dtype): reused while every address and the weights'
+    layouts stay the same; when one moves, ``check(entries)`` runs, the address table is rebuilt, and the layout
+    (the large task tables) is reused if the sizes and alignments are the same."""
+    w = slots.w[0]
+    common = (per_row, w.device, w.dtype, _tiling())
+
+    def make() -> _Plan:
+        entries = slots.entries()
+        check(entries)
+        shapes = [(e.w.shape, _vec(e, _length(e.w, per_row))) for e in entries]
+        layout = _cached(_LAYOUTS, (*common, tuple(shapes)), lambda: _layout(shapes, per_row, w.device), PLANS)
+        addresses, host = _device_table([v for e in entries for v in e.addresses], w.device)
+        partials = torch.empty(max(layout.partials, 1), dtype=torch.float32, device=w.device)
+        return _Plan(layout, addresses, partials, host)
+
+    return _cached(_PLANS, (*common, slots.key()), make, PLANS)
 
 
 def _run(plan: _Plan, hyper: dict[str, float], flags: dict[str, Any], dtype: torch.dtype, step_dtype: torch.dtype,
@@ -545,14 +617,16 @@ def _run(plan: _Plan, hyper: dict[str, float], flags: dict[str, Any], dtype: tor
     """Launch the plan's kernels in order: the projection's and the retraction's passes only when asked for."""
     types = {"DT": _TL[dtype]}
     full = {**hyper, **types, "STEP_DT": _TL[step_dtype], **flags}
+    tables = (plan.addresses, plan.layout.sizes)
     with _on_device(device):
-        for launch in plan.launches:
+        for launch in plan.layout.launches:
             if (launch.role == "dot" and not flags["PROJECT"]) or (launch.role == "scale" and not flags["RETRACT"]):
                 continue
+            rows = launch.role == "rows"
             arguments = full if launch.role in ("rows", "update") else types
             _launch(
-                launch.kernel, launch.grid, *launch.tables, **arguments, **launch.constexprs,
-                num_warps=launch.warps, enable_fp_fusion=FMA,
+                launch.kernel, launch.grid, launch.tasks, *tables, *(() if rows else (plan.partials,)),
+                **arguments, **launch.constexprs, num_warps=launch.warps, enable_fp_fusion=FMA,
             )  # fmt: skip
 
 
@@ -636,22 +710,21 @@ def adam_(
     }
     flags = {"ADAM": True, "AMSGRAD": bool(amsgrad), "MOMENTUM": False, "FIRST": False, "NESTEROV": False}
     flags |= {"PROJECT": bool(project), "RETRACT": bool(retract)}
-    groups: dict[tuple, list[_Entry]] = {}
-    for k, w in enumerate(params):
-        if w.numel() == 0:
-            continue
-        step = steps[k]
+
+    def where(w: torch.Tensor, step: torch.Tensor) -> tuple:
+        """A CPU ``step`` is read on the host, as torch's own non-capturable step does (no wait on the GPU): its
+        value after this call's increment (exact: steps are whole numbers below 2^24)."""
         on_device = _step_in_kernel(step, w)
-        # a CPU `step` is read on the host, as torch's own non-capturable step does (no wait on the GPU); its
-        # value after this call's increment (exact: steps are whole numbers below 2^24)
-        where = (w.device, w.dtype, step.dtype, on_device, None if on_device else float(step) + 1.0)
-        entry = _Entry(k, w, grads[k], exp_avgs[k], exp_avg_sqs[k], max_exp_avg_sqs[k] if amsgrad else None)
-        entry.step = step if on_device else None
-        entry.target = targets[k] if retract else None
-        groups.setdefault(where, []).append(entry)
-    plans = [
-        (where, _plan(entries, per_row, _checker(entries, per_row, _ADAM_STATE))) for where, entries in groups.items()
-    ]
+        return (w.device, w.dtype, step.dtype, on_device, None if on_device else float(step) + 1.0)
+
+    groups = _groups(params, steps, where)
+    check = _checker(per_row, _ADAM_STATE)
+    plans = []
+    for where, ks in groups.items():
+        on_device = where[3]
+        tensors = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
+        tensors += (steps if on_device else None, targets if retract else None)
+        plans.append((where, _plan(_Slots(ks, *_pick(ks, n, tensors)), per_row, check)))
     if steps:  # after the checks, so that a refused call changes nothing
         torch._foreach_add_(steps, 1.0)  # device steps: one op, read by the kernels; CPU steps: on the host
     for (device, dtype, step_dtype, on_device, t), plan in plans:
@@ -661,10 +734,53 @@ def adam_(
         _run(plan, hyper, {**flags, "STEP_ON_DEVICE": on_device}, dtype, step_dtype, device)
 
 
-def _checker(entries: list[_Entry], per_row: bool, state: tuple[str, ...]) -> Callable[[], None]:
-    """The checks of a call's tensors (run when their plan is built): ``state`` names slots ``a, b, x``."""
+_DTYPE = operator.attrgetter("dtype")
 
-    def check() -> None:
+
+def _uniform(values: Any) -> bool:
+    return len(set(values)) <= 1
+
+
+def _groups(params: list[torch.Tensor], others: list[Any], where: Callable[[torch.Tensor, Any], tuple]) -> dict:
+    """``where(w, other)`` → the indices of the non-empty weights with that answer (launch groups: one device and
+    dtype, and what the kernels take as one compile-time or scalar argument). The usual case, every weight
+    non-empty on one device with one dtype and the ``others`` all alike, is found with ``map`` over the lists
+    (no Python loop over the tensors)."""
+    n = len(params)
+    if n == 0:
+        return {}
+    get_device = torch.Tensor.get_device
+    if (
+        all(map(torch.Tensor.numel, params))
+        and _uniform(map(get_device, params))
+        and _uniform(map(_DTYPE, params))
+        and (
+            _uniform(others)
+            if not others or not isinstance(others[0], torch.Tensor)
+            else _uniform(map(get_device, others)) and _uniform(map(_DTYPE, others)) and _uniform(map(float, others))
+            if others[0].device.type == "cpu"
+            else _uniform(map(get_device, others)) and _uniform(map(_DTYPE, others))
+        )
+    ):
+        return {where(params[0], others[0]): list(range(n))}
+    groups: dict[tuple, list[int]] = {}
+    for k, (w, other) in enumerate(zip(params, others)):
+        if w.numel():
+            groups.setdefault(where(w, other), []).append(k)
+    return groups
+
+
+def _pick(ks: list[int], n: int, lists: tuple[list[torch.Tensor] | None, ...]) -> list[list[torch.Tensor] | None]:
+    """Entries ``ks`` of each list (the list itself when ``ks`` is all of them, the usual case)."""
+    if len(ks) == n:
+        return list(lists)
+    return [None if t is None else [t[k] for k in ks] for t in lists]
+
+
+def _checker(per_row: bool, state: tuple[str, ...]) -> Callable[[list[_Entry]], None]:
+    """The checks of a group's tensors (run when their plan is built): ``state`` names slots ``a, b, x``."""
+
+    def check(entries: list[_Entry]) -> None:
         for e in entries:
             _check(e.w, per_row, e.k, grad=e.g, **dict(zip(state, (e.a, e.b, e.x))))
             if e.target is not None:
@@ -708,16 +824,10 @@ def sgd_(
     }
     flags: dict[str, Any] = {"ADAM": False, "AMSGRAD": False, "MOMENTUM": has_momentum, "NESTEROV": bool(nesterov)}
     flags |= {"STEP_ON_DEVICE": False, "PROJECT": bool(project), "RETRACT": bool(retract)}
-    groups: dict[tuple, list[_Entry]] = {}
-    for k, w in enumerate(params):
-        if w.numel() == 0:
-            continue
-        buf = momentum_buffers[k] if has_momentum else None
-        entry = _Entry(k, w, grads[k], buf, target=targets[k] if retract else None)
-        groups.setdefault((w.device, w.dtype, bool(first[k]) and has_momentum), []).append(entry)
-    plans = [
-        (where, _plan(entries, per_row, _checker(entries, per_row, ("momentum_buffer",))))
-        for where, entries in groups.items()
-    ]
+    groups = _groups(params, first, lambda w, new: (w.device, w.dtype, bool(new) and has_momentum))
+    check = _checker(per_row, ("momentum_buffer",))
+    tensors = (params, grads, momentum_buffers if has_momentum else None, None, None, None)
+    tensors += (targets if retract else None,)
+    plans = [(where, _plan(_Slots(ks, *_pick(ks, n, tensors)), per_row, check)) for where, ks in groups.items()]
     for (device, dtype, is_first), plan in plans:
         _run(plan, hyper, {**flags, "FIRST": is_first}, dtype, torch.float32, device)
