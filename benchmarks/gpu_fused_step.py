@@ -26,6 +26,9 @@ the largest difference of the weights and of the losses, against a tolerance.
 (d) CUDA graph: one constrained step of LAWN(AdamW(fused=True, capturable=True)) captured and replayed, against
 the same steps run eagerly (reported, not required: the goals do not include it).
 
+(e) Host time (also alone, without a GPU: ``--host-time``): the CPU time of the Triton module's ``adam_`` besides
+its launches, on CPU tensors of each set's weight shapes: tables built, cached, and with new gradient tensors.
+
 Needs a CUDA GPU and ``triton``; without them it says so and exits with status 2. Exit status 1 if a check of
 (b) or (c) failed.
 """
@@ -377,6 +380,59 @@ def graph_capture() -> list[str]:
     return lines
 
 
+def host_time(calls: int = 200) -> list[str]:
+    """CPU time of ``adam_`` besides its launches (replaced by a no-op), on CPU tensors of each model's weight
+    shapes: the first call (tables built), a call with everything cached, and one whose gradients are new
+    tensors (the gradient table replaced; two sets of gradients, alternating); ``time.process_time``, no GPU
+    needed."""
+    import time
+
+    import lawn.constraint.fused_step_triton as kernels
+
+    lines = []
+    launch = kernels._launch
+    kernels._launch = lambda *args, **options: None
+    try:
+        for set_name, shapes, _ in parameter_sets(quick=False):
+            ws = [torch.empty(shape) for _, shape in shapes if len(shape) >= 2]
+            m, v = ([torch.empty_like(w) for w in ws] for _ in range(2))
+            steps = [torch.zeros(()) for _ in ws]  # on the CPU: the host-step path
+            for per_row in (True, False):
+                targets = [torch.ones(w.shape[0] if per_row else ()) for w in ws]
+                options = dict(
+                    lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, decoupled=True, amsgrad=False,
+                    maximize=False, project=True, retract=True, per_row=per_row,
+                )  # fmt: skip
+                grads = [[torch.empty_like(w) for w in ws] for _ in range(2)]  # alternating: they move every call
+                started = time.process_time()
+                kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                first = time.process_time() - started
+                started = time.process_time()
+                for _ in range(calls):
+                    kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                cached = (time.process_time() - started) / calls
+                started = time.process_time()
+                for i in range(calls):
+                    kernels.adam_(ws, grads[1 - i % 2], m, v, [], steps, [], targets, **options)
+                moved = (time.process_time() - started) / calls
+                lines.append(
+                    f"host time of adam_, {set_name} ({len(ws)} weights), {'per row' if per_row else 'per tensor'}: "
+                    f"first call {first * 1e3:.1f} ms, cached {cached * 1e6:.0f} µs, new gradients "
+                    f"{moved * 1e6:.0f} µs"
+                )
+                print(lines[-1], flush=True)
+        started = time.process_time()
+        for _ in range(calls):
+            torch._foreach_add_(steps, 1.0)
+        lines.append(
+            f"of which the CPU steps' foreach increment: {(time.process_time() - started) / calls * 1e6:.0f} µs"
+        )
+        print(lines[-1], flush=True)
+    finally:
+        kernels._launch = launch
+    return lines
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -389,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="ResNet-18 only, 5 rounds: a smoke run")
     parser.add_argument("--skip-timing", action="store_true", help="only the checks (b), (c), (d)")
     parser.add_argument("--markdown", action="store_true", help="print the results once more as a markdown block")
+    parser.add_argument("--host-time", action="store_true", help="only the host time of the step (no GPU needed)")
     args = parser.parse_args(argv)
+    if args.host_time:
+        host_time()
+        return 0
     if not torch.cuda.is_available():
         print("gpu_fused_step.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
         return 2
@@ -411,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [head, "", *sync_lines, *train_lines, *graph_lines]
     if not args.skip_timing:
         table, met = timing(args)
-        lines += ["", *table, "", f"all timing goals met: {'yes' if met else 'no'}"]
+        lines += ["", *table, "", f"all timing goals met: {'yes' if met else 'no'}", "", *host_time()]
     if args.markdown:
         print("\n" + "\n".join(lines))
     return 0 if sync_ok and train_ok else 1

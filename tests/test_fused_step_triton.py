@@ -177,24 +177,35 @@ def _slots(shapes, dtype=torch.float32):
     return kernels._Slots(list(range(len(ws))), ws, *state)
 
 
-def test_a_plan_is_built_once_and_rebuilt_when_a_storage_moves():
+def test_a_plan_is_built_once_and_only_its_gradient_table_follows_moved_gradients():
     """The tables are cached on the tensors' addresses and layouts: the same tensors reuse them (their checks do
-    not run again); a gradient at a new address gets a new address table but the same launches and task tables;
-    another shape, or the other granularity, other launches."""
+    not run again); a gradient at a new address only replaces the small gradient table (the new gradient
+    checked); one that breaks the layout's 16-byte alignment, or another moved storage, gets a new plan (checked
+    again), with the same task tables if sizes and alignment allow; another shape or granularity, other launches."""
     import lawn.constraint.fused_step_triton as kernels
 
-    slots = _slots([(6, 5), (4, 3, 3, 3)])
+    slots = _slots([(6, 5), (4, 3, 3, 3), (4, 8)])  # per row: rows of 5, 27 (unaligned) and 8 (aligned) floats
     checks = []
     first = kernels._plan(slots, True, checks.append)
     assert kernels._plan(slots, True, checks.append) is first and len(checks) == 1
-    slots.g[1] = torch.empty_like(slots.g[1])
+    assert first.vecs == [1, 1, 4] and first.grads.tolist() == [g.data_ptr() for g in slots.g]
+    slots.g[1] = torch.empty_like(slots.g[1])  # a new gradient tensor, as after zero_grad(set_to_none=True)
+    assert kernels._plan(slots, True, checks.append) is first and len(checks) == 1
+    assert first.grads.tolist() == [g.data_ptr() for g in slots.g]
+    slots.g[0] = torch.empty(6, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"grad\[0\]: expected a tensor of the weight's dtype"):
+        kernels._plan(slots, True, checks.append)
+    slots.g[0] = torch.empty(6, 5)
+    slots.g[2] = torch.empty(33)[1:].view(4, 8)  # 4 bytes past a 16-byte boundary
     second = kernels._plan(slots, True, checks.append)
-    assert second is not first and second.layout is first.layout and len(checks) == 2
-    assert not torch.equal(second.addresses, first.addresses)
-    slots.w[0] = slots.w[0].view(5, 6)  # same storage, another shape
+    assert second is not first and second.vecs == [1, 1, 1] and len(checks) == 2
+    slots.a[0] = torch.empty_like(slots.a[0])  # a moved state tensor: new addresses, same task tables
     third = kernels._plan(slots, True, checks.append)
-    assert third.layout is not first.layout and len(checks) == 3
-    assert kernels._plan(slots, False, checks.append).layout is not third.layout and len(checks) == 4
+    assert third is not second and third.layout is second.layout and len(checks) == 3
+    slots.w[0] = slots.w[0].view(5, 6)  # same storage, another shape
+    fourth = kernels._plan(slots, True, checks.append)
+    assert fourth.layout is not third.layout and len(checks) == 4
+    assert kernels._plan(slots, False, checks.append).layout is not fourth.layout and len(checks) == 5
 
 
 def test_model_shapes_take_a_few_launches_whatever_the_number_of_weights():

@@ -11,15 +11,17 @@ gradient ``g`` (per tensor, or per row ``w_i``)::
 Math in fp32 for fp32 and bf16 weights (state in the weights' dtype), a non-finite coefficient or scale replaced
 by the value that leaves the tensor (row) as it is (0, 1), as in the reference.
 
-**Multi-tensor launches.** All the tensors of one call that share a device, a dtype and (Adam) where ``step``
-lives are updated by a fixed, small number of launches, whatever their number, as torch's fused optimizers do:
-each program reads from a device table which tensor and which tile of it is its work, and the tensors' addresses
-and sizes (int64 tables: ``w, g, a, b, x, step, target`` addresses per tensor; rows and row length, or size,
-span length and partial-sum offset). The tables are built on the host, copied to the device without a
-synchronisation (pinned memory, ``non_blocking``) and cached in two levels: the layout (the task and size
-tables, the large part) keyed on the weights' shapes and alignment; the plan (the address table, 64 bytes per
-tensor, and the partial sums) keyed on every address and the weights' and gradients' layouts, rebuilt only when
-a storage moves (a gradient at another address, a reloaded state). Launches per call:
+**Multi-tensor launches.** All the tensors of one call that share a device, a dtype and (Adam) where ``step`` lives
+are updated by a fixed, small number of launches, whatever their number, as torch's fused optimizers do: each
+program reads from a device table which tensor and which tile of it is its work, and the tensors' addresses and
+sizes (int64 tables: ``w, a, b, x, step, target`` addresses per tensor, the gradients' in a table of their own; rows
+and row length, or size, span length and partial-sum offset). The tables are built on the host, copied to the device
+without a synchronisation (pinned memory, ``non_blocking``) and cached in three levels: the layout (the task and
+size tables, the large part) keyed on the weights' shapes and alignment; the plan (the address table, 64 bytes per
+tensor, and the partial sums) keyed on every address but the gradients' and on the weights' and gradients' layouts,
+rebuilt when a weight or state tensor moves (a reloaded state); the gradient table (8 bytes per tensor), replaced
+when a gradient is a new tensor at another address (after ``zero_grad(set_to_none=True)``, torch's default, when the
+allocator does not hand back the same blocks). Launches per call:
 
 * **per row**: one per row-length class in use (a power of two from 16 to ``ONE_CHUNK_MAX``, or longer; with or
   without 16-byte alignment): at most 2 × 10 whatever the number of tensors (ResNet-18 and -50: 9; ViT-B: 2).
@@ -53,7 +55,6 @@ import contextlib
 import functools
 import math
 import operator
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,19 +71,28 @@ MAX_PROGRAMS = 1024  # per tensor: at most this many spans (programs) for one te
 PLANS = 64  # launch plans kept (one per set of tensors and granularity seen recently)
 _DTYPES = (torch.float32, torch.bfloat16)
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
-ADDRESSES = 8  # int64 slots per tensor in the address table: w, g, a, b, x, step, target, (unused)
+# int64 slots per tensor in the address table: w, (unused), a, b, x, step, target, (unused); the gradients'
+# addresses have a table of their own (they move more often: a new tensor after each zero_grad)
+ADDRESSES = 8
 SIZES = 4  # int64 slots per tensor in the size table: rows, cols (per row); n, chunks, spans, partials (per tensor)
 _W, _G, _A, _B, _X, _STEP, _TARGET = range(7)
 
 
 # ----------------------------------------------------------------------------- device functions
 @triton.jit
-def _address(table, k, slot: tl.constexpr, DT: tl.constexpr, VEC: tl.constexpr):
-    """Tensor ``k``'s pointer in ``slot`` of the address table, typed ``DT``; 16-byte aligned if ``VEC > 1``."""
-    p = tl.load(table + k * 8 + slot).to(tl.pointer_type(DT), bitcast=True)
+def _pointer(table, i, DT: tl.constexpr, VEC: tl.constexpr):
+    """The address ``table[i]`` as a pointer to ``DT``; 16-byte aligned if ``VEC > 1``."""
+    p = tl.load(table + i).to(tl.pointer_type(DT), bitcast=True)
     if VEC > 1:
         p = tl.multiple_of(p, 16)
     return p
+
+
+@triton.jit
+def _address(table, k, slot: tl.constexpr, DT: tl.constexpr, VEC: tl.constexpr):
+    """Tensor ``k``'s pointer in ``slot`` of the address table (8 slots a tensor: ``w, -, a, b, x, step, target,
+    -``)."""
+    return _pointer(table, k * 8 + slot, DT, VEC)
 
 
 @triton.jit
@@ -146,7 +156,7 @@ def _update(
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _rows_kernel(
-    task_ptr, address_ptr, size_ptr,
+    task_ptr, address_ptr, grad_ptr, size_ptr,
     sign, weight_decay, decay, lr, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias_correction2_sqrt,
     log2_beta1, log2_beta2, momentum, one_minus_dampening,
     DT: tl.constexpr, STEP_DT: tl.constexpr, VEC: tl.constexpr,
@@ -161,7 +171,7 @@ def _rows_kernel(
     k = tl.load(task_ptr + 2 * pid)
     tile = tl.load(task_ptr + 2 * pid + 1)
     w_ptr = _address(address_ptr, k, 0, DT, VEC)
-    g_ptr = _address(address_ptr, k, 1, DT, VEC)
+    g_ptr = _pointer(grad_ptr, k, DT, VEC)
     a_ptr = _address(address_ptr, k, 2, DT, VEC)
     b_ptr = _address(address_ptr, k, 3, DT, VEC)
     x_ptr = _address(address_ptr, k, 4, DT, VEC)
@@ -257,12 +267,12 @@ def _span(task_ptr, size_ptr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _tensor_dot_kernel(task_ptr, address_ptr, size_ptr, part_ptr, DT: tl.constexpr, VEC: tl.constexpr,
+def _tensor_dot_kernel(task_ptr, address_ptr, grad_ptr, size_ptr, part_ptr, DT: tl.constexpr, VEC: tl.constexpr,
                        BLOCK: tl.constexpr):  # fmt: skip
     """Pass 1: span ``s`` of tensor ``k``: its ⟨g, w⟩ and ‖w‖² into the tensor's partials ``[s]``, ``[S + s]``."""
     k, n, chunks, spans, part, s = _span(task_ptr, size_ptr, VEC)
     w_ptr = _address(address_ptr, k, 0, DT, VEC)
-    g_ptr = _address(address_ptr, k, 1, DT, VEC)
+    g_ptr = _pointer(grad_ptr, k, DT, VEC)
     start = s * chunks * BLOCK
     dot = tl.zeros((BLOCK,), dtype=tl.float32)
     sq = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -279,7 +289,7 @@ def _tensor_dot_kernel(task_ptr, address_ptr, size_ptr, part_ptr, DT: tl.constex
 
 @triton.jit
 def _tensor_update_kernel(
-    task_ptr, address_ptr, size_ptr, part_ptr,
+    task_ptr, address_ptr, grad_ptr, size_ptr, part_ptr,
     sign, weight_decay, decay, lr, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias_correction2_sqrt,
     log2_beta1, log2_beta2, momentum, one_minus_dampening,
     DT: tl.constexpr, STEP_DT: tl.constexpr, VEC: tl.constexpr,
@@ -292,7 +302,7 @@ def _tensor_update_kernel(
     partials ``[2S + s]``."""
     k, n, chunks, spans, part, s = _span(task_ptr, size_ptr, VEC)
     w_ptr = _address(address_ptr, k, 0, DT, VEC)
-    g_ptr = _address(address_ptr, k, 1, DT, VEC)
+    g_ptr = _pointer(grad_ptr, k, DT, VEC)
     a_ptr = _address(address_ptr, k, 2, DT, VEC)
     b_ptr = _address(address_ptr, k, 3, DT, VEC)
     x_ptr = _address(address_ptr, k, 4, DT, VEC)
@@ -330,7 +340,7 @@ def _tensor_update_kernel(
 
 
 @triton.jit
-def _tensor_scale_kernel(task_ptr, address_ptr, size_ptr, part_ptr, DT: tl.constexpr, VEC: tl.constexpr,
+def _tensor_scale_kernel(task_ptr, address_ptr, grad_ptr, size_ptr, part_ptr, DT: tl.constexpr, VEC: tl.constexpr,
                          BLOCK: tl.constexpr, PARTS: tl.constexpr):  # fmt: skip
     """Pass 3: ``target / ‖w‖`` of tensor ``k`` from pass 2's partials, applied to span ``s``."""
     k, n, chunks, spans, part, s = _span(task_ptr, size_ptr, VEC)
@@ -356,7 +366,8 @@ def _launch(kernel: Any, grid: int, *args: Any, **options: Any) -> None:
 
 def _warps(elements: int) -> int:
     """Warps for a program that holds ``elements`` values per live tensor (8 per thread, 4 to 16 warps): for
-    sm_90, Adam with amsgrad on bf16, 64-105 registers per thread and no spills (ptxas, ahead of time)."""
+    sm_90, Adam with amsgrad, 32-64 registers per thread with the alignment hints, up to 180 without, no spills
+    but 4 bytes in the fp32 long-row variant (Triton's ptxas, ahead of time)."""
     return min(16, max(4, elements // 256))
 
 
@@ -402,16 +413,10 @@ class _Entry:
     step: torch.Tensor | None = None
     target: torch.Tensor | None = None
 
-    def key(self) -> tuple:
-        """What the launch plan depends on: every address, and the weight's and gradient's layout (the state
-        must share the weight's; checked when the plan is built, and every step by ``lawn.constraint.fused_step``)."""
-        w, g = self.w, self.g
-        others = tuple(0 if t is None else t.data_ptr() for t in (self.a, self.b, self.x, self.step, self.target))
-        return (w.data_ptr(), w.shape, w.stride(), g.data_ptr(), g.stride(), others)
-
     @functools.cached_property
     def addresses(self) -> list[int]:
-        """The address table's row: ``w, g, a, b, x, step, target`` (0 for an unused slot), and padding."""
+        """``w, g, a, b, x, step, target``'s addresses (0 for an unused slot), and padding: the address table's
+        row, but for ``g``, which goes to the gradient table."""
         out = [0 if t is None else t.data_ptr() for t in (self.w, self.g, self.a, self.b, self.x, self.step)]
         return out + [0 if self.target is None else self.target.data_ptr(), 0]
 
@@ -434,30 +439,20 @@ class _Slots:
     target: list[torch.Tensor] | None = None
 
     def key(self) -> tuple:
-        """What the plan depends on: every address, and the weights' and gradients' layouts (the state must share
-        the weights'; checked when a plan is built, and every step by ``lawn.constraint.fused_step``). Built with
-        ``map`` over the lists: about a microsecond per tensor."""
+        """What a plan depends on: every address but the gradients', and the weights' and gradients' layouts (the
+        state must share the weights'; checked when a plan is built, and every step by
+        ``lawn.constraint.fused_step``). Built with ``map`` over the lists: about a microsecond per tensor."""
         ptr, stride = torch.Tensor.data_ptr, torch.Tensor.stride
         head = (tuple(map(ptr, self.w)), tuple(map(_SHAPE, self.w)), tuple(map(stride, self.w)))
-        head += (tuple(map(ptr, self.g)), tuple(map(stride, self.g)))
+        head += (tuple(map(stride, self.g)),)
         return head + tuple(None if t is None else tuple(map(ptr, t)) for t in (self.a, self.b, self.x, self.step,
                                                                                  self.target))  # fmt: skip
 
     def entries(self) -> list[_Entry]:
-        def at(t: list[torch.Tensor] | None, i: int) -> torch.Tensor | None:
-            return None if t is None else t[i]
-
+        """One :class:`_Entry` per tensor (when a plan is built)."""
+        others = (self.a, self.b, self.x, self.step, self.target)
         return [
-            _Entry(
-                k,
-                self.w[i],
-                self.g[i],
-                at(self.a, i),
-                at(self.b, i),
-                at(self.x, i),
-                at(self.step, i),
-                at(self.target, i),
-            )  # fmt: skip
+            _Entry(k, self.w[i], self.g[i], *(None if t is None else t[i] for t in others))
             for i, k in enumerate(self.ks)
         ]
 
@@ -487,16 +482,21 @@ class _Layout:
 
 @dataclass
 class _Plan:
-    """A layout with the tensors' addresses (a small table, rebuilt when a storage moves) and the partials."""
+    """A layout with the tensors' addresses (a small table, rebuilt when a storage moves), the gradients'
+    addresses (a smaller one, replaced when a gradient moves) and the partials."""
 
     layout: _Layout
+    vecs: list[int]  # each tensor's alignment class in the layout (the gradients must keep it)
     addresses: torch.Tensor  # (tensors, ADDRESSES) int64 on the device
     partials: torch.Tensor
     host: torch.Tensor  # what the address table was copied from
+    grad_key: tuple[int, ...]  # the gradients' addresses in `grads`
+    grads: torch.Tensor  # (tensors,) int64 on the device
+    grads_host: torch.Tensor
 
 
-_LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
-_PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
+_LAYOUTS: dict[tuple, _Layout] = {}  # the oldest entries dropped beyond PLANS (a key is hashed once a call)
+_PLANS: dict[tuple, _Plan] = {}
 
 
 def _tiling() -> tuple[int, ...]:
@@ -581,35 +581,60 @@ def _layout(shapes: list[tuple[torch.Size, int]], per_row: bool, device: torch.d
     return _Layout(launches, table[: len(sizes)], parts, host)
 
 
-def _cached(cache: OrderedDict, key: tuple, make: Callable[[], Any], most: int) -> Any:
-    """``cache[key]``, made by ``make()`` if missing; the least recently used entries beyond ``most`` dropped."""
-    value = cache.get(key)
-    if value is None:
-        value = cache[key] = make()
-        while len(cache) > most:
-            cache.popitem(last=False)
-    else:
-        cache.move_to_end(key)
+def _keep(cache: dict, key: tuple, value: Any) -> Any:
+    """``cache[key] = value``; the oldest entries beyond ``PLANS`` dropped."""
+    cache[key] = value
+    while len(cache) > PLANS:
+        del cache[next(iter(cache))]
     return value
 
 
 def _plan(slots: _Slots, per_row: bool, check: Callable[[list[_Entry]], None]) -> _Plan:
     """The cached plan for these tensors (one device and dtype): reused while every address and the weights'
-    layouts stay the same; when one moves, ``check(entries)`` runs, the address table is rebuilt, and the layout
-    (the large task tables) is reused if the sizes and alignments are the same."""
+    layouts stay the same. When a gradient moves (a new tensor after ``zero_grad``, as torch does by default),
+    only the gradient table is replaced (after checking the new gradients). When another storage moves,
+    ``check(entries)`` runs and the address table is rebuilt; the layout (the large task tables) is reused if the
+    sizes and alignments are the same."""
     w = slots.w[0]
     common = (per_row, w.device, w.dtype, _tiling())
-
-    def make() -> _Plan:
+    key = (*common, slots.key())
+    grad_key = tuple(map(torch.Tensor.data_ptr, slots.g))
+    plan = _PLANS.get(key)
+    if plan is not None and grad_key != plan.grad_key:
+        if any(vec > 1 and address % 16 for vec, address in zip(plan.vecs, grad_key)):
+            plan = None  # a gradient lost the alignment the layout assumes: a new plan
+        else:
+            _check_grads(slots)
+            plan.grads, plan.grads_host = _device_table(list(grad_key), w.device)
+            plan.grad_key = grad_key
+    if plan is None:
         entries = slots.entries()
         check(entries)
-        shapes = [(e.w.shape, _vec(e, _length(e.w, per_row))) for e in entries]
-        layout = _cached(_LAYOUTS, (*common, tuple(shapes)), lambda: _layout(shapes, per_row, w.device), PLANS)
-        addresses, host = _device_table([v for e in entries for v in e.addresses], w.device)
+        vecs = [_vec(e, _length(e.w, per_row)) for e in entries]
+        shapes = tuple(zip((e.w.shape for e in entries), vecs))
+        layout = _LAYOUTS.get((*common, shapes)) or _keep(
+            _LAYOUTS, (*common, shapes), _layout(list(shapes), per_row, w.device)
+        )
+        rows = [v for e in entries for v in e.addresses[:_G] + [0] + e.addresses[_G + 1 :]]  # g: its own table
+        addresses, host = _device_table(rows, w.device)
         partials = torch.empty(max(layout.partials, 1), dtype=torch.float32, device=w.device)
-        return _Plan(layout, addresses, partials, host)
+        grads, grads_host = _device_table(list(grad_key), w.device)
+        plan = _keep(_PLANS, key, _Plan(layout, vecs, addresses, partials, host, grad_key, grads, grads_host))
+    return plan
 
-    return _cached(_PLANS, (*common, slots.key()), make, PLANS)
+
+def _check_grads(slots: _Slots) -> None:
+    """Each gradient of the weight's dtype, device, shape and layout (strides: in the plan's key already)."""
+    device = torch.Tensor.get_device
+    if (
+        tuple(map(_DTYPE, slots.g)) == tuple(map(_DTYPE, slots.w))
+        and tuple(map(_SHAPE, slots.g)) == tuple(map(_SHAPE, slots.w))
+        and tuple(map(device, slots.g)) == tuple(map(device, slots.w))
+    ):
+        return
+    for k, w, g in zip(slots.ks, slots.w, slots.g):
+        if (g.dtype, g.device, g.shape, g.stride()) != (w.dtype, w.device, w.shape, w.stride()):
+            raise ValueError(f"grad[{k}]: expected a tensor of the weight's dtype, device, shape and layout")
 
 
 def _run(plan: _Plan, hyper: dict[str, float], flags: dict[str, Any], dtype: torch.dtype, step_dtype: torch.dtype,
@@ -617,7 +642,7 @@ def _run(plan: _Plan, hyper: dict[str, float], flags: dict[str, Any], dtype: tor
     """Launch the plan's kernels in order: the projection's and the retraction's passes only when asked for."""
     types = {"DT": _TL[dtype]}
     full = {**hyper, **types, "STEP_DT": _TL[step_dtype], **flags}
-    tables = (plan.addresses, plan.layout.sizes)
+    tables = (plan.addresses, plan.grads, plan.layout.sizes)
     with _on_device(device):
         for launch in plan.layout.launches:
             if (launch.role == "dot" and not flags["PROJECT"]) or (launch.role == "scale" and not flags["RETRACT"]):
