@@ -203,8 +203,11 @@ def timing(args: argparse.Namespace) -> tuple[list[str], bool]:
                     "unfused": make(shapes, final, dtype, which, granularity, fused=False),
                 }
                 count = launches(configs["fused"])
-                if count == 0:
-                    raise SystemExit(f"{set_name} {which} {granularity}: the Triton fused step was not used")
+                if count == 0:  # a row that would measure the wrong thing: said, and counted as not met
+                    met = False
+                    lines.append(f"| {set_name} | {dtype_name} | {which} | {granularity} | 0: Triton step NOT used |")
+                    print(lines[-1], flush=True)
+                    continue
                 for opt in configs.values():  # warm-up: Triton compiles, the allocator settles
                     for _ in range(args.warmup):
                         opt.step()
@@ -322,8 +325,9 @@ def training_matches_cpu() -> tuple[list[str], bool]:
             good &= math.isclose(gpu_losses[-1], cpu_losses[-1], rel_tol=1e-3, abs_tol=1e-4)
             ok &= good
             lines.append(
-                f"training, {granularity}: {TRAIN_STEPS} steps, {count} Triton launches, {tables[0]} tables built "
-                f"(zero_grad(set_to_none=True): more than 2 means the gradients moved); largest difference from "
+                f"training, {granularity}: {TRAIN_STEPS} steps, {count} Triton launches, {tables[0]} tables copied "
+                f"to the GPU (3, then one per step whose new gradients came back at other addresses); largest "
+                f"difference from "
                 f"the CPU reference: weights {weight_diff:.2e}, losses {loss_diff:.2e} (last loss "
                 f"{gpu_losses[-1]:.4f} vs {cpu_losses[-1]:.4f}): {'ok' if good else 'FAILED'} "
                 f"(tolerance {TRAIN_TOLERANCE})"
