@@ -1,33 +1,49 @@
-"""LAWN's Triton fused step on a GPU: its step time against the base optimizer's alone, and a check that a step
-never waits for the GPU (no host synchronisation).
+"""LAWN's Triton fused step on a GPU, in one run: step time against ``AdamW(fused=True)``, launches per step, no
+host synchronisation, a short training run against the CPU reference, and whether a step can be captured in a
+CUDA graph.
 
-    PYTHONPATH=src python benchmarks/gpu_fused_step.py                  # bf16, ResNet-18 and ViT-B x2 shapes
-    PYTHONPATH=src python benchmarks/gpu_fused_step.py --dtype fp32 --markdown
+    PYTHONPATH=src python benchmarks/gpu_fused_step.py --markdown       # everything (about 5-10 min of GPU)
+    PYTHONPATH=src python benchmarks/gpu_fused_step.py --quick          # a smoke run (ResNet-18 only, fewer rounds)
 
-(a) Timing: ``torch.optim.AdamW(fused=True)`` alone, against ``LAWN(AdamW(fused=True))`` on its default path (the
-Triton fused step for the constrained CUDA weights) and on its unfused path (``fused=False``: foreach projection,
-the base's step, foreach retraction), with every >= 2-D weight constrained per row and per tensor, and with the
-final layer's weight only. Each configuration has its own weights and state (fixed random gradients); rounds
-run the configurations in a shuffled order, and in a round each runs ``--steps`` steps between two CUDA events;
-we report the median over rounds of the time per step and of its ratio to the base's time in the same round.
+(a) Timing: ``torch.optim.AdamW(fused=True)`` alone, against ``LAWN(AdamW(fused=True), fused=True)`` (the Triton
+fused step for the constrained CUDA weights) and ``LAWN(..., fused=False)`` (foreach projection, the base's step,
+foreach retraction), on the parameter shapes of ResNet-18, ResNet-50 and ViT-B (12 blocks), fp32 and bf16, with
+every >= 2-D weight constrained per row and per tensor, and with the final layer's weight only. Each
+configuration has its own weights and state (fixed random gradients); rounds run the three optimizers of a row
+in a shuffled order, each ``--steps`` steps between two CUDA events; the table shows the median over rounds of
+the time per step and of its ratio to the base's time in the same round, and the Triton kernel launches per step.
 
-(b) No host sync: after a warm-up step (Triton compiles its kernels there), one more step of each configuration
-runs under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any call that waits for the GPU; AdamW
-with ``fused=True`` (``step`` on the GPU, read by the kernels) and torch's default AdamW (``step`` on the CPU,
-read on the host as torch does) and SGD with momentum, per row and per tensor.
+(b) No host sync: after a warm-up step (Triton compiles there), a step of each configuration, and one more with
+new gradient tensors (so that the launch tables are rebuilt), run under
+``torch.cuda.set_sync_debug_mode("error")``, which raises on any call that waits for the GPU: AdamW with
+``fused=True`` (``step`` on the GPU, read by the kernels), torch's default AdamW (``step`` on the CPU, read on the
+host as torch does) and SGD with nesterov momentum, per row and per tensor, fp32 and bf16.
 
-Needs a CUDA GPU and ``triton``; without them it says so and exits with status 2.
+(c) Training: a small conv net trained for ``TRAIN_STEPS`` steps on fixed random data, LAWN(AdamW(fused=True))
+with the Triton step on the GPU against the reference path on the CPU (fp32, TF32 off), per row and per tensor:
+the largest difference of the weights and of the losses, against a tolerance.
+
+(d) CUDA graph: one constrained step of LAWN(AdamW(fused=True, capturable=True)) captured and replayed, against
+the same steps run eagerly (reported, not required: the goals do not include it).
+
+(e) Host time (also alone, without a GPU: ``--host-time``): the CPU time of the Triton module's ``adam_`` besides
+its launches, on CPU tensors of each set's weight shapes: tables built, cached, and with new gradient tensors.
+
+Needs a CUDA GPU and ``triton``; without them it says so and exits with status 2. Exit status 1 if a check of
+(b) or (c) failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import random
 import statistics
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +52,10 @@ from torch import nn
 import lawn
 
 HERE = Path(__file__).resolve().parent
+GOALS = {("all", "row"): 1.10, ("all", "tensor"): 1.6, ("final", "row"): 1.03, ("final", "tensor"): 1.03}
+TRAIN_STEPS = 30
+TRAIN_TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
+Shapes = list[tuple[str, tuple[int, ...]]]
 
 
 def _shapes_module():
@@ -47,58 +67,98 @@ def _shapes_module():
     return module
 
 
-def build(shapes: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, seed: int = 0) -> dict[str, nn.Parameter]:
+def resnet50_shapes(classes: int = 1000) -> Shapes:
+    """The parameter tensors of a torchvision-style ResNet-50 (25.6M parameters; bottleneck blocks)."""
+    shapes: Shapes = [("conv1.weight", (64, 3, 7, 7)), ("bn1.weight", (64,)), ("bn1.bias", (64,))]
+    c_in = 64
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            for i, shape in enumerate(((width, c_in, 1, 1), (width, width, 3, 3), (4 * width, width, 1, 1)), 1):
+                shapes += [(f"{prefix}.conv{i}.weight", shape)]
+                shapes += [(f"{prefix}.bn{i}.weight", (shape[0],)), (f"{prefix}.bn{i}.bias", (shape[0],))]
+            if block == 0:
+                shapes += [(f"{prefix}.downsample.0.weight", (4 * width, c_in, 1, 1))]
+                shapes += [
+                    (f"{prefix}.downsample.1.weight", (4 * width,)),
+                    (f"{prefix}.downsample.1.bias", (4 * width,)),
+                ]
+            c_in = 4 * width
+    return shapes + [("fc.weight", (classes, 2048)), ("fc.bias", (classes,))]
+
+
+def parameter_sets(quick: bool) -> list[tuple[str, Shapes, str]]:
+    """(name, shapes, final layer's weight)."""
+    overhead = _shapes_module()
+    sets = [("ResNet-18", overhead.resnet18_shapes(), "fc.weight")]
+    if not quick:
+        sets += [("ResNet-50", resnet50_shapes(), "fc.weight"), ("ViT-B", overhead.vit_shapes(12), "head.weight")]
+    return sets
+
+
+def build(shapes: Shapes, dtype: torch.dtype, seed: int = 0) -> dict[str, nn.Parameter]:
     """Parameters on the GPU initialised like their layers, each with a fixed random gradient."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
     params = {}
     for name, shape in shapes:
         if len(shape) >= 2:
-            value = torch.randn(shape, generator=gen) / math.sqrt(math.prod(shape[1:]))
+            value = torch.randn(shape, generator=gen, device="cuda") / math.sqrt(math.prod(shape[1:]))
         else:
-            value = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
-        p = nn.Parameter(value.to(device="cuda", dtype=dtype))
-        p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device="cuda", dtype=dtype)
+            value = torch.ones(shape, device="cuda") if name.endswith("weight") else torch.zeros(shape, device="cuda")
+        p = nn.Parameter(value.to(dtype))
+        p.grad = (torch.randn(shape, generator=gen, device="cuda") * 1e-3).to(dtype)
         params[name] = p
     return params
 
 
+def adamw_fused(ps: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, fused=True)
+
+
 def make(
-    shapes: list[tuple[str, tuple[int, ...]]],
+    shapes: Shapes,
     final: str,
     dtype: torch.dtype,
     which: str | None,
     granularity: str = "tensor",
-    fused: bool | None = None,
-    base: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    fused: bool = True,
+    base: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = adamw_fused,
 ) -> torch.optim.Optimizer:
     """The base optimizer alone (``which=None``), or LAWN around it with ``which`` ("all" / "final") constrained,
-    switched to the constrained phase at once."""
+    switched to the constrained phase at once; ``fused=True``: the Triton step for CUDA weights."""
     params = build(shapes, dtype)
-    make_base = base or (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, fused=True))
-    opt = make_base(list(params.values()))
+    opt = base(list(params.values()))
     if which is None:
         return opt
     constrained = [(final, params[final])] if which == "final" else [(n, p) for n, p in params.items() if p.dim() >= 2]
     return lawn.LAWN(opt, constrained, free_steps=0, granularity=granularity, fused=fused)
 
 
-def uses_triton(opt: torch.optim.Optimizer) -> bool:
-    """Whether one step of ``opt`` sends tensors through the Triton kernels (a counting wrapper, then removed)."""
-    import lawn.constraint.fused_step as fused_step
+@contextlib.contextmanager
+def counting(name: str = "_launch") -> Iterator[list[int]]:
+    """Count the calls of ``lawn.constraint.fused_step_triton``'s function ``name`` inside the block: ``_launch``
+    (every kernel launch goes through it), ``_device_table`` (a table built: a plan's addresses, or a layout)."""
+    import lawn.constraint.fused_step_triton as kernels
 
-    calls: list[str] = []
-    original = fused_step.FusedStep._run
+    counter = [0]
+    original = getattr(kernels, name)
 
-    def counted(self, kernel, engine, group, params, retract):
-        calls.append(kernel.__name__)
-        return original(self, kernel, engine, group, params, retract)
+    def counted(*args, **options):
+        counter[0] += 1
+        return original(*args, **options)
 
-    fused_step.FusedStep._run = counted
+    setattr(kernels, name, counted)
     try:
-        opt.step()
+        yield counter
     finally:
-        fused_step.FusedStep._run = original
-    return "lawn.constraint.fused_step_triton" in calls
+        setattr(kernels, name, original)
+
+
+def launches(opt: torch.optim.Optimizer) -> int:
+    """Triton kernel launches in one step of ``opt`` (0: the Triton step was not used)."""
+    with counting() as counter:
+        opt.step()
+    return counter[0]
 
 
 def time_rounds(configs: dict[str, torch.optim.Optimizer], steps: int, reps: int) -> dict[str, list[float]]:
@@ -121,91 +181,304 @@ def time_rounds(configs: dict[str, torch.optim.Optimizer], steps: int, reps: int
     return times
 
 
-def timing(args: argparse.Namespace, dtype: torch.dtype) -> list[str]:
-    shapes = _shapes_module()
-    sets = [
-        ("ResNet-18", shapes.resnet18_shapes(), "fc.weight"),
-        (f"ViT-B x{args.vit_blocks}", shapes.vit_shapes(args.vit_blocks), "head.weight"),
-    ]
-    lines = [
-        "| set | constrained | granularity | AdamW(fused) ms | LAWN ms | × base | LAWN fused=False ms | × base |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for set_name, set_shapes, final in sets:
-        for which, granularity in (("all", "row"), ("all", "tensor"), ("final", "row"), ("final", "tensor")):
-            configs = {
-                "base": make(set_shapes, final, dtype, None),
-                "fused": make(set_shapes, final, dtype, which, granularity),
-                "unfused": make(set_shapes, final, dtype, which, granularity, fused=False),
-            }
-            if not uses_triton(configs["fused"]):
-                raise SystemExit(f"{set_name} {which} {granularity}: the Triton fused step was not used")
-            for opt in configs.values():  # warm-up: Triton compiles, the allocator settles
-                for _ in range(args.warmup):
-                    opt.step()
-            times = time_rounds(configs, args.steps, args.reps)
-            base = statistics.median(times["base"])
-            ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"])) for k in times}
-            lines.append(
-                f"| {set_name} | {which} | {granularity} | {base:.3f} | {statistics.median(times['fused']):.3f} | "
-                f"{ratio['fused']:.2f}× | {statistics.median(times['unfused']):.3f} | {ratio['unfused']:.2f}× |"
-            )
-            print(lines[-1], flush=True)
-            del configs
-            torch.cuda.empty_cache()
-    return lines
+TABLE_HEAD = [
+    "| set | dtype | constrained | granularity | launches | AdamW(fused) ms | LAWN fused=True ms | × base | goal "
+    "| LAWN fused=False ms | × base |",
+    "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+]
 
 
-def no_host_sync(dtype: torch.dtype) -> list[str]:
-    """One step of each configuration under ``set_sync_debug_mode("error")`` (after a warm-up step)."""
+def timing(args: argparse.Namespace) -> tuple[list[str], bool]:
+    """The timing table, and whether every row met its goal."""
+    lines, met = list(TABLE_HEAD), True
+    for print_line in lines:
+        print(print_line, flush=True)
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        for set_name, shapes, final in parameter_sets(args.quick):
+            for which, granularity in (("all", "row"), ("all", "tensor"), ("final", "row"), ("final", "tensor")):
+                configs = {
+                    "base": make(shapes, final, dtype, None),
+                    "fused": make(shapes, final, dtype, which, granularity),
+                    "unfused": make(shapes, final, dtype, which, granularity, fused=False),
+                }
+                count = launches(configs["fused"])
+                if count == 0:  # a row that would measure the wrong thing: said, and counted as not met
+                    met = False
+                    lines.append(f"| {set_name} | {dtype_name} | {which} | {granularity} | 0: Triton step NOT used |")
+                    print(lines[-1], flush=True)
+                    continue
+                for opt in configs.values():  # warm-up: Triton compiles, the allocator settles
+                    for _ in range(args.warmup):
+                        opt.step()
+                times = time_rounds(configs, args.steps, args.reps)
+                base = statistics.median(times["base"])
+                ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"])) for k in times}
+                goal = GOALS[which, granularity]
+                ok = ratio["fused"] <= goal
+                met &= ok
+                lines.append(
+                    f"| {set_name} | {dtype_name} | {which} | {granularity} | {count} | {base:.3f} | "
+                    f"{statistics.median(times['fused']):.3f} | {ratio['fused']:.2f}× | ≤ {goal:.2f}× "
+                    f"{'met' if ok else 'NOT met'} | {statistics.median(times['unfused']):.3f} | "
+                    f"{ratio['unfused']:.2f}× |"
+                )
+                print(lines[-1], flush=True)
+                del configs
+                torch.cuda.empty_cache()
+    return lines, met
+
+
+SYNC_BASES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
+    "AdamW(fused=True)": adamw_fused,
+    "AdamW (step on the CPU)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05),
+    "SGD(momentum=0.9, nesterov)": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True),
+}
+
+
+def no_host_sync(dtypes: list[str]) -> tuple[list[str], bool]:
+    """Steps of each configuration under ``set_sync_debug_mode("error")`` (after a warm-up step): one with the
+    cached launch tables, one with new gradient tensors (the tables rebuilt)."""
     shapes = _shapes_module().vit_shapes(1)
-    bases = {
-        "AdamW(fused=True)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, fused=True),
-        "AdamW (step on the CPU)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05),
-        "SGD(momentum=0.9)": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True),
-    }
+    lines, ok = [], True
+    for dtype_name in dtypes:
+        for name, base in SYNC_BASES.items():
+            for granularity in ("row", "tensor"):
+                opt = make(shapes, "head.weight", DTYPES[dtype_name], "all", granularity, base=base)
+                what = f"LAWN({name}), {granularity}, {dtype_name}"
+                try:
+                    if launches(opt) == 0:  # also the warm-up step
+                        raise RuntimeError("the Triton fused step was not used")
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        opt.step()
+                        for group in opt.param_groups:
+                            for p in group["params"]:
+                                p.grad = p.grad.clone()  # new addresses: the launch tables are rebuilt
+                        opt.step()
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+                    torch.cuda.synchronize()
+                    lines.append(f"no host synchronisation in two steps of {what}: ok")
+                except Exception as error:  # reported, and the run exits with status 1
+                    ok = False
+                    lines.append(f"no host synchronisation in two steps of {what}: FAILED ({error!r})")
+                print(lines[-1], flush=True)
+    return lines, ok
+
+
+class SmallNet(nn.Module):
+    """Conv, channels-last conv, two linear layers: every tensor shape class of the kernels, small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 8 * 8, 300)
+        self.fc2 = nn.Linear(300, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def train(device: str, granularity: str, fused: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """``TRAIN_STEPS`` steps of LAWN(AdamW) on fixed random data (5 free steps), the losses and the weights."""
+    torch.manual_seed(0)
+    model = SmallNet()
+    model.conv2.weight.data = model.conv2.weight.data.contiguous(memory_format=torch.channels_last)
+    model = model.to(device)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, 3, 16, 16, generator=gen), torch.randint(0, 10, (32,), generator=gen)) for _ in range(4)]
+    base = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05, fused=True)
+    weights = [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
+    opt = lawn.LAWN(base, weights, free_steps=5, granularity=granularity, fused=fused)
+    losses = []
+    for step in range(TRAIN_STEPS):
+        x, y = data[step % len(data)]
+        loss = torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, {n: p.detach().cpu() for n, p in model.named_parameters()}
+
+
+def training_matches_cpu() -> tuple[list[str], bool]:
+    """The Triton step on the GPU against the reference path on the CPU, per row and per tensor (fp32, TF32 off)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lines, ok = [], True
+    for granularity in ("row", "tensor"):
+        try:
+            with counting() as counter, counting("_device_table") as tables:
+                gpu_losses, gpu = train("cuda", granularity, fused=True)
+            count = counter[0]
+            cpu_losses, cpu = train("cpu", granularity, fused=False)
+            weight_diff = max(float((gpu[n] - cpu[n]).abs().max()) for n in cpu)
+            loss_diff = max(abs(a - b) for a, b in zip(gpu_losses, cpu_losses))
+            good = count > 0
+            for n in cpu:
+                good &= torch.allclose(gpu[n], cpu[n], **TRAIN_TOLERANCE)
+            good &= math.isclose(gpu_losses[-1], cpu_losses[-1], rel_tol=1e-3, abs_tol=1e-4)
+            ok &= good
+            lines.append(
+                f"training, {granularity}: {TRAIN_STEPS} steps, {count} Triton launches, {tables[0]} tables copied "
+                f"to the GPU (3, then one per step whose new gradients came back at other addresses); largest "
+                f"difference from "
+                f"the CPU reference: weights {weight_diff:.2e}, losses {loss_diff:.2e} (last loss "
+                f"{gpu_losses[-1]:.4f} vs {cpu_losses[-1]:.4f}): {'ok' if good else 'FAILED'} "
+                f"(tolerance {TRAIN_TOLERANCE})"
+            )
+        except Exception as error:  # reported, and the run exits with status 1
+            ok = False
+            lines.append(f"training, {granularity}: FAILED ({error!r})")
+        print(lines[-1], flush=True)
+    return lines, ok
+
+
+def graph_capture() -> list[str]:
+    """One constrained step captured in a CUDA graph and replayed 3 times, against 3 eager steps (reported): with
+    the launch tables built before the capture, and built during it (new gradient tensors, as when a whole
+    training step is captured and its gradients come from the graph's memory pool)."""
     lines = []
-    for name, base in bases.items():
-        for granularity in ("row", "tensor"):
-            opt = make(shapes, "head.weight", dtype, "all", granularity, base=base)
-            if not uses_triton(opt):  # also the warm-up step
-                raise SystemExit(f"{name} {granularity}: the Triton fused step was not used")
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
+    shapes = _shapes_module().vit_shapes(1)
+
+    def capturable(ps: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, fused=True, capturable=True)
+
+    for granularity in ("row", "tensor"):
+        for tables in ("built before the capture", "built during the capture"):
+            what = f"CUDA graph, {granularity}, launch tables {tables}"
             try:
-                opt.step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            torch.cuda.synchronize()
-            lines.append(f"no host synchronisation in a step of LAWN({name}), {granularity}: ok")
+                eager = make(shapes, "head.weight", torch.float32, "all", granularity, base=capturable)
+                graphed = make(shapes, "head.weight", torch.float32, "all", granularity, base=capturable)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up off the default stream, as torch's graph docs ask
+                    for opt in (eager, graphed):
+                        for _ in range(2):
+                            opt.step()
+                torch.cuda.current_stream().wait_stream(side)
+                if tables == "built during the capture":
+                    for p in graphed.param_groups[0]["params"]:
+                        p.grad = p.grad.clone()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    graphed.step()
+                for _ in range(3):
+                    graph.replay()
+                for _ in range(3):
+                    eager.step()
+                torch.cuda.synchronize()
+                # eager: 2 + 3 steps; graphed: 2 + 1 captured (not run) + 3 replays
+                pairs = zip(eager.param_groups[0]["params"], graphed.param_groups[0]["params"])
+                diff = max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
+                lines.append(f"{what}: captured; 3 replays against 3 eager steps, max |Δw| = {diff:.2e}")
+            except Exception as error:  # reported only
+                lines.append(f"{what}: not capturable ({type(error).__name__}: {error})")
+                traceback.print_exc()
             print(lines[-1], flush=True)
     return lines
+
+
+def host_time(calls: int = 200) -> list[str]:
+    """CPU time of ``adam_`` besides its launches (replaced by a no-op), on CPU tensors of each model's weight
+    shapes: the first call (tables built), a call with everything cached, and one whose gradients are new
+    tensors (the gradient table replaced; two sets of gradients, alternating); ``time.process_time``, no GPU
+    needed."""
+    import time
+
+    import lawn.constraint.fused_step_triton as kernels
+
+    lines = []
+    launch = kernels._launch
+    kernels._launch = lambda *args, **options: None
+    try:
+        for set_name, shapes, _ in parameter_sets(quick=False):
+            ws = [torch.empty(shape) for _, shape in shapes if len(shape) >= 2]
+            m, v = ([torch.empty_like(w) for w in ws] for _ in range(2))
+            steps = [torch.zeros(()) for _ in ws]  # on the CPU: the host-step path
+            for per_row in (True, False):
+                targets = [torch.ones(w.shape[0] if per_row else ()) for w in ws]
+                options = dict(
+                    lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, decoupled=True, amsgrad=False,
+                    maximize=False, project=True, retract=True, per_row=per_row,
+                )  # fmt: skip
+                grads = [[torch.empty_like(w) for w in ws] for _ in range(2)]  # alternating: they move every call
+                started = time.process_time()
+                kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                first = time.process_time() - started
+                started = time.process_time()
+                for _ in range(calls):
+                    kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                cached = (time.process_time() - started) / calls
+                started = time.process_time()
+                for i in range(calls):
+                    kernels.adam_(ws, grads[1 - i % 2], m, v, [], steps, [], targets, **options)
+                moved = (time.process_time() - started) / calls
+                lines.append(
+                    f"host time of adam_, {set_name} ({len(ws)} weights), {'per row' if per_row else 'per tensor'}: "
+                    f"first call {first * 1e3:.1f} ms, cached {cached * 1e6:.0f} µs, new gradients "
+                    f"{moved * 1e6:.0f} µs"
+                )
+                print(lines[-1], flush=True)
+        started = time.process_time()
+        for _ in range(calls):
+            torch._foreach_add_(steps, 1.0)
+        lines.append(
+            f"of which the CPU steps' foreach increment: {(time.process_time() - started) / calls * 1e6:.0f} µs"
+        )
+        print(lines[-1], flush=True)
+    finally:
+        kernels._launch = launch
+    return lines
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=20, help="steps between two CUDA events (one round)")
     parser.add_argument("--reps", type=int, default=15, help="rounds")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--vit-blocks", type=int, default=2)
-    parser.add_argument("--skip-timing", action="store_true", help="only the host-sync check")
+    parser.add_argument("--quick", action="store_true", help="ResNet-18 only, 5 rounds: a smoke run")
+    parser.add_argument("--skip-timing", action="store_true", help="only the checks (b), (c), (d)")
     parser.add_argument("--markdown", action="store_true", help="print the results once more as a markdown block")
+    parser.add_argument("--host-time", action="store_true", help="only the host time of the step (no GPU needed)")
     args = parser.parse_args(argv)
+    if args.host_time:
+        host_time()
+        return 0
     if not torch.cuda.is_available():
         print("gpu_fused_step.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
         return 2
     if importlib.util.find_spec("triton") is None:
         print("gpu_fused_step.py needs triton (pip install 'lawn[triton]'); nothing measured")
         return 2
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, weights {args.dtype}", flush=True)
-    lines = no_host_sync(dtype)
+    if args.quick:
+        args.reps = min(args.reps, 5)
+    import triton
+
+    head = (
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"CUDA {torch.version.cuda}"
+    )
+    print(head, flush=True)
+    sync_lines, sync_ok = no_host_sync(args.dtypes)
+    train_lines, train_ok = training_matches_cpu()
+    graph_lines = graph_capture()
+    lines = [head, "", *sync_lines, *train_lines, *graph_lines]
     if not args.skip_timing:
-        lines += [""] + timing(args, dtype)
+        table, met = timing(args)
+        lines += ["", *table, "", f"all timing goals met: {'yes' if met else 'no'}", "", *host_time()]
     if args.markdown:
         print("\n" + "\n".join(lines))
-    return 0
+    return 0 if sync_ok and train_ok else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import lawn.constraint.fused_step as fused_step
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'lawn[triton]')")
 
-from triton_interpret_cases import cases  # noqa: E402  (after the skip: it needs nothing from triton itself)
+from triton_interpret_cases import FEW, MANY, cases, launch_cases  # noqa: E402  (after the skip: no triton needed)
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -33,7 +33,7 @@ CASES = [case.name for case in cases()]
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
-    """Every case's result, from one interpreter subprocess (about 25 s of CPU on a busy 2-core machine)."""
+    """Every case's result, from one interpreter subprocess (about a minute of CPU)."""
     env = {
         **os.environ,
         "TRITON_INTERPRET": "1",
@@ -62,6 +62,16 @@ def test_triton_step_equals_the_reference_path(case, interpreted):
     assert result["ok"], f"{case}:\n{result['error']}"
 
 
+@pytest.mark.parametrize("case", launch_cases())
+def test_launches_per_step_do_not_grow_with_the_number_of_weights(case, interpreted):
+    """With 3 and with 60 constrained weights (the same shapes repeated), every base and granularity: the same
+    number of kernel launches in each step, at most 6, and the 60 weights end where the reference path ends."""
+    result = interpreted.get(case)
+    assert result is not None, f"{case}: no result from the interpreter run"
+    assert result["ok"], f"{case}:\n{result['error']}"
+    assert result["few"] == result["many"] and max(result["many"]) <= 6, (FEW, result["few"], MANY, result["many"])
+
+
 def test_the_cases_cover_every_base_and_option():
     from triton_interpret_cases import BASES
 
@@ -77,9 +87,12 @@ def test_the_cases_cover_every_base_and_option():
 
 
 # ----------------------------------------------------------------------------- compiled for a GPU
-def _variants() -> list[tuple[str, str, dict[str, object], int]]:
-    """(kernel, dtype, constexprs, warps): each kernel with each optimizer's branches, projection and retraction on
-    and off, Adam's ``step`` read in the kernel and passed by the host, the largest tiles; fp32 and bf16."""
+def _variants() -> list[tuple[str, dict[str, object], int]]:
+    """(kernel, constexprs, warps): each kernel with each optimizer's branches, projection and retraction on and
+    off, Adam's ``step`` read in the kernel (fp32 and fp64) and passed by the host, the largest tiles; fp32 and
+    bf16 weights, with and without the 16-byte alignment hints."""
+    import triton.language as tl
+
     adam = {"ADAM": True, "AMSGRAD": True, "MOMENTUM": False, "FIRST": False, "NESTEROV": False}
     adam_host = {**adam, "AMSGRAD": False, "STEP_ON_DEVICE": False}
     adam |= {"STEP_ON_DEVICE": True}
@@ -92,29 +105,36 @@ def _variants() -> list[tuple[str, str, dict[str, object], int]]:
     short_rows = {"ROWS": 16, "BLOCK": 128, "ONE_CHUNK": True}
     chunked = {"ROWS": 1, "BLOCK": 2048, "ONE_CHUNK": False}
     tensor = {"BLOCK": 2048, "PARTS": 1024}
-    out: list[tuple[str, str, dict[str, object], int]] = []
-    for dtype in ("fp32", "bf16"):
+    out: list[tuple[str, dict[str, object], int]] = []
+    for dt, vec in ((tl.float32, 4), (tl.bfloat16, 8), (tl.bfloat16, 1)):
+        types = {"DT": dt, "VEC": vec}
+        step = {**types, "STEP_DT": tl.float32}
         out += [
-            ("_rows_kernel", dtype, {**adam, **both, **one_chunk}, 16),
-            ("_rows_kernel", dtype, {**adam, **both, **chunked}, 8),
-            ("_tensor_update_kernel", dtype, {**adam, **both, **tensor}, 8),
-            ("_tensor_dot_kernel", dtype, {"BLOCK": 2048}, 8),
-            ("_tensor_scale_kernel", dtype, {"BLOCK": 2048, "PARTS": 1024}, 8),
+            ("_rows_kernel", {**adam, **both, **one_chunk, **step}, 16),
+            ("_rows_kernel", {**adam, **both, **chunked, **step}, 8),
+            ("_tensor_update_kernel", {**adam, **both, **tensor, **step}, 8),
+            ("_tensor_dot_kernel", {"BLOCK": 2048, **types}, 8),
+            ("_tensor_scale_kernel", {"BLOCK": 2048, "PARTS": 1024, **types}, 8),
         ]
+    fp32, bf16 = (
+        {"DT": tl.float32, "VEC": 4, "STEP_DT": tl.float32},
+        {"DT": tl.bfloat16, "VEC": 8, "STEP_DT": tl.float32},
+    )
     out += [
-        ("_rows_kernel", "bf16", {**adam_host, **neither, **short_rows}, 8),
-        ("_tensor_update_kernel", "bf16", {**adam_host, **neither, **tensor}, 8),
-        ("_rows_kernel", "bf16", {**nesterov, **both, **short_rows}, 8),
-        ("_rows_kernel", "fp32", {**first, **neither, **chunked}, 8),
-        ("_tensor_update_kernel", "bf16", {**first, **both, **tensor}, 8),
-        ("_tensor_update_kernel", "fp32", {**plain, **neither, **tensor}, 8),
+        ("_rows_kernel", {**adam, **both, **short_rows, **fp32, "STEP_DT": tl.float64}, 8),
+        ("_rows_kernel", {**adam_host, **neither, **short_rows, **bf16}, 8),
+        ("_tensor_update_kernel", {**adam_host, **neither, **tensor, **bf16}, 8),
+        ("_rows_kernel", {**nesterov, **both, **short_rows, **bf16}, 8),
+        ("_rows_kernel", {**first, **neither, **chunked, **fp32}, 8),
+        ("_tensor_update_kernel", {**first, **both, **tensor, **bf16}, 8),
+        ("_tensor_update_kernel", {**plain, **neither, **tensor, **fp32}, 8),
     ]
     return out
 
 
-def _signature(kernel, dtype: str, constexprs: dict[str, object]) -> dict[str, str]:
-    """Every argument that is not a constexpr: pointers to the weights' dtype (fp32 for step, target, partials),
-    i64 sizes, fp32 hyper-parameters."""
+def _signature(kernel, constexprs: dict[str, object]) -> dict[str, str]:
+    """Every argument that is not a constexpr: the int64 tables (tasks, addresses, sizes), the fp32 partials,
+    fp32 hyper-parameters."""
     import inspect
 
     signature = {}
@@ -122,9 +142,7 @@ def _signature(kernel, dtype: str, constexprs: dict[str, object]) -> dict[str, s
         if name in constexprs:
             continue
         if name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in ("step_ptr", "target_ptr", "part_ptr") else f"*{dtype}"
-        elif name in ("rows", "cols", "n", "chunks"):
-            signature[name] = "i64"
+            signature[name] = "*fp32" if name == "part_ptr" else "*i64"
         else:
             signature[name] = "fp32"
     return signature
@@ -142,11 +160,107 @@ def test_kernels_compile_for_an_sm90_gpu():
     import lawn.constraint.fused_step_triton as kernels
 
     target = GPUTarget("cuda", 90, 32)
-    for name, dtype, constexprs, warps in _variants():
+    for name, constexprs, warps in _variants():
         fn = getattr(kernels, name)
-        source = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
+        source = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
         compiled = triton.compile(source, target=target, options={"num_warps": warps, "enable_fp_fusion": kernels.FMA})
-        assert compiled.asm.get("cubin"), (name, dtype, constexprs)
+        assert compiled.asm.get("cubin"), (name, constexprs)
+
+
+# ----------------------------------------------------------------------------- launch plans (no kernel runs)
+def _slots(shapes, dtype=torch.float32):
+    """A launch group of weights of these shapes, with gradients and Adam's two state tensors."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    ws = [torch.empty(shape, dtype=dtype) for shape in shapes]
+    state = [[torch.empty_like(w) for w in ws] for _ in range(3)]
+    return kernels._Slots(list(range(len(ws))), ws, *state)
+
+
+def test_a_plan_is_built_once_and_only_its_gradient_table_follows_moved_gradients():
+    """The tables are cached on the tensors' addresses and layouts: the same tensors reuse them (their checks do
+    not run again); a gradient at a new address only replaces the small gradient table (the new gradient
+    checked); one that breaks the layout's 16-byte alignment, or another moved storage, gets a new plan (checked
+    again), with the same task tables if sizes and alignment allow; another shape or granularity, other launches."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    slots = _slots([(6, 5), (4, 3, 3, 3), (4, 8)])  # per row: rows of 5, 27 (unaligned) and 8 (aligned) floats
+    checks = []
+    first = kernels._plan(slots, True, checks.append)
+    assert kernels._plan(slots, True, checks.append) is first and len(checks) == 1
+    assert first.vecs == [1, 1, 4] and first.grads.tolist() == [g.data_ptr() for g in slots.g]
+    slots.g[1] = torch.empty_like(slots.g[1])  # a new gradient tensor, as after zero_grad(set_to_none=True)
+    assert kernels._plan(slots, True, checks.append) is first and len(checks) == 1
+    assert first.grads.tolist() == [g.data_ptr() for g in slots.g]
+    slots.g[0] = torch.empty(6, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"grad\[0\]: expected a tensor of the weight's dtype"):
+        kernels._plan(slots, True, checks.append)
+    slots.g[0] = torch.empty(6, 5)
+    slots.g[2] = torch.empty(33)[1:].view(4, 8)  # 4 bytes past a 16-byte boundary
+    second = kernels._plan(slots, True, checks.append)
+    assert second is not first and second.vecs == [1, 1, 1] and len(checks) == 2
+    slots.a[0] = torch.empty_like(slots.a[0])  # a moved state tensor: new addresses, same task tables
+    third = kernels._plan(slots, True, checks.append)
+    assert third is not second and third.layout is second.layout and len(checks) == 3
+    slots.w[0] = slots.w[0].view(5, 6)  # same storage, another shape
+    fourth = kernels._plan(slots, True, checks.append)
+    assert fourth.layout is not third.layout and len(checks) == 4
+    assert kernels._plan(slots, False, checks.append).layout is not fourth.layout and len(checks) == 5
+
+
+def test_model_shapes_take_a_few_launches_whatever_the_number_of_weights():
+    """Per row one launch per row-length class, per tensor three: ResNet-18's 21 weights and twice them take the
+    same launches (9 per row, 3 per tensor), a ViT-B block 2 per row."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    overhead = _shapes()
+    resnet = [shape for _, shape in overhead.resnet18_shapes() if len(shape) >= 2]
+    vit = [shape for _, shape in overhead.vit_shapes(1) if len(shape) >= 2]
+    for shapes, per_row, launches in ((resnet, True, 9), (resnet, False, 3), (vit, True, 2)):
+        for dtype in (torch.float32, torch.bfloat16):
+            once = kernels._plan(_slots(shapes, dtype), per_row, lambda entries: None).layout
+            twice = kernels._plan(_slots(shapes * 2, dtype), per_row, lambda entries: None).layout
+            assert len(once.launches) == len(twice.launches) == launches
+            programs = sum(launch.grid for launch in once.launches)
+            assert sum(launch.grid for launch in twice.launches) == 2 * programs
+
+
+def _shapes():
+    import importlib.util
+
+    path = TESTS.parent / "benchmarks" / "step_overhead.py"
+    spec = importlib.util.spec_from_file_location("step_overhead", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("step_overhead", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_input_is_refused_before_any_state_changes():
+    """A target of the wrong dtype, lists of different lengths, non-empty norms: a ValueError that names the
+    culprit, and Adam's ``step`` is not incremented."""
+    import lawn.constraint.fused_step_triton as kernels
+
+    ws = [torch.zeros(3, 4), torch.zeros(2, 5)]
+    state = [torch.zeros_like(w) for w in ws]
+    steps = [torch.tensor(4.0), torch.tensor(4.0)]
+    targets = [torch.ones(3), torch.ones(2, dtype=torch.float64)]
+    options = dict(
+        lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=True, amsgrad=False,
+        maximize=False, project=True, retract=True, per_row=True,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"target\[1\]: expected contiguous float32"):
+        kernels.adam_(ws, state, state, state, [], steps, [], targets, **options)
+    with pytest.raises(ValueError, match=r"target\[0\]: expected 3 value\(s\), got 1"):
+        kernels.adam_(ws, state, state, state, [], steps, [], [torch.ones(1), torch.ones(2)], **options)
+    with pytest.raises(ValueError, match="adam_: lists differ in length"):
+        kernels.adam_(ws, state[:1], state, state, [], steps, [], targets, **options)
+    with pytest.raises(ValueError, match="adam_: norms must be empty"):
+        kernels.adam_(ws, state, state, state, [], steps, [torch.ones(1)] * 2, targets, **options)
+    with pytest.raises(ValueError, match=r"grad\[1\]: expected a tensor of the weight's dtype"):
+        grads = [state[0], state[1].double()]
+        kernels.adam_(ws, grads, state, state, [], steps, [], [torch.ones(3), torch.ones(2)], **options)
+    assert [float(s) for s in steps] == [4.0, 4.0]
 
 
 # ----------------------------------------------------------------------------- routing

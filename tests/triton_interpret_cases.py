@@ -31,7 +31,7 @@ from fused_bases import BASES
 # With TINY_TILING: (6, 5) per row: 4 rows per program (the second program half empty), per tensor: one program
 # walking 2 chunks; (4, 3, 3, 3): rows of 2 chunks, per tensor 2 programs of 4 chunks each (the three-kernel
 # path, 2 of 16 partial slots used); (3, 20): rows of 2 chunks, per tensor 2 programs of 2 chunks.
-TINY_TILING = {"ONE_CHUNK_MAX": 16, "TILE": 64, "CHUNK": 16, "SMALL_TENSOR": 32, "MAX_PROGRAMS": 2}
+TINY_TILING = {"ONE_CHUNK_MAX": 16, "TILE": 64, "CHUNK": 16, "MAX_PROGRAMS": 2}
 SHAPES = [(6, 5), (4, 3, 3, 3)]  # a linear layer, a channels-last conv
 CHUNKED_SHAPES = [(6, 5), (4, 3, 3, 3), (3, 20)]
 LONG_SHAPES = [(3, 12000)]  # with the default tiling: rows > ONE_CHUNK_MAX, a tensor > SMALL_TENSOR
@@ -179,6 +179,75 @@ def run_case(case: Case) -> dict[str, Any]:
     return {"case": case.name, "ok": ok, "error": error, "seconds": round(time.perf_counter() - started, 3)}
 
 
+# ----------------------------------------------------------------------------- launches per step
+LAUNCH_SHAPES = [(6, 5), (4, 3, 3, 3), (3, 20)]  # three row-length classes, two alignment classes per tensor
+FEW, MANY = 3, 60  # weights: the launches per step must not differ
+
+
+def launch_cases() -> list[str]:
+    """``launches-<base>-<granularity>`` for every base and both granularities."""
+    return [f"launches-{base}-{granularity}" for base in BASES for granularity in ("tensor", "row")]
+
+
+def launches_per_step(base: str, granularity: str, weights: int) -> tuple[list[int], list[torch.nn.Parameter]]:
+    """Kernel launches in each constrained step of LAWN over ``weights`` weights (shapes cycling through
+    ``LAUNCH_SHAPES``), with the weights after them; the Triton path when ``fused_step.backend`` says so. One
+    step; two for SGD with momentum (its buffer's first step is another kernel variant)."""
+    import lawn.constraint.fused_step_triton as fused_step_triton
+
+    gen = torch.Generator().manual_seed(weights)
+    shapes = [LAUNCH_SHAPES[i % len(LAUNCH_SHAPES)] for i in range(weights)]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=gen)) for shape in shapes]
+    opt = lawn.LAWN(BASES[base](params), params, free_steps=0, granularity=granularity)
+    steps = 2 if isinstance(opt.base, torch.optim.SGD) and opt.base.defaults["momentum"] else 1
+    grads = [[torch.randn(shape, generator=gen) * 0.1 for shape in shapes] for _ in range(steps)]
+    counts = []
+    launch = fused_step_triton._launch
+
+    def counted(*args: Any, **options: Any) -> None:
+        counts[-1] += 1
+        launch(*args, **options)
+
+    fused_step_triton._launch = counted
+    try:
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            counts.append(0)
+            opt.step()
+    finally:
+        fused_step_triton._launch = launch
+    return counts, params
+
+
+def run_launch_case(name: str) -> dict[str, Any]:
+    """The launches per step with ``FEW`` and ``MANY`` weights: equal, and the ``MANY`` weights' values those of
+    the reference path."""
+    import lawn.constraint.fused_step as fused_step
+
+    _, base, granularity = name.split("-")
+    started = time.perf_counter()
+    try:
+        few, _ = launches_per_step(base, granularity, FEW)
+        many, params = launches_per_step(base, granularity, MANY)
+        assert few == many and 0 < max(many) <= 6, f"launches per step: {few} with {FEW} weights, {many} with {MANY}"
+        route = fused_step.backend
+        fused_step.backend = lambda w, cuda=False: None  # the reference path
+        try:
+            no_kernel, expected = launches_per_step(base, granularity, MANY)
+        finally:
+            fused_step.backend = route
+        assert not any(no_kernel), no_kernel
+        for got, want in zip(params, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        ok, error = True, ""
+    except Exception:  # reported to the test, which fails with it
+        few = many = []
+        ok, error = False, traceback.format_exc(limit=8)
+    seconds = round(time.perf_counter() - started, 3)
+    return {"case": name, "ok": ok, "error": error, "seconds": seconds, "few": few, "many": many}
+
+
 def main(names: list[str]) -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("set TRITON_INTERPRET=1 (before triton is imported)", file=sys.stderr)
@@ -196,6 +265,9 @@ def main(names: list[str]) -> int:
     chosen = [c for c in cases() if not names or c.name in names]
     for case in chosen:
         print(json.dumps(run_case(case)), flush=True)
+    for name in launch_cases():
+        if not names or name in names:
+            print(json.dumps(run_launch_case(name)), flush=True)
     return 0
 
 
