@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 
 def pytest_configure(config) -> None:
     """Under pytest-xdist (`-n auto`: one worker process per core) each worker gets one torch thread: torch's
@@ -30,3 +32,16 @@ def pytest_sessionstart(session) -> None:
             show()
 
     reporter.ensure_show_status = once
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the old count restored after it: the harness's tiny models run fastest on
+    one thread, and much faster than on the default count on a busy machine. A test file opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``; nothing else changes its thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,12 +13,7 @@ from lawn_helpers import BNNet, batches, roundtrip, train_step
 EVERY, THRESHOLD, STEPS = 5, 0.5, 60
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 def make(seed: int = 0, lr: float = 0.1, free_steps=None, weight_decay: float = 0.0, momentum: float = 0.9):

@@ -17,12 +17,7 @@ from lawn.harness.train import train
 TINY = {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 2, "batch_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,7 @@ from lawn_helpers import BNNet, batches, roundtrip, train_step
 T, W, R, FREE, LR = 40, 5, 6, 15, 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 def make(seed: int = 0, free_steps=FREE, **kwargs):

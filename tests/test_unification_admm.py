@@ -10,13 +10,7 @@ from lawn.unification import ADMM, DENSE, PRUNED, UNIFIED, BlockSpec, harden, ha
 from lawn.unification.blocks import block_counts, grid_to_rows, to_blocks
 from unification_helpers import small_convnet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 _model = small_convnet

@@ -14,13 +14,7 @@ from lawn.unification import BlockSpec, compression_report, export, harden, hard
 from lawn.unification.export import pack_bits, unpack_bits
 from unification_helpers import small_convnet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 _model = small_convnet
