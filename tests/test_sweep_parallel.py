@@ -1,5 +1,5 @@
-"""Parallel sweeps: worker processes give the sequential rows, a dead worker fails only its run, two sweeps on
-one results file split the grid, Ctrl-C ends the workers and keeps the finished rows."""
+"""Parallel sweeps: worker processes give the sequential rows, a dead worker fails only its run, a failing run fails
+alone. Two sweeps on one file: test_sweep_shared_file.py; Ctrl-C: test_sweep_interrupt.py."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from lawn.harness.cli import main
 from lawn.harness.parallel import LocalPool, worker_devices
 from lawn.harness.results import read_rows
 from lawn.harness.sweep import SweepEvent, SweepFailed, SweepSpec, run_sweep
-from sweep_helpers import SPEC, by_key
+from sweep_helpers import SPEC, by_key, sequential_rows
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
@@ -30,12 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thr
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("ref") / "results.jsonl"
-    assert run_sweep(SweepSpec.from_dict(SPEC), path) == {"done": 8, "skipped": 0, "total": 8}
-    torch.set_num_threads(threads)
-    return by_key(read_rows(path))
+    return sequential_rows(tmp_path_factory.mktemp("ref") / "results.jsonl")
 
 
 def test_worker_devices_spread_runs_over_the_visible_gpus() -> None:
@@ -123,86 +114,3 @@ def test_a_failing_run_in_process_fails_alone(tmp_path: Path) -> None:
         run_sweep(spec, tmp_path / "r.jsonl")
     assert all(str(missing) in error for _, error in failed.value.failures)
     assert failed.value.counts == {"done": 0, "skipped": 0, "total": 8, "failed": 8}
-
-
-SHARED = """
-import json, sys, time, torch
-from pathlib import Path
-torch.set_num_threads(1)
-from lawn.harness.cli import main
-spec, results, me, other = sys.argv[1:5]
-Path(me).touch()
-while not Path(other).exists():  # start both sweeps at the same moment
-    time.sleep(0.01)
-main(["sweep", spec, "--results", results, "--threads", "1", "--no-progress"])
-print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
-"""
-
-
-def test_two_sweeps_on_one_file_split_the_grid(reference: list[dict], tmp_path: Path) -> None:
-    """One sweep in a subprocess (the command), one here, started together on the same results file."""
-    spec, path = tmp_path / "spec.json", tmp_path / "results.jsonl"
-    spec.write_text(json.dumps(SPEC))
-    there, here = tmp_path / "there.ready", tmp_path / "here.ready"
-    command = [sys.executable, "-c", SHARED, str(spec), str(path), str(there), str(here)]
-    other = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        while not there.exists():
-            assert other.poll() is None, other.communicate()
-            time.sleep(0.01)
-        here.touch()
-        counts = run_sweep(SweepSpec.from_dict(SPEC), path, poll_s=0.1)
-        out, err = other.communicate(timeout=300)
-    finally:
-        other.kill()
-    assert other.returncode == 0, err
-    done_there = int(re.search(r"sweep: (\d+) run\(s\) done now, (\d+) already", out).group(1))
-    assert counts["done"] + done_there == 8  # no run trained twice
-    assert counts["done"] >= 1 and done_there >= 1  # both trained: they really shared the grid
-    assert counts["done"] + counts["skipped"] == 8
-    assert by_key(read_rows(path)) == reference  # every run once, no damaged line
-    assert out.splitlines()[-1] == "[]"  # the sweep command never imported Ray
-
-
-def test_ctrl_c_ends_the_workers_and_keeps_finished_rows(tmp_path: Path) -> None:
-    """Two quick runs, then two that would take minutes: Ctrl-C (SIGINT to the process group) while they train."""
-    spec = tmp_path / "spec.json"
-    base = {k: v for k, v in SPEC["base"].items() if k != "epochs"}
-    grid = {"methods": ["plain"], "seeds": [0], "vary": {"epochs": [1, 5000]}}
-    spec.write_text(json.dumps({**SPEC, "base": base, **grid}))
-    path = tmp_path / "results.jsonl"
-    # A job a shell starts in the background (`pytest ... &`) inherits SIGINT *ignored*, and so would the driver:
-    # give it Ctrl-C's default handler, as in a terminal, whatever started this test run.
-    cli = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); " + (
-        "from lawn.harness.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    command = [sys.executable, "-c", cli, "sweep", str(spec), "--results", str(path)]
-    driver = subprocess.Popen(
-        [*command, "--jobs", "2", "--threads", "1", "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        while sum(" start " in line for line in lines) < 4 or sum(" done " in line for line in lines) < 2:
-            line = driver.stdout.readline()
-            assert line, f"the sweep ended early: {lines} {driver.stderr.read()}"
-            lines.append(line)
-        time.sleep(0.5)
-        os.killpg(driver.pid, signal.SIGINT)
-        rc = driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert rc == 130 and "interrupted; rerun the same command to resume" in driver.stderr.read()
-    workers = {int(pid) for line in lines for pid in re.findall(r"\(pid (\d+)\)", line)}
-    assert len(workers) == 2
-    deadline = time.monotonic() + 10  # ended, and reaped by their parent
-    while [pid for pid in workers if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
-    assert path.read_bytes().endswith(b"\n")
-    assert [row["config"]["epochs"] for row in read_rows(path)] == [1, 1]
