@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
+from lawn.harness.cli import main
 from lawn.harness.results import append_row, completed_keys, read_rows, repair
 
 
@@ -55,3 +58,25 @@ def test_damage_inside_the_file_is_an_error_naming_the_line(tmp_path: Path) -> N
         read_rows(path)
     with pytest.raises(FileNotFoundError, match="results file not found"):
         read_rows(tmp_path / "missing.jsonl")
+
+
+def test_report_counts_shared_runs_once_and_refuses_rows_without_config(tmp_path: Path, capsys):
+    spec = tmp_path / "spec.json"
+    base = {"dataset": "digits", "train_limit": 60, "test_limit": 30, "width": 4, "epochs": 1}
+    spec.write_text(
+        json.dumps(
+            {"base": base, "optimizers": ["adam"], "methods": ["plain"], "batch_sizes": [32], "lrs": [1e-3],
+             "seeds": [0, 1, 2]}
+        )
+    )  # fmt: skip
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["sweep", str(spec), "--results", str(a), "--no-progress", "--threads", "1"]) == 0
+    shutil.copy(a, b)  # the workflow of docs/harness.md: a file and a copy that shares its runs
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "r")]) == 0
+    text = capsys.readouterr().out
+    assert "(3 runs)" in text and " (3) |" in text and "(6" not in text  # was 6 runs, 6 seeds
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": "k1", "final": {}}) + "\n")
+    assert main(["report", str(bad), "--out", str(tmp_path / "r2")]) == 2  # was a traceback, exit 1
+    assert "lawn report: error: result row 'k1'" in capsys.readouterr().err

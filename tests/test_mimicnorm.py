@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import lawn
 from lawn import center_filters_, center_filters_after_step, convert_to_mimicnorm, mimicnorm_filters
 from lawn.mimicnorm import ChannelBias, LastBatchNorm
 
@@ -127,3 +128,10 @@ def test_bad_input_is_rejected_and_nothing_changes() -> None:
         convert_to_mimicnorm(model, num_classes=0)
     with pytest.raises(TypeError, match="model"):
         convert_to_mimicnorm("resnet", num_classes=3)  # type: ignore[arg-type]
+
+
+def test_mimicnorm_of_a_float64_model_stays_float64():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()
+    converted = lawn.convert_to_mimicnorm(model, num_classes=2)
+    assert converted.last_bn.running_mean.dtype == torch.float64
+    assert converted(torch.randn(5, 3, dtype=torch.float64)).dtype == torch.float64

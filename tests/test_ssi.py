@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import lawn
 from lawn import ResidualBranch, scale_shift_invariant_penalty
 
 FORMS = ["geometric", "product"]
@@ -116,3 +117,15 @@ def test_bad_input_is_rejected() -> None:
         scale_shift_invariant_penalty(["fc1"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="sequence"):
         scale_shift_invariant_penalty(torch.randn(3, 3))  # type: ignore[arg-type]
+
+
+def test_ssi_penalty_has_a_finite_gradient_at_a_zero_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    nn.init.zeros_(model[2].weight)  # a zero-initialised head
+    for form in ("geometric", "product"):
+        model.zero_grad()
+        penalty = lawn.scale_shift_invariant_penalty(model, form=form)
+        penalty.backward()
+        assert penalty.item() == 0.0
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
