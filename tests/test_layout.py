@@ -1,7 +1,8 @@
 """The layout's contract: the public API is unchanged, and the import rule of the house holds.
 
 Rule: a family imports the engine (``lawn.constraint``) or ``lawn.discovery`` when it needs them; the engine and
-discovery never import a family; ``lawn.harness`` imports everything and nothing imports it; no import circles.
+discovery never import a family (only the private leaf helpers such as ``lawn._checks``); ``lawn.harness`` imports
+everything and nothing imports it; no import circles.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ PUBLIC_BEFORE = [
     "project_onto_tangent", "retract", "scale_shift_invariant_penalty",
 ]  # fmt: skip
 CORE = ("lawn.constraint", "lawn.discovery")
+LEAVES = ("lawn._checks",)  # private helpers that import nothing of lawn: anyone may use them
 
 
 def _module_name(path: Path) -> str:
@@ -79,7 +81,7 @@ def test_engine_and_discovery_import_no_family_and_nothing_imports_the_harness()
         if not _within(module, "lawn.harness"):
             assert not any(_within(d, "lawn.harness") for d in deps), f"{module} imports the harness: {deps}"
         if any(_within(module, core) for core in CORE):
-            outside = {d for d in deps if not any(_within(d, core) for core in CORE)}
+            outside = {d for d in deps if not any(_within(d, core) for core in (*CORE, *LEAVES))}
             assert not outside, f"{module} (engine/discovery) imports {sorted(outside)}"
 
 
@@ -104,3 +106,31 @@ def test_no_import_circles() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_int_and_number_arguments_are_checked_by_one_helper() -> None:
+    """``isinstance(x, bool) or not isinstance(x, int)`` and its cousins live in ``lawn._checks`` alone."""
+    import re
+
+    from lawn._checks import is_int, is_number
+
+    assert is_int(3) and not is_int(True) and not is_int(3.0)
+    assert is_number(3) and is_number(0.5) and not is_number(False) and not is_number("1")
+    spelled_out = re.compile(r"isinstance\((\w+), bool\) or not isinstance\(\1, (int|\(int, float\)|int \| float)\)")
+    spelled_out_too = re.compile(
+        r"isinstance\((\w+), (int|\(int, float\)|int \| float)\) and not isinstance\(\1, bool\)"
+    )
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path.name != "_checks.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if spelled_out.search(line) or spelled_out_too.search(line)
+    ]
+    assert not [o for o in offenders if not o.startswith(("constraint/", "schedule.py"))], offenders
+
+
+def test_leaf_helpers_import_nothing_of_lawn() -> None:
+    graph = _imports()
+    for leaf in LEAVES:
+        assert not [d for d in graph[leaf] if d.startswith("lawn")], graph[leaf]

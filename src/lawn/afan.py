@@ -56,6 +56,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from lawn._checks import is_int, is_number
+
 Normalize = Literal["position", "batch"] | None
 BNMode = Literal["freeze", "update"]
 Direction = Literal["adversarial", "random"]
@@ -173,9 +175,7 @@ class AFAN:
             raise ValueError(f"bn: expected 'freeze' or 'update', got {bn!r}")
         if direction not in ("adversarial", "random"):
             raise ValueError(f"direction: expected 'adversarial' or 'random', got {direction!r}")
-        if channel_dim is not None and (
-            isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or channel_dim == 0
-        ):
+        if channel_dim is not None and (not is_int(channel_dim) or channel_dim == 0):
             raise ValueError(
                 f"channel_dim: expected None (inferred) or a non-zero int (0 is the batch), got {channel_dim!r}"
             )
@@ -336,7 +336,7 @@ class AFAN:
 
 # ---------------------------------------------------------------------- helpers
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _positive(value: Any) -> bool:

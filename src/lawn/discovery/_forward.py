@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lawn._checks import is_int
+
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 #: which part of a model's output to analyse: a key / attribute name, a position, or a function of the output
 OutputSelector = str | int | Callable[[Any], Any] | None
@@ -83,7 +85,7 @@ def select_output(output: Any, selector: OutputSelector) -> Any:
             return output[selector]
         if not isinstance(output, Mapping) and hasattr(output, selector):
             return getattr(output, selector)
-    elif isinstance(selector, int) and not isinstance(selector, bool) and isinstance(output, (tuple, list)):
+    elif is_int(selector) and isinstance(output, (tuple, list)):
         if -len(output) <= selector < len(output):
             return output[selector]
     else:

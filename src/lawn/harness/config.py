@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lawn._checks import is_int, is_number
+
 LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("cosine", "step", "constant")
 GRANULARITIES = ("tensor", "row")
@@ -246,11 +248,11 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise TypeError(f"{name}: expected true/false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise TypeError(f"{name}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
@@ -424,7 +426,7 @@ def parse_comparisons(data: dict[str, Any], extra_fields: Iterable[str] = ()) ->
         if both:
             raise ValueError(f"{where}.by: {both} fixed by both a and b, so they group nothing; remove them from by")
         margin = table["margin"]
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        if not is_number(margin) or not math.isfinite(margin) or margin < 0:
             raise ValueError(
                 f"{where}.margin: expected a number >= 0 in metric units (e.g. 0.005 = half a point of accuracy), "
                 f"got {margin!r}"

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 import lawn
 from lawn import pruning
+from lawn._checks import is_number
 from lawn.harness.checked import run_config
 from lawn.harness.config import COMPARE_KEYS, LOTTERY_FIELDS, RunConfig, load_mapping, parse_comparisons
 from lawn.harness.datasets import load_data
@@ -150,7 +151,7 @@ class LotterySpec:
             problems.append(f"rewind_steps: expected an integer >= 0, got {self.rewind_steps!r}")
         for name in ("finetune_lr_scale", "correlation_top"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            if not is_number(value) or not 0 < value <= 1:
                 problems.append(f"{name}: expected a number in (0, 1], got {value!r}")
         if isinstance(self.imp_rounds, bool) or not isinstance(self.imp_rounds, int) or self.imp_rounds < 1:
             problems.append(f"imp_rounds: expected an integer >= 1, got {self.imp_rounds!r}")

@@ -25,6 +25,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lawn._checks import is_number
+
 EXTRA_HINT = "pip install 'lawn[tensorboard]' (from a clone: pip install -e '.[tensorboard]')"
 
 
@@ -40,7 +42,7 @@ def run_dir(log_dir: str | Path, row: dict[str, Any]) -> Path:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     return float(value) if math.isfinite(value) else None
 

@@ -31,6 +31,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from lawn._checks import is_number
 from lawn.harness.config import LOTTERY_FIELDS, Comparison, load_mapping, parse_comparisons, with_late_defaults
 from lawn.harness.selection import NOT_SETTING, Selection, select
 
@@ -119,7 +120,7 @@ def field_value(row: dict[str, Any], name: str) -> Any:
 
 
 def _same(x: Any, y: Any) -> bool:
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+    numbers = all(is_number(v) for v in (x, y))
     return math.isclose(x, y, rel_tol=1e-9) if numbers else x == y
 
 
@@ -256,7 +257,7 @@ def edge_notes(arm: Arm, label: str, bounds: dict[str, str]) -> list[str]:
     """A note for each tuned numeric field whose selected value is the smallest or largest of its grid."""
     notes = []
     for name, values in arm.grid.items():
-        numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numeric = [v for v in values if is_number(v)]
         if len(numeric) < 2 or len(numeric) != len(values) or name not in arm.selected:
             continue
         value = arm.selected[name]

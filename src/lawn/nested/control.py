@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lawn._checks import is_int
 from lawn.nested.layers import NestedModule
 from lawn.nested.ordering import check_width
 
@@ -97,7 +98,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable[Any], batches: int 
     training mode and the weights at their means. Modes and momenta are restored afterwards; if the loader gives
     no batch (or the forward pass fails) the old statistics are restored too and the error is raised.
     """
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+    if batches is not None and (not is_int(batches) or batches < 1):
         raise ValueError(f"recalibrate_batchnorm: batches must be a positive int or None (all), got {batches!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -137,7 +138,7 @@ def mc_predict(model: nn.Module, x: torch.Tensor, samples: int = 8) -> torch.Ten
     Each draw samples the weights of layers with weight noise, and the cuts if the width is ``None``; at a fixed
     width of a model without weight noise all draws agree. Each module's own mode is restored afterwards.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if not is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     layers = _require_nested(model, "mc_predict")
     with own_modes(model), _sampling_weights(layers):

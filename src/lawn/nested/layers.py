@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lawn._checks import is_int
 from lawn.nested.ordering import VariationalOrdering, groups_kept
 
 __all__ = ["NestedConv2d", "NestedDropout", "NestedLinear", "NestedModule"]
@@ -28,7 +29,7 @@ _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
 
 
 def _check_groups(units: int, groups_of_units: int, name: str) -> int:
-    if isinstance(groups_of_units, bool) or not isinstance(groups_of_units, int) or groups_of_units < 1:
+    if not is_int(groups_of_units) or groups_of_units < 1:
         raise ValueError(f"groups_of_units must be a positive int, got {groups_of_units!r}")
     if units % groups_of_units:
         divisors = [d for d in range(1, units + 1) if units % d == 0]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lawn._checks import is_int, is_number
+
 __all__ = [
     "VariationalOrdering",
     "check_width",
@@ -37,7 +39,7 @@ def check_width(width: float | None, name: str = "width") -> float | None:
     """``width`` itself if it is ``None`` or a number in [0, 1]; a ``ValueError`` naming it otherwise."""
     if width is None:
         return None
-    if isinstance(width, bool) or not isinstance(width, (int, float)):
+    if not is_number(width):
         raise TypeError(f"{name} must be a float in [0, 1] or None (sampling), got {width!r}")
     if not 0.0 <= float(width) <= 1.0 or math.isnan(float(width)):
         raise ValueError(f"{name} must be in [0, 1] (the kept fraction of the droppable groups), got {width!r}")
@@ -106,9 +108,9 @@ class VariationalOrdering(nn.Module):
         self, groups: int, always_on: int = 1, prior: float = 0.9, temperature: float = 0.5, learn: bool = True
     ) -> None:
         super().__init__()
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ValueError(f"groups_of_units must be a positive int, got {groups!r}")
-        if isinstance(always_on, bool) or not isinstance(always_on, int) or not 0 <= always_on <= groups:
+        if not is_int(always_on) or not 0 <= always_on <= groups:
             raise ValueError(f"always_on must be an int in [0, groups_of_units={groups}], got {always_on!r}")
         if not 0.0 < float(prior) < 1.0:
             raise ValueError(f"prior must be a keep probability in (0, 1), got {prior!r}")

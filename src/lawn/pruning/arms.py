@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lawn._checks import is_int
 from lawn.pruning._names import dense_state
 from lawn.pruning.apply import apply_masks, check_masks, current_masks, remove_masks
 
@@ -75,7 +76,7 @@ def reinitialize(
 ) -> nn.Module:
     """Random re-initialization under the same masks: every module's ``reset_parameters()`` (or the state of
     ``factory()``) drawn under ``torch.manual_seed(seed)``, without touching the global random state."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     masks = _masks_or_current(model, masks)
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

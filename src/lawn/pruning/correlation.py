@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from lawn._checks import is_number
 from lawn.pruning._names import dense_state, effective_tensors
 
 
@@ -72,7 +73,7 @@ def weight_correlation(
 ) -> dict[str, object]:
     """``{"top", "layers": {name: stats}, "global": stats}`` with stats ``overlap, chance, pearson, spearman,
     cosine, numel`` (see the module doc)."""
-    if isinstance(top, bool) or not isinstance(top, (int, float)) or not 0.0 < top <= 1.0:
+    if not is_number(top) or not 0.0 < top <= 1.0:
         raise ValueError(f"top: must be a fraction in (0, 1], got {top!r}")
     s0, st = (effective_tensors(s) if isinstance(s, nn.Module) else dense_state(s) for s in (initial, trained))
     if params is None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lawn._checks import is_int
 from lawn.pruning.apply import apply_masks
 from lawn.pruning.arms import check_state, reinitialize, rewind
 from lawn.pruning.masks import check_sparsity, magnitude_masks
@@ -42,7 +43,7 @@ def iterative_magnitude_pruning(
     Returns one record per training run: ``{"round", "sparsity", "result", "masks"}`` (round 0 is dense);
     ``on_round`` is called with each record as it ends. ``initial_state`` defaults to ``model``'s state now.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    if not is_int(rounds) or rounds < 1:
         raise ValueError(f"rounds: expected an integer >= 1, got {rounds!r}")
     check_sparsity(rate, "rate")
     if rate == 0:

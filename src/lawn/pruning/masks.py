@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lawn._checks import is_number
 from lawn.pruning._names import canonical_names, effective_tensors, weighted_layers
 from lawn.pruning.apply import current_masks
 
@@ -61,7 +62,7 @@ def prunable_weights(model: nn.Module, params: Iterable[str] | str | None = None
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+    if not is_number(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"{what}: must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}")
     return float(sparsity)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lawn._checks import is_int, is_number
 from lawn.unification.blocks import BlockSpec, check_fractions, choose_kinds, from_blocks, project_blocks, to_blocks
 from lawn.unification.parametrization import harden
 from lawn.unification.selection import select_weights
@@ -148,9 +149,9 @@ class ADMM:
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"state[{key!r}][{name!r}]: shape {shape} != the weight's {tuple(m.weight.shape)}")
         rho, steps = state["rho"], state["steps"]
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (0 < rho < math.inf):
+        if not is_number(rho) or not (0 < rho < math.inf):
             raise ValueError(f"state['rho']: expected a positive finite number, got {rho!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise ValueError(f"state['steps']: expected an int >= 0, got {steps!r}")
         self.z = [state["z"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]
         self.u = [state["u"][n].to(m.weight) for n, m in zip(self.names, self.modules, strict=True)]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lawn._checks import is_number
+
 DENSE, UNIFIED, PRUNED = 0, 1, 2
 KIND_NAMES = {DENSE: "dense", UNIFIED: "unified", PRUNED: "pruned"}
 
@@ -93,7 +95,7 @@ def rows_to_grid(rows: torch.Tensor, grid_shape: tuple[int, ...]) -> torch.Tenso
 def check_fractions(unify: float, prune: float) -> None:
     """Fractions of blocks: each in [0, 1], together at most 1."""
     for name, value in (("unify", unify), ("prune", prune)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        if not is_number(value) or not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name}={value!r}: a fraction of blocks must be a number in [0, 1]")
     if float(unify) + float(prune) > 1.0 + 1e-12:
         raise ValueError(

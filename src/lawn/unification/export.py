@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lawn._checks import is_int
 from lawn.unification.blocks import DENSE, UNIFIED
 from lawn.unification.parametrization import hardened_layers, install
 
@@ -96,7 +97,7 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def _block_size(path: str, what: str, size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_int(size) or size < 1:
         raise _bad(path, f"{what}block size {size!r}")
     return size
 
