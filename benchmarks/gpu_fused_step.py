@@ -87,17 +87,17 @@ def uses_triton(opt: torch.optim.Optimizer) -> bool:
     import lawn.constraint.fused_step as fused_step
 
     calls: list[str] = []
-    original = fused_step.FusedStep._run
+    original = fused_step.step
 
-    def counted(self, kernel, engine, group, params, retract):
+    def counted(kernel, *args, **kwargs):
         calls.append(kernel.__name__)
-        return original(self, kernel, engine, group, params, retract)
+        return original(kernel, *args, **kwargs)
 
-    fused_step.FusedStep._run = counted
+    fused_step.step = counted
     try:
         opt.step()
     finally:
-        fused_step.FusedStep._run = original
+        fused_step.step = original
     return "lawn.constraint.fused_step_triton" in calls
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import lawn.constraint.fused_step as fused_step
+import lawn.constraint.paths as paths
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'lawn[triton]')")
 
@@ -161,13 +162,13 @@ def test_routing_sends_cuda_to_triton_cpu_to_cpp_and_the_rest_to_the_unfused_pat
     class CudaLike:  # what backend() reads of a CUDA tensor
         device = Device()
 
-    assert fused_step.backend(cpu) == "cpu"
-    assert fused_step.backend(meta) is None
-    assert fused_step.backend(CudaLike()) is None  # the default (fused=None): CUDA takes the torch-native path
-    assert fused_step.backend(CudaLike(), cuda=True) == "triton"  # fused=True; triton installed (importorskip)
-    monkeypatch.setattr(fused_step, "triton_installed", lambda: False)
-    assert fused_step.backend(CudaLike(), cuda=True) is None
-    assert fused_step.backend(cpu) == "cpu"
+    assert paths.backend(cpu) == "cpu"
+    assert paths.backend(meta) is None
+    assert paths.backend(CudaLike()) is None  # the default (fused=None): CUDA takes the torch-native path
+    assert paths.backend(CudaLike(), cuda=True) == "triton"  # fused=True; triton installed (importorskip)
+    monkeypatch.setattr(paths, "triton_installed", lambda: False)
+    assert paths.backend(CudaLike(), cuda=True) is None
+    assert paths.backend(cpu) == "cpu"
 
 
 def test_takes_routes_a_weight_by_backend_and_checks_steps_device(monkeypatch):
@@ -176,18 +177,18 @@ def test_takes_routes_a_weight_by_backend_and_checks_steps_device(monkeypatch):
     w = torch.nn.Parameter(torch.randn(3, 4))
     w.grad = torch.randn(3, 4)
     keys = fused_step._STATE_KEYS["adam"]
-    assert fused_step._takes(w, {}, keys, False) == "cpu"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "cpu"
-    monkeypatch.setattr(fused_step, "backend", lambda t, cuda=False: "triton")
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "triton"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys, True) is None
-    assert fused_step._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys, True) is None
+    assert paths._takes(w, {}, keys, False) == "cpu"
+    assert paths._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "cpu"
+    monkeypatch.setattr(paths, "backend", lambda t, cuda=False: "triton")
+    assert paths._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "triton"
+    assert paths._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys, True) is None
+    assert paths._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys, True) is None
     w.grad = None
-    assert fused_step._takes(w, {}, keys, False) is None
+    assert paths._takes(w, {}, keys, False) is None
 
 
 def test_import_lawn_does_not_import_triton():
-    code = "import sys, lawn, lawn.constraint.fused_step; print('triton' in sys.modules)"
+    code = "import sys, lawn, lawn.constraint.fused_step, lawn.constraint.paths; print('triton' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "False"
@@ -215,4 +216,4 @@ def test_cuda_weights_take_the_triton_step_only_when_fused_is_true():
     w = torch.nn.Parameter(torch.randn(3, 4))
     for fused, cuda in ((None, False), (True, True)):
         opt = lawn.LAWN(torch.optim.Adam([w], lr=1e-3), [w], free_steps=0, fused=fused)
-        assert opt._fused_step.cuda is cuda
+        assert opt._paths.cuda is cuda
