@@ -409,15 +409,15 @@ def host_time(calls: int = 200) -> list[str]:
                 )  # fmt: skip
                 grads = [[torch.empty_like(w) for w in ws] for _ in range(2)]  # alternating: they move every call
                 started = time.process_time()
-                kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                kernels.adam_(ws, grads[0], m, v, [], steps, targets, **options)
                 first = time.process_time() - started
                 started = time.process_time()
                 for _ in range(calls):
-                    kernels.adam_(ws, grads[0], m, v, [], steps, [], targets, **options)
+                    kernels.adam_(ws, grads[0], m, v, [], steps, targets, **options)
                 cached = (time.process_time() - started) / calls
                 started = time.process_time()
                 for i in range(calls):
-                    kernels.adam_(ws, grads[1 - i % 2], m, v, [], steps, [], targets, **options)
+                    kernels.adam_(ws, grads[1 - i % 2], m, v, [], steps, targets, **options)
                 moved = (time.process_time() - started) / calls
                 lines.append(
                     f"host time of adam_, {set_name} ({len(ws)} weights), {'per row' if per_row else 'per tensor'}: "

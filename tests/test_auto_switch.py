@@ -137,3 +137,27 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="check_every"):
         lawn.AutoSwitch(check_every=0)
     assert not any(k.startswith("lawn_") for k in base.param_groups[0])  # nothing written on error
+
+
+@pytest.mark.parametrize("free_steps", [3, "auto", lawn.AutoSwitch(check_every=EVERY, threshold=THRESHOLD)])
+def test_a_bare_base_checkpoint_loads_in_every_switch_mode(free_steps):
+    """The plain base optimizer's checkpoint (no LAWN entries) keeps LAWN's switch rule and its memory (was:
+    KeyError 'lawn_auto_max_free_steps' after the base's state was replaced, and at every later step)."""
+    data = batches(STEPS)
+    torch.manual_seed(0)
+    plain_model = BNNet()
+    plain = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9)
+    for xb, yb in data[:2]:
+        train_step(plain_model, plain, xb, yb)
+    model, opt = make(free_steps=free_steps)
+    rule = {k: v for k, v in opt.param_groups[0].items() if k.startswith("lawn_")}
+    model.load_state_dict(plain_model.state_dict())
+    opt.load_state_dict(roundtrip(plain.state_dict()))
+    assert {k: v for k, v in opt.param_groups[0].items() if k.startswith("lawn_")}.keys() == rule.keys()
+    assert opt.free_steps_setting == (3 if free_steps == 3 else "auto")
+    for p, q in zip(model.parameters(), plain_model.parameters()):  # the base's state is the checkpoint's
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], plain.state[q]["momentum_buffer"])
+    for xb, yb in data[2:]:
+        train_step(model, opt, xb, yb)
+    assert opt.steps == STEPS - 2
+    assert opt.phase == "constrained" or free_steps == "auto"  # AutoSwitch() checks every 50 steps: maybe not yet

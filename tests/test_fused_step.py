@@ -70,13 +70,13 @@ def assert_same_state(opt_a: torch.optim.Optimizer, opt_b: torch.optim.Optimizer
 def kernel_calls(monkeypatch) -> list[int]:
     """How many tensors went through the fused kernel, per call."""
     calls: list[int] = []
-    original = fused_step.FusedStep._run
+    original = fused_step.step
 
-    def counted(self, kernel, engine, group, params, retract):
+    def counted(kernel, kind, params, *args, **kwargs):
         calls.append(len(params))
-        return original(self, kernel, engine, group, params, retract)
+        return original(kernel, kind, params, *args, **kwargs)
 
-    monkeypatch.setattr(fused_step.FusedStep, "_run", counted)
+    monkeypatch.setattr(fused_step, "step", counted)
     return calls
 
 
@@ -170,9 +170,9 @@ def test_other_bases_tensors_and_options_keep_todays_paths(kernel_calls):
     """Other bases, a tensor learning rate, fp64 / transposed weights, ``fused=False`` and ``compiled=True`` do not
     use the kernel; in a mixed list the kernel takes what it can and the rest matches the reference."""
     ps = make_params(torch.float32)
-    assert lawn.LAWN(torch.optim.RAdam(ps), ps[:1], free_steps=0)._fused_step is None
-    assert lawn.LAWN(torch.optim.Adam(ps), ps[:1], free_steps=0, fused=False)._fused_step is None
-    assert lawn.LAWN(torch.optim.Adam(ps), ps[:1], free_steps=0, foreach=False)._fused_step is None
+    assert lawn.LAWN(torch.optim.RAdam(ps), ps[:1], free_steps=0)._paths.step_kind is None
+    assert lawn.LAWN(torch.optim.Adam(ps), ps[:1], free_steps=0, fused=False)._paths.step_kind is None
+    assert lawn.LAWN(torch.optim.Adam(ps), ps[:1], free_steps=0, foreach=False)._paths.step_kind is None
 
     ps = make_params(torch.float32)
     opt = lawn.LAWN(torch.optim.Adam(ps, lr=torch.tensor(1e-2)), ps[:-1], free_steps=0)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import lawn.constraint.fused_step as fused_step
+import lawn.constraint.paths as paths
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'lawn[triton]')")
 
@@ -237,7 +238,7 @@ def _shapes():
 
 
 def test_bad_input_is_refused_before_any_state_changes():
-    """A target of the wrong dtype, lists of different lengths, non-empty norms: a ValueError that names the
+    """A target of the wrong dtype, lists of different lengths, a gradient of another dtype: a ValueError that names the
     culprit, and Adam's ``step`` is not incremented."""
     import lawn.constraint.fused_step_triton as kernels
 
@@ -250,16 +251,14 @@ def test_bad_input_is_refused_before_any_state_changes():
         maximize=False, project=True, retract=True, per_row=True,
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"target\[1\]: expected contiguous float32"):
-        kernels.adam_(ws, state, state, state, [], steps, [], targets, **options)
+        kernels.adam_(ws, state, state, state, [], steps, targets, **options)
     with pytest.raises(ValueError, match=r"target\[0\]: expected 3 value\(s\), got 1"):
-        kernels.adam_(ws, state, state, state, [], steps, [], [torch.ones(1), torch.ones(2)], **options)
+        kernels.adam_(ws, state, state, state, [], steps, [torch.ones(1), torch.ones(2)], **options)
     with pytest.raises(ValueError, match="adam_: lists differ in length"):
-        kernels.adam_(ws, state[:1], state, state, [], steps, [], targets, **options)
-    with pytest.raises(ValueError, match="adam_: norms must be empty"):
-        kernels.adam_(ws, state, state, state, [], steps, [torch.ones(1)] * 2, targets, **options)
+        kernels.adam_(ws, state[:1], state, state, [], steps, targets, **options)
     with pytest.raises(ValueError, match=r"grad\[1\]: expected a tensor of the weight's dtype"):
         grads = [state[0], state[1].double()]
-        kernels.adam_(ws, grads, state, state, [], steps, [], [torch.ones(3), torch.ones(2)], **options)
+        kernels.adam_(ws, grads, state, state, [], steps, [torch.ones(3), torch.ones(2)], **options)
     assert [float(s) for s in steps] == [4.0, 4.0]
 
 
@@ -275,13 +274,13 @@ def test_routing_sends_cuda_to_triton_cpu_to_cpp_and_the_rest_to_the_unfused_pat
     class CudaLike:  # what backend() reads of a CUDA tensor
         device = Device()
 
-    assert fused_step.backend(cpu) == "cpu"
-    assert fused_step.backend(meta) is None
-    assert fused_step.backend(CudaLike()) is None  # the default (fused=None): CUDA takes the torch-native path
-    assert fused_step.backend(CudaLike(), cuda=True) == "triton"  # fused=True; triton installed (importorskip)
-    monkeypatch.setattr(fused_step, "triton_installed", lambda: False)
-    assert fused_step.backend(CudaLike(), cuda=True) is None
-    assert fused_step.backend(cpu) == "cpu"
+    assert paths.backend(cpu) == "cpu"
+    assert paths.backend(meta) is None
+    assert paths.backend(CudaLike()) is None  # the default (fused=None): CUDA takes the torch-native path
+    assert paths.backend(CudaLike(), cuda=True) == "triton"  # fused=True; triton installed (importorskip)
+    monkeypatch.setattr(paths, "triton_installed", lambda: False)
+    assert paths.backend(CudaLike(), cuda=True) is None
+    assert paths.backend(cpu) == "cpu"
 
 
 def test_takes_routes_a_weight_by_backend_and_checks_steps_device(monkeypatch):
@@ -290,18 +289,18 @@ def test_takes_routes_a_weight_by_backend_and_checks_steps_device(monkeypatch):
     w = torch.nn.Parameter(torch.randn(3, 4))
     w.grad = torch.randn(3, 4)
     keys = fused_step._STATE_KEYS["adam"]
-    assert fused_step._takes(w, {}, keys, False) == "cpu"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "cpu"
-    monkeypatch.setattr(fused_step, "backend", lambda t, cuda=False: "triton")
-    assert fused_step._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "triton"
-    assert fused_step._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys, True) is None
-    assert fused_step._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys, True) is None
+    assert paths._takes(w, {}, keys, False) == "cpu"
+    assert paths._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "cpu"
+    monkeypatch.setattr(paths, "backend", lambda t, cuda=False: "triton")
+    assert paths._takes(w, {"step": torch.tensor(1.0)}, keys, True) == "triton"
+    assert paths._takes(w, {"step": torch.tensor(1.0, device="meta")}, keys, True) is None
+    assert paths._takes(w, {"exp_avg": torch.zeros(3, 4, dtype=torch.float64)}, keys, True) is None
     w.grad = None
-    assert fused_step._takes(w, {}, keys, False) is None
+    assert paths._takes(w, {}, keys, False) is None
 
 
 def test_import_lawn_does_not_import_triton():
-    code = "import sys, lawn, lawn.constraint.fused_step; print('triton' in sys.modules)"
+    code = "import sys, lawn, lawn.constraint.fused_step, lawn.constraint.paths; print('triton' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "False"
@@ -329,4 +328,4 @@ def test_cuda_weights_take_the_triton_step_only_when_fused_is_true():
     w = torch.nn.Parameter(torch.randn(3, 4))
     for fused, cuda in ((None, False), (True, True)):
         opt = lawn.LAWN(torch.optim.Adam([w], lr=1e-3), [w], free_steps=0, fused=fused)
-        assert opt._fused_step.cuda is cuda
+        assert opt._paths.cuda is cuda

@@ -326,3 +326,13 @@ def test_step_hooks_run():
     opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
     train_step(model, opt, *batches(1)[0])
     assert calls == ["pre", "post"]
+
+
+def test_a_switch_step_set_by_hand_in_every_group_is_followed():
+    """The switch rule lives in param_groups (as load_state_dict's warning says: set an option in every group)."""
+    model, _, opt = make(free_steps=100)
+    for group in opt.param_groups:
+        group["lawn_free_steps"] = 2
+    for xb, yb in batches(3):
+        train_step(model, opt, xb, yb)
+    assert opt.switch_step == 2 and opt.phase == "constrained"

@@ -148,3 +148,60 @@ def test_bad_checkpoint_is_refused_before_loading(model):
 def test_bad_retract_every_is_named(model, every, error):
     with pytest.raises(error, match="retract_every"):
         lawn.NormConstraint(adam(model), model.tail(), free_steps=1, retract_every=every)
+
+
+# ----------------------------------------------------------------------------- units pruned on purpose
+def _pruned_model(how: str) -> tuple[BNNet, torch.Tensor]:
+    """BNNet whose head has output unit 1 removed by a mask (its stored row is zero), with that stored tensor."""
+    torch.manual_seed(0)
+    model = BNNet()
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    mask[1] = False
+    if how == "lawn.apply_masks":
+        lawn.apply_masks(model, {"head.weight": mask})  # zeroes the stored row too
+        return model, model.head.parametrizations.weight.original
+    from torch.nn.utils import prune
+
+    prune.custom_from_mask(model.head, "weight", mask)
+    with torch.no_grad():
+        model.head.weight_orig[1].zero_()  # torch keeps the pruned values: make the row exactly zero
+    return model, model.head.weight_orig
+
+
+@pytest.mark.parametrize("options", [{}, {"fused": False}, {"foreach": False}], ids=["fused_step", "foreach", "ref"])
+@pytest.mark.parametrize("how", ["lawn.apply_masks", "torch.nn.utils.prune"])
+@pytest.mark.parametrize("select", ["all_layer_weights", "discovery"])
+def test_a_unit_pruned_on_purpose_stays_zero_and_is_skipped_under_row_granularity(select, how, options):
+    model, stored = _pruned_model(how)
+    weights = (
+        lawn.all_layer_weights(model)
+        if select == "all_layer_weights"
+        else lawn.final_homogeneous_params(model, batches(1)[0][0])
+    )
+    opt = lawn.LAWN(adam(model), weights, free_steps=1, granularity="row", **options)
+    for xb, yb in batches(4):
+        train_step(model, opt, xb, yb)  # was: "row 1 has norm 0.0" at the switch and at every later step
+    assert opt.phase == "constrained" and opt.switch_step == 1
+    name = next(name for name, p in weights if p is stored)
+    target = opt.target_norms[name]
+    assert float(target[1]) == 0.0 and bool((target[[0, 2, 3]] > 0).all())
+    assert bool((stored.detach()[1] == 0).all())  # stays exactly zero
+    torch.testing.assert_close(lawn.norms(stored, "row")[[0, 2, 3]], target[[0, 2, 3]], rtol=1e-5, atol=0)
+
+
+def test_an_accidental_zero_row_is_refused_even_in_a_masked_weight(model):
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    mask[1] = False
+    lawn.apply_masks(model, {"head.weight": mask})
+    with torch.no_grad():
+        model.head.parametrizations.weight.original[2].zero_()  # zero, but not masked
+    opt = lawn.LAWN(adam(model), lawn.all_layer_weights(model), free_steps=10, granularity="row")
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"'head.parametrizations.weight.original' \(row 2\) has norm 0"):
+        opt.freeze()
+    assert opt.phase == "free"
+    assert_same_tree(before, snapshot(model, opt))
+    stored = model.head.parametrizations.weight.original
+    plain = lawn.LAWN(adam(model), [("w", stored)], free_steps=10, granularity="row")
+    with pytest.raises(ValueError, match=r"'w' \(row 1\) has norm 0.*pruned on purpose is skipped when its mask"):
+        plain.freeze()  # a plain entry carries no mask: its zero rows are all refused, and the message says why

@@ -134,3 +134,18 @@ def test_leaf_helpers_import_nothing_of_lawn() -> None:
     graph = _imports()
     for leaf in LEAVES:
         assert not [d for d in graph[leaf] if d.startswith("lawn")], graph[leaf]
+
+
+def test_no_fast_path_imports_the_engine_not_even_for_type_hints() -> None:
+    """The engine asks ``constraint/paths.py`` for the path and hands the fast paths plain data."""
+    engine = "lawn.constraint.engine"
+    for path in (SRC / "constraint").glob("*.py"):
+        if path.stem in ("engine", "__init__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):  # every node: type-only imports count too
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            assert engine not in names, f"{path.name} imports {engine}"

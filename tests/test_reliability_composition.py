@@ -97,3 +97,37 @@ def test_item11_a_zero_row_at_the_switch_fails_without_changing_anything_later()
         model.head.weight[0].fill_(0.1)  # fixed: the next step switches and runs constrained
     train_step(model, opt, *data[2])
     assert opt.phase == "constrained" and opt.steps == 2
+
+
+def _nested(free_inner, free_outer, seed: int = 0):
+    model = _model(seed)
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    inner = lawn.LAWN(base, [("stem.weight", model.stem.weight)], free_steps=free_inner)
+    outer = lawn.LAWN(inner, model.tail(), free_steps=free_outer) if free_outer is not None else None
+    return model, base, inner, outer
+
+
+def test_nested_constraints_keep_every_key_under_their_own_prefix():
+    _, base, _, _ = _nested("auto", "auto")
+    group = base.param_groups[0]
+    inner = {k.removeprefix("lawn_") for k in group if k.startswith("lawn_")}
+    outer = {k.removeprefix("lawn2_") for k in group if k.startswith("lawn2_")}
+    assert inner == outer and {"switch_step", "auto_check_every", "auto_peak_growth", "target_norms"} <= inner
+    assert not [k for k in group if k.startswith("lawn") and not k.startswith(("lawn_", "lawn2_"))]
+
+
+def test_an_inner_fixed_switch_is_unaffected_by_the_outer_switch():
+    model, _, inner, outer = _nested(3, 6)
+    for xb, yb in batches(8):
+        train_step(model, outer, xb, yb)
+    assert (inner.switch_step, outer.switch_step) == (3, 6)  # the inner one was 6 once the outer switched
+
+
+def test_an_inner_automatic_switch_fires_where_it_fires_alone():
+    rule = lawn.AutoSwitch(check_every=5, threshold=0.5)
+    alone_model, _, alone, _ = _nested(rule, None)
+    model, _, inner, outer = _nested(rule, lawn.AutoSwitch(check_every=10_000))  # the outer never checks here
+    for xb, yb in batches(80):
+        train_step(alone_model, alone, xb, yb)
+        train_step(model, outer, xb, yb)
+    assert alone.switch_step is not None and inner.switch_step == alone.switch_step and outer.phase == "free"

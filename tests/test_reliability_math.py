@@ -25,7 +25,8 @@ def test_item12_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_c
     model = _Decoder()
     x = torch.randn(8, 4)
     tail = lawn.final_homogeneous_params(model, x)
-    assert "up.weight" in dict(tail) and lawn.constraint.output_dim(model.up.weight) == 1
+    assert {entry[0]: entry.output_dim for entry in tail}["up.weight"] == 1  # carried with the entry, not tagged
+    assert lawn.constraint.output_dim(model.up.weight) == 0
     opt = lawn.LAWN(
         torch.optim.Adam(model.parameters(), lr=0.05), tail, free_steps=0, granularity="row", foreach=foreach
     )

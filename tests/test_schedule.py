@@ -126,3 +126,56 @@ def test_a_schedule_shorter_than_the_free_phase_warns() -> None:
         warnings.simplefilter("error")
         lawn.LAWNSchedule(lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=10), total_steps=100)
         lawn.LAWNSchedule(lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps="auto"), total_steps=100)
+
+
+def test_a_switch_during_the_warm_up_drops_at_most_once_then_rises_to_the_peak_and_decays():
+    """No saw-tooth: with the switch inside the warm-up the factor is the smaller of the two ramps until both are
+    done (the peak at max(W, s + R)), then the decay."""
+    for warmup, switch, rewarmup in ((4, 1, 6), (8, 1, 6), (8, 2, 3), (8, 0, 10)):  # (4, 1, 6): was 1 → .67 → 1
+        start = max(warmup, switch + rewarmup)
+        kwargs = {"warmup_steps": warmup, "rewarmup_steps": rewarmup, "rewarmup_from": 0.0}
+        factors = [lawn_schedule_factor(t, 40, switch, **kwargs) for t in range(40)]
+        drops = [t for t in range(1, 40) if factors[t] < factors[t - 1] and t < start]
+        assert drops in ([], [switch])  # at most one drop, at the switch
+        assert all(a <= b for a, b in zip(factors[switch:start], factors[switch + 1 : start + 1]))
+        assert factors[start] == pytest.approx(1.0) and max(factors) == pytest.approx(1.0)
+        assert all(a >= b for a, b in zip(factors[start:], factors[start + 1 :]))  # then only the decay
+        for t in range(switch, start):
+            rewarm = (t - switch + 1) / rewarmup if t - switch < rewarmup else 1.0
+            assert factors[t] == pytest.approx(min((t + 1) / warmup if t < warmup else 1.0, rewarm))
+
+
+def test_a_warm_up_as_long_as_the_run_warns():
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=10)
+    with pytest.warns(UserWarning, match=r"warmup_steps=120 >= total_steps=100: the run ends in its warm-up before"):
+        lawn.LAWNSchedule(opt, total_steps=100, warmup_steps=120)
+    with pytest.warns(UserWarning, match=r"warmup_steps=100 >= total_steps=100: .* never decays"):
+        lawn.LAWNSchedule(opt, total_steps=100, warmup_steps=100)
+
+
+def test_a_fixed_switch_too_late_for_the_re_warm_up_warns():
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=95)
+    with pytest.warns(UserWarning, match=r"leaves 5 of total_steps=100 for a re-warm-up of rewarmup_steps=10"):
+        lawn.LAWNSchedule(opt, total_steps=100, rewarmup_steps=10)
+
+
+@pytest.mark.parametrize("before_switch", ["constant", "decay"])
+def test_an_automatic_switch_that_never_fires_warns_once_when_too_late(before_switch):
+    import warnings
+
+    model, opt, sched = make(free_steps=lawn.AutoSwitch(check_every=1000), before_switch=before_switch)
+    data = batches(T)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        used = run(model, opt, sched, data[: T - R - 1])
+    assert not [w for w in caught if "LAWNSchedule" in str(w.message)]  # still time for the shape
+    with pytest.warns(UserWarning, match=r"has not fired by step 34 of total_steps=40.*ends in the free phase") as got:
+        used += run(model, opt, sched, data[T - R - 1 :])
+    assert len([w for w in got if "LAWNSchedule" in str(w.message)]) == 1
+    assert opt.switch_step is None
+    if before_switch == "constant":
+        assert used[W:] == pytest.approx([LR] * (T - W))  # the shape it has: no decay
+    else:
+        assert all(a >= b for a, b in zip(used[W:], used[W + 1 :])) and used[-1] < LR / 2

@@ -3,7 +3,7 @@
 ``tests/test_fused_step_triton.py`` runs this once in a subprocess with ``TRITON_INTERPRET=1`` (it must be set
 before ``triton.jit`` decorates the kernels) and checks each case's line of JSON. Each case runs LAWN twice over
 the same parameters and gradients: once with every constrained tensor routed to the Triton kernels
-(``fused_step.backend`` patched to answer ``"triton"`` for CPU tensors), once on the reference path
+(``paths.backend`` patched to answer ``"triton"`` for CPU tensors), once on the reference path
 (``foreach=False, fused=False``: per-tensor projection, the base's own ``step()``, per-tensor retraction), and
 compares weights, every state tensor (dtype, layout, values) and the norms after the last retraction.
 
@@ -148,12 +148,12 @@ def run_case(case: Case) -> dict[str, Any]:
     saved = {name: getattr(fused_step_triton, name) for name in TINY_TILING}
     saved_step = fused_step_triton._step_in_kernel
     calls: list[int] = []
-    run_kernel = fused_step.FusedStep._run
+    run_kernel = fused_step.step
 
-    def counted(self, kernel, engine, group, params, retract):
+    def counted(kernel, kind, params, *args, **kwargs):
         assert kernel is fused_step_triton, "a tensor went to another kernel than the Triton one"
         calls.append(len(params))
-        return run_kernel(self, kernel, engine, group, params, retract)
+        return run_kernel(kernel, kind, params, *args, **kwargs)
 
     started = time.perf_counter()
     try:
@@ -161,9 +161,9 @@ def run_case(case: Case) -> dict[str, Any]:
             setattr(fused_step_triton, name, value)
         if case.host_step:
             fused_step_triton._step_in_kernel = lambda step, w: False
-        fused_step.FusedStep._run = counted
+        fused_step.step = counted
         got = run(case)
-        fused_step.FusedStep._run = run_kernel
+        fused_step.step = run_kernel
         expected = run(case, foreach=False, fused=False)
         constrained_steps = case.steps - 2
         assert calls == [len(case.shapes)] * constrained_steps, f"Triton kernel calls: {calls}"
@@ -172,7 +172,7 @@ def run_case(case: Case) -> dict[str, Any]:
     except Exception:  # reported to the test, which fails with it
         ok, error = False, traceback.format_exc(limit=8)
     finally:
-        fused_step.FusedStep._run = run_kernel
+        fused_step.step = run_kernel
         fused_step_triton._step_in_kernel = saved_step
         for name, value in saved.items():
             setattr(fused_step_triton, name, value)
@@ -191,7 +191,7 @@ def launch_cases() -> list[str]:
 
 def launches_per_step(base: str, granularity: str, weights: int) -> tuple[list[int], list[torch.nn.Parameter]]:
     """Kernel launches in each constrained step of LAWN over ``weights`` weights (shapes cycling through
-    ``LAUNCH_SHAPES``), with the weights after them; the Triton path when ``fused_step.backend`` says so. One
+    ``LAUNCH_SHAPES``), with the weights after them; the Triton path when ``paths.backend`` says so. One
     step; two for SGD with momentum (its buffer's first step is another kernel variant)."""
     import lawn.constraint.fused_step_triton as fused_step_triton
 
@@ -223,7 +223,7 @@ def launches_per_step(base: str, granularity: str, weights: int) -> tuple[list[i
 def run_launch_case(name: str) -> dict[str, Any]:
     """The launches per step with ``FEW`` and ``MANY`` weights: equal, and the ``MANY`` weights' values those of
     the reference path."""
-    import lawn.constraint.fused_step as fused_step
+    import lawn.constraint.paths as paths
 
     _, base, granularity = name.split("-")
     started = time.perf_counter()
@@ -231,12 +231,12 @@ def run_launch_case(name: str) -> dict[str, Any]:
         few, _ = launches_per_step(base, granularity, FEW)
         many, params = launches_per_step(base, granularity, MANY)
         assert few == many and 0 < max(many) <= 6, f"launches per step: {few} with {FEW} weights, {many} with {MANY}"
-        route = fused_step.backend
-        fused_step.backend = lambda w, cuda=False: None  # the reference path
+        route = paths.backend
+        paths.backend = lambda w, cuda=False: None  # the reference path
         try:
             no_kernel, expected = launches_per_step(base, granularity, MANY)
         finally:
-            fused_step.backend = route
+            paths.backend = route
         assert not any(no_kernel), no_kernel
         for got, want in zip(params, expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -256,12 +256,13 @@ def main(names: list[str]) -> int:
     # 0/0 in the padding rows of a tile (its coefficient and scale are then replaced, as for any non-finite one)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.runtime.interpreter")
     import lawn.constraint.fused_step as fused_step
+    import lawn.constraint.paths as paths
 
     def no_cpp_build():
         raise AssertionError("the C++ kernel must not be built here")
 
     fused_step.build = no_cpp_build
-    fused_step.backend = lambda w, cuda=False: "triton"  # the interpreter runs the Triton kernels on CPU tensors
+    paths.backend = lambda w, cuda=False: "triton"  # the interpreter runs the Triton kernels on CPU tensors
     chosen = [c for c in cases() if not names or c.name in names]
     for case in chosen:
         print(json.dumps(run_case(case)), flush=True)

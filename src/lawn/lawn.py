@@ -12,18 +12,14 @@ The switch comes after a fixed number of steps, or by itself (``free_steps="auto
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch.optim import Optimizer
 
-from lawn.constraint import auto_switch
-from lawn.constraint.auto_switch import AutoSwitch
+from lawn.constraint.auto_switch import AUTO, AutoSwitch
 from lawn.constraint.engine import NamedParams, NormConstraint
+from lawn.constraint.keys import INNERMOST
 from lawn.constraint.reference import Granularity
 
-SWITCH_KEY = "lawn_switch_step"
-_NEVER = 2**62  # the engine's step count for an automatic switch (the rule decides, see _should_switch)
+SWITCH_KEY = INNERMOST.switch_step  # where the innermost constraint records its switch step (lawn.constraint.keys)
 
 
 class LAWN(NormConstraint):
@@ -32,18 +28,21 @@ class LAWN(NormConstraint):
     Args:
         base: the optimizer to stack onto (SGD, Adam, LAMB, ...); it must hold every tensor of ``params``.
         params: the weights to constrain, plain or as ``(name, tensor)`` pairs, e.g.
-            ``lawn.final_homogeneous_params(model, example_inputs)``.
+            ``lawn.final_homogeneous_params(model, example_inputs)`` or ``lawn.all_layer_weights(model)`` (whose
+            entries carry each weight's output dim and pruning mask), or ``(name, tensor, output_dim)`` triples.
         free_steps: applied optimizer steps before the norms are frozen; 0 freezes them now; ``"auto"`` (or a
             ``lawn.AutoSwitch`` with its own constants) switches when the constrained norms stop growing fast
             (:mod:`lawn.constraint.auto_switch`).
-        granularity: ``"tensor"`` keeps ``‖W‖``; ``"row"`` keeps each ``‖W_i‖`` (output unit / conv filter).
+        granularity: ``"tensor"`` keeps ``‖W‖``; ``"row"`` keeps each ``‖W_i‖`` (output unit / conv filter); a unit
+            that is zero and pruned by the weight's mask stays zero.
         project_gradient: project ``g`` onto the tangent space, ``g ← g − (⟨g, W⟩/‖W‖²) W``, before stepping.
         target_scale: targets are ``target_scale × ‖W‖ at the switch``; < 1 attenuates the logits further.
         foreach: multi-tensor kernels (default) or the per-tensor reference implementation (``False``).
         compiled: fuse the projection and the retraction with ``torch.compile`` (see ``lawn.constraint.compiled``).
         fused: ``None`` (default) fuses the whole constrained step of Adam/AdamW/SGD bases on CPU into one C++ kernel
-            (see ``lawn.constraint.fused_step``); ``True`` also sends other bases' fp32 CPU weights through the
-            projection/retraction kernel (``lawn.constraint.fused``); ``False`` uses neither.
+            (see ``lawn.constraint.fused_step``); ``True`` also sends CUDA weights to the Triton step and other
+            bases' fp32 CPU weights through the projection/retraction kernel (``lawn.constraint.fused``);
+            ``False`` uses neither. Which path runs what: ``lawn.constraint.paths``.
 
     ``opt.phase`` is ``"free"`` or ``"constrained"``; ``opt.freeze()`` switches now; ``opt.switch_step`` is the
     number of applied steps before the switch (``None`` before it).
@@ -62,11 +61,10 @@ class LAWN(NormConstraint):
         compiled: bool = False,
         fused: bool | None = None,
     ) -> None:
-        auto = auto_switch.resolve(free_steps)
         super().__init__(
             base,
             params,
-            free_steps=_NEVER if auto is not None else free_steps,  # type: ignore[arg-type]
+            free_steps=free_steps,
             granularity=granularity,
             project_gradient=project_gradient,
             target_scale=target_scale,
@@ -74,14 +72,6 @@ class LAWN(NormConstraint):
             compiled=compiled,
             fused=fused,
         )
-        extra: dict[str, Any] = {SWITCH_KEY: self.param_groups[0].get(SWITCH_KEY)}
-        if auto is not None:
-            extra[self._keys.free_steps] = auto_switch.AUTO
-            extra.update(auto_switch.options(auto, self._all_constrained()))
-        for key, value in extra.items():
-            self.defaults[key] = value
-            for group in self.param_groups:
-                group[key] = value
 
     @property
     def free_steps_setting(self) -> int | str:
@@ -94,25 +84,8 @@ class LAWN(NormConstraint):
         group = self.param_groups[0]
         if not group[self._keys.frozen]:
             return None
-        recorded = group.get(SWITCH_KEY)
-        return recorded if recorded is not None else group[self._keys.free_steps]  # a checkpoint older than the key
-
-    def freeze(self) -> None:
-        """Switch to the constrained phase now (see ``NormConstraint.freeze``) and record ``switch_step``."""
-        was_free = not self.param_groups[0][self._keys.frozen]
-        super().freeze()
-        if was_free:
-            for group in self.param_groups:
-                group[SWITCH_KEY] = group[self._keys.steps]
-
-    def _should_switch(self) -> bool:
-        """The engine's rule (after ``free_steps``), or with ``free_steps="auto"`` the automatic one."""
-        first = self.param_groups[0]
-        if first[self._keys.free_steps] != auto_switch.AUTO:
-            return super()._should_switch()
-        if first[self._keys.frozen]:
-            return False
-        return auto_switch.switch_due(self.param_groups, first[self._keys.steps], self._all_constrained())
-
-    def _all_constrained(self) -> list[torch.Tensor]:
-        return [p for _, p in self.constrained_parameters]
+        recorded = group.get(self._keys.switch_step)
+        if recorded is not None:
+            return recorded
+        setting = group[self._keys.free_steps]  # a checkpoint older than the key
+        return setting if setting != AUTO else group[self._keys.steps]

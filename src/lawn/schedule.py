@@ -4,15 +4,30 @@ With ``t`` the scheduler's step (0-based, one per optimizer step), ``W`` warm-up
 applied steps (read from ``optimizer.switch_step``), ``R`` re-warm-up steps, ``T`` total steps, ``a`` =
 ``rewarmup_from`` and ``f`` = ``final_fraction``, the factor multiplying each group's initial learning rate is
 
-1. warm-up, ``t < W``: ``(t + 1) / W``;
+1. warm-up, ``t < W``: ``w(t) = (t + 1) / W``;
 2. free phase, ``W ≤ t`` and no switch yet (or ``t < s``): ``1`` (``before_switch="constant"``), or the decay
-   curve from ``W`` to ``T`` (``"decay"``); call its value at the switch ``v = c(s)``;
+   curve from ``W`` to ``T`` (``"decay"``); call its value at the switch ``v = c(max(s, W))``;
 3. re-warm-up, ``s ≤ t < s + R``: ``v · (a + (1 − a) · (t − s + 1) / R)``: from a fraction of the current value
    back up to it, while the base optimizer's state adapts to the sphere (at the switch the effective step on
    the sphere changes abruptly);
-4. decay, ``s + R ≤ t``: ``v · d(p)`` with ``p = (t − s − R) / (T − s − R)`` clipped to ``[0, 1]`` and ``d`` the
-   ``decay`` curve: ``"cosine"`` ``f + (1 − f) · ½ (1 + cos πp)``, ``"linear"`` ``f + (1 − f)(1 − p)``,
+4. decay, from ``D = max(s + R, W)``: ``v · d(p)`` with ``p = (t − D) / (T − D)`` clipped to ``[0, 1]`` and ``d``
+   the ``decay`` curve: ``"cosine"`` ``f + (1 − f) · ½ (1 + cos πp)``, ``"linear"`` ``f + (1 − f)(1 − p)``,
    ``"constant"`` ``1``.
+
+**The edge cases.**
+
+* *A switch before the warm-up ends* (``s < W``): the warm-up and the re-warm-up run together and the factor is
+  the smaller of the two ramps, ``v · min(w(t), a + (1 − a)(t − s + 1) / R)``, until both are done; the decay
+  starts at ``D = max(s + R, W)``. So the factor drops at most once, at the switch (as after a warm-up), then
+  rises to its peak and decays: no saw-tooth.
+* *A warm-up as long as the run* (``W ≥ T``): the run ends in its warm-up (it never reaches its peak if ``W > T``)
+  and never decays: a warning at construction.
+* *A fixed switch too late for the shape* (``s ≥ T``: the run never leaves the free phase; ``s + R > T``: the
+  re-warm-up does not finish, so there is no decay): a warning at construction.
+* *An automatic switch that has not fired* when too few steps are left for the re-warm-up and the decay
+  (``t ≥ T − max(R, 1)``): the run ends in the free phase, where the factor is 1 (``before_switch="constant"``:
+  no decay at all) or the decay curve (``"decay"``); a warning then, once. ``lawn.AutoSwitch(max_free_steps=...)``
+  bounds the free phase.
 
 Before the switch nothing depends on ``s``, so the schedule follows a fixed or an automatic switch alike. Its
 ``state_dict`` holds its step count, and the switch comes from the optimizer's own checkpoint, so a resumed run
@@ -27,6 +42,8 @@ import warnings
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from lawn.constraint._warn import warn_at_caller
 
 DECAYS = ("cosine", "linear", "constant")
 BEFORE_SWITCH = ("constant", "decay")
@@ -54,8 +71,7 @@ def lawn_schedule_factor(
     before_switch: str = "constant",
 ) -> float:
     """The multiplier at scheduler step ``step`` (0-based) when the switch came after ``switch_step`` steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
+    warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
     def free(t: int) -> float:
         if before_switch == "constant":
@@ -63,12 +79,13 @@ def lawn_schedule_factor(
         return _curve((t - warmup_steps) / max(1, total_steps - warmup_steps), decay, final_fraction)
 
     if switch_step is None or step < switch_step:
-        return free(step)
+        return warm * free(step)
     value = free(max(switch_step, warmup_steps))
     since = step - switch_step
-    if since < rewarmup_steps:
-        return value * (rewarmup_from + (1.0 - rewarmup_from) * (since + 1) / rewarmup_steps)
-    start = switch_step + rewarmup_steps
+    start = max(switch_step + rewarmup_steps, warmup_steps)  # the decay starts when both ramps are done
+    if step < start:
+        rewarm = rewarmup_from + (1.0 - rewarmup_from) * (since + 1) / rewarmup_steps if since < rewarmup_steps else 1
+        return value * min(warm, rewarm)
     return value * _curve((step - start) / max(1, total_steps - start), decay, final_fraction)
 
 
@@ -88,8 +105,8 @@ class LAWNSchedule(LRScheduler):
             ``[W, T]`` until the switch, then everything scaled by its value there).
         last_epoch: as for every ``LRScheduler`` (-1: a fresh schedule).
 
-    The scheduler must be stepped once per optimizer step. If the switch never comes, the free phase lasts
-    to the end.
+    The scheduler must be stepped once per optimizer step. The edge cases (a switch inside the warm-up, a
+    warm-up as long as the run, a switch that comes too late or never) and their warnings: the module docstring.
     """
 
     def __init__(
@@ -126,15 +143,7 @@ class LAWNSchedule(LRScheduler):
         for name, value in (("rewarmup_from", rewarmup_from), ("final_fraction", final_fraction)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-        free = getattr(optimizer, "free_steps_setting", None)
-        if isinstance(free, int) and free >= total_steps and optimizer.switch_step is None:  # type: ignore[attr-defined]
-            warnings.warn(
-                f"LAWNSchedule: the LAWN optimizer switches after free_steps={free} steps but the schedule ends "
-                f"at total_steps={total_steps}: the run never leaves the free phase. Set free_steps below "
-                "total_steps (e.g. a fraction of it) or free_steps='auto'",
-                UserWarning,
-                stacklevel=2,
-            )
+        _warn_about_the_shape(optimizer, total_steps, warmup_steps, rewarmup_steps)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.rewarmup_steps = rewarmup_steps
@@ -142,6 +151,7 @@ class LAWNSchedule(LRScheduler):
         self.rewarmup_from = float(rewarmup_from)
         self.final_fraction = float(final_fraction)
         self.before_switch = before_switch
+        self._warned_no_switch = False
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
@@ -159,5 +169,55 @@ class LAWNSchedule(LRScheduler):
         )
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
+        self._warn_if_the_switch_is_too_late()
         factor = self.factor(self.last_epoch)
         return [base_lr * factor for base_lr in self.base_lrs]
+
+    def _warn_if_the_switch_is_too_late(self) -> None:
+        """Once: an automatic switch that has not fired when too few steps are left for the re-warm-up and the
+        decay (see the module docstring)."""
+        if self._warned_no_switch or self.last_epoch < self.total_steps - max(self.rewarmup_steps, 1):
+            return
+        if getattr(self.optimizer, "free_steps_setting", None) != "auto" or self.optimizer.switch_step is not None:
+            return
+        self._warned_no_switch = True
+        ending = "without decaying (before_switch='constant')" if self.before_switch == "constant" else "in it"
+        warn_at_caller(
+            f"LAWNSchedule: the automatic switch has not fired by step {self.last_epoch} of total_steps="
+            f"{self.total_steps}, too late for the re-warm-up ({self.rewarmup_steps} steps) and the decay: the run "
+            f"ends in the free phase, {ending}. Bound the free phase with "
+            "lawn.AutoSwitch(max_free_steps=...) (e.g. a fraction of total_steps)",
+            UserWarning,
+        )
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("_warned_no_switch", None)  # not part of the schedule: a resumed run may warn again
+        return state
+
+
+def _warn_about_the_shape(optimizer: Optimizer, total_steps: int, warmup_steps: int, rewarmup_steps: int) -> None:
+    """Warn at construction where the run cannot have the schedule's shape (see the module docstring)."""
+    problems = []
+    if warmup_steps and warmup_steps >= total_steps:
+        problems.append(
+            f"warmup_steps={warmup_steps} >= total_steps={total_steps}: the run ends in its warm-up"
+            + (" before reaching the peak" if warmup_steps > total_steps else "")
+            + " and never decays. Set warmup_steps well below total_steps (e.g. total_steps // 20)"
+        )
+    free = getattr(optimizer, "free_steps_setting", None)
+    if isinstance(free, int) and optimizer.switch_step is None:  # type: ignore[attr-defined]
+        if free >= total_steps:
+            problems.append(
+                f"the LAWN optimizer switches after free_steps={free} steps but the schedule ends at "
+                f"total_steps={total_steps}: the run never leaves the free phase. Set free_steps below "
+                "total_steps (e.g. a fraction of it) or free_steps='auto'"
+            )
+        elif free + rewarmup_steps > total_steps:
+            problems.append(
+                f"the switch after free_steps={free} steps leaves {total_steps - free} of total_steps={total_steps} "
+                f"for a re-warm-up of rewarmup_steps={rewarmup_steps}: it does not finish and nothing decays. "
+                "Switch earlier or shorten the re-warm-up"
+            )
+    for problem in problems:
+        warnings.warn(f"LAWNSchedule: {problem}", UserWarning, stacklevel=3)

@@ -15,10 +15,12 @@ wrapper is built, so BatchNorm's running statistics are only ever collected at t
 
 from __future__ import annotations
 
+import torch
 from torch.optim import Optimizer
 
-from lawn.constraint.engine import NamedParams, NormConstraint, _named
+from lawn.constraint.engine import NamedParams, NormConstraint
 from lawn.constraint.reference import Granularity
+from lawn.constraint.weights import named_weights
 
 
 class WRS(NormConstraint):
@@ -53,9 +55,9 @@ class WRS(NormConstraint):
         if every < 1:
             raise ValueError(f"every: must be >= 1, got {every}")
         if isinstance(base, Optimizer):
-            params = _named(params, base)
+            params = params if isinstance(params, torch.Tensor) else list(params)  # read here and by the engine
             decay = {id(p): g.get("weight_decay", 0.0) for g in base.param_groups for p in g["params"]}
-            for name, p in params:
+            for name, p, _, _ in named_weights(params, base):
                 if decay.get(id(p), 0.0):
                     raise ValueError(
                         f"params: '{name}' is in a param group with weight_decay={decay[id(p)]}; WRS "

@@ -1,7 +1,10 @@
 """The norm-constraint engine: which weights, what target norm, at what granularity, with or without projection.
 
-``reference`` states the math one tensor at a time; ``foreach``, ``fused`` and ``compiled`` are the fast paths that
-must agree with it; ``engine.NormConstraint`` is the optimizer wrapper that LAWN and WRS configure.
+Read it top to bottom: ``reference`` states the math one tensor at a time; ``weights`` says which tensors and
+their rows; ``options`` and ``switch`` are the settings and when to switch; ``targets`` records the targets at the
+switch; ``paths`` picks the code that runs a step (``foreach``, ``compiled``, ``fused``, ``fused_step``, the
+reference), which must agree with the reference; ``engine.NormConstraint`` is the optimizer wrapper that LAWN and
+WRS configure; ``checkpoint`` says how it loads a checkpoint; ``keys`` where it keeps its state.
 """
 
 from lawn.constraint.engine import NormConstraint
@@ -10,15 +13,15 @@ from lawn.constraint.reference import (
     Granularity,
     compute_dtype,
     norms,
-    output_dim,
     project_onto_tangent,
     retract,
-    set_output_dim,
 )
+from lawn.constraint.weights import NamedWeight, output_dim, set_output_dim
 
 __all__ = [
     "GRANULARITIES",
     "Granularity",
+    "NamedWeight",
     "NormConstraint",
     "compute_dtype",
     "norms",

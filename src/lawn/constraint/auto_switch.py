@@ -33,24 +33,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lawn.constraint._dtensor import full
+from lawn.constraint.keys import INNERMOST
+
+if TYPE_CHECKING:  # type hints only
+    from lawn.constraint.keys import Keys
 
 AUTO = "auto"
-# param_groups keys (scalars survive a checkpoint there)
-EVERY_KEY = "lawn_auto_check_every"
-THRESHOLD_KEY = "lawn_auto_threshold"
-MAX_KEY = "lawn_auto_max_free_steps"
-LAST_KEY = "lawn_auto_last_log_norm"
-PEAK_KEY = "lawn_auto_peak_growth"
+# the innermost constraint's param_groups keys (an outer one's carry its own prefix: lawn.constraint.keys)
+EVERY_KEY = INNERMOST.auto_check_every
+THRESHOLD_KEY = INNERMOST.auto_threshold
+MAX_KEY = INNERMOST.auto_max_free_steps
+LAST_KEY = INNERMOST.auto_last_log_norm
+PEAK_KEY = INNERMOST.auto_peak_growth
 
 
 @dataclass(frozen=True)
 class AutoSwitch:
     """The automatic switch's constants (see the module docstring); ``free_steps="auto"`` is ``AutoSwitch()``.
+
+    A switch rule (:mod:`lawn.constraint.switch`): its constants and memory live in ``param_groups`` under the
+    constraint's own prefix.
 
     Args:
         check_every: applied steps between two checks (the window of the growth rate).
@@ -71,27 +78,57 @@ class AutoSwitch:
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
             raise ValueError(f"AutoSwitch.max_free_steps: must be None or an int >= 1, got {bound!r}")
 
+    @property
+    def setting(self) -> str:
+        """What ``free_steps`` reads back: ``"auto"``."""
+        return AUTO
 
-def resolve(free_steps: Any) -> AutoSwitch | None:
-    """``"auto"`` → ``AutoSwitch()``; an ``AutoSwitch`` → itself; anything else (a step count) → ``None``."""
-    if isinstance(free_steps, AutoSwitch):
-        return free_steps
-    if isinstance(free_steps, str):
-        if free_steps != AUTO:
-            raise ValueError(f"free_steps: expected an int, 'auto' or a lawn.AutoSwitch, got {free_steps!r}")
-        return AutoSwitch()
-    return None
+    @property
+    def at_construction(self) -> bool:
+        """Never switches when the constraint is built."""
+        return False
 
+    def entries(self, keys: Keys, params: list[torch.Tensor]) -> dict[str, Any]:
+        """The ``param_groups`` entries of this rule, its memory started at the current weights."""
+        return {
+            keys.free_steps: AUTO,
+            keys.auto_check_every: self.check_every,
+            keys.auto_threshold: float(self.threshold),
+            keys.auto_max_free_steps: self.max_free_steps,
+            keys.auto_last_log_norm: log_norm(params),
+            keys.auto_peak_growth: 0.0,
+        }
 
-def options(auto: AutoSwitch, params: list[torch.Tensor]) -> dict[str, Any]:
-    """The ``param_groups`` entries of an automatic switch, its memory started at the current weights."""
-    return {
-        EVERY_KEY: auto.check_every,
-        THRESHOLD_KEY: float(auto.threshold),
-        MAX_KEY: auto.max_free_steps,
-        LAST_KEY: log_norm(params),
-        PEAK_KEY: 0.0,
-    }
+    @classmethod
+    def from_group(cls, group: dict[str, Any], keys: Keys) -> AutoSwitch:
+        """The rule whose constants ``group`` holds (after a checkpoint was loaded)."""
+        return cls(group[keys.auto_check_every], group[keys.auto_threshold], group[keys.auto_max_free_steps])
+
+    def overdue(self, steps: int) -> bool:
+        """Whether ``max_free_steps`` has passed (read without side effects, e.g. at a load)."""
+        return self.max_free_steps is not None and steps >= self.max_free_steps
+
+    def due(self, groups: list[dict[str, Any]], keys: Keys, steps: int, params: list[torch.Tensor]) -> bool:
+        """After applied step ``steps``: does the rule say switch now? At a check, its memory is updated in every
+        group of ``groups`` (``param_groups``); between checks it returns ``False`` without touching a tensor.
+
+        A norm that is not finite says switch, so that ``freeze()`` names the culprit.
+        """
+        first = groups[0]
+        bound = first[keys.auto_max_free_steps]
+        if bound is not None and steps >= bound:
+            return True
+        if steps % first[keys.auto_check_every] != 0:
+            return False
+        current = log_norm(params)
+        if math.isnan(current) or current == math.inf:
+            return True
+        last = first[keys.auto_last_log_norm]
+        growth = current - last if math.isfinite(last) else 0.0
+        peak = max(first[keys.auto_peak_growth], growth) if math.isfinite(current) else first[keys.auto_peak_growth]
+        for group in groups:
+            group[keys.auto_last_log_norm], group[keys.auto_peak_growth] = current, peak
+        return peak > 0.0 and growth <= first[keys.auto_threshold] * peak
 
 
 @torch.no_grad()
@@ -102,25 +139,3 @@ def log_norm(params: list[torch.Tensor]) -> float:
     if math.isnan(value) or value == math.inf:
         return value
     return 0.5 * math.log(value) if value > 0 else -math.inf
-
-
-def switch_due(groups: list[dict[str, Any]], steps: int, params: list[torch.Tensor]) -> bool:
-    """After applied step ``steps``: does the rule say switch now? At a check, its memory is updated in every
-    group of ``groups`` (``param_groups``); between checks it returns ``False`` without touching a tensor.
-
-    A norm that is not finite says switch, so that ``freeze()`` names the culprit.
-    """
-    first = groups[0]
-    bound = first[MAX_KEY]
-    if bound is not None and steps >= bound:
-        return True
-    if steps % first[EVERY_KEY] != 0:
-        return False
-    current = log_norm(params)
-    if math.isnan(current) or current == math.inf:
-        return True
-    growth = current - first[LAST_KEY] if math.isfinite(first[LAST_KEY]) else 0.0
-    peak = max(first[PEAK_KEY], growth) if math.isfinite(current) else first[PEAK_KEY]
-    for group in groups:
-        group[LAST_KEY], group[PEAK_KEY] = current, peak
-    return peak > 0.0 and growth <= first[THRESHOLD_KEY] * peak

@@ -11,9 +11,6 @@ anyway, so we go tensor by tensor and do a tensor's passes back to back (``⟨g,
 ``‖w‖`` then the rescale): the later pass can find the tensor still in cache. Elsewhere (CUDA) the small
 per-tensor scalar arithmetic is batched with ``_foreach_*`` kernels to save launches.
 
-The projection takes ``‖w‖`` where the caller knows it (the target, right after a retraction onto it): that
-saves the pass computing ``‖w‖²``. :class:`lawn.NormConstraint` decides when it is known.
-
 A coefficient or scale that is not finite (a NaN or inf in ``g`` or ``w``, a zero norm) leaves its tensor (or row)
 unchanged (coefficient 0, scale 1), as in the reference: non-finite entries do not spread (``_finite_or``).
 
@@ -90,30 +87,25 @@ def foreach_project_onto_tangent_(
     grads: list[torch.Tensor],
     params: list[torch.Tensor],
     granularity: Granularity,
-    norms: list[torch.Tensor | None] | None = None,
     *,
     tensor_by_tensor: bool | None = None,
 ) -> None:
-    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair.
+    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair (‖w‖ computed here, every time).
 
-    ``norms``: ``‖w‖`` where it is already known (a target right after the retraction onto it), which saves a
-    pass over ``w``; ``None`` (or a ``None`` entry) computes it. ``tensor_by_tensor``: the loop order (see the
-    module docstring); ``None`` picks it by device.
+    ``tensor_by_tensor``: the loop order (see the module docstring); ``None`` picks it by device.
     """
     if not grads:
         return
     if tensor_by_tensor is None:
         tensor_by_tensor = _tensor_by_tensor(params)
-    known = norms if norms is not None else [None] * len(params)
     if tensor_by_tensor:
-        for g, w, norm in zip(grads, params, known):
+        for g, w in zip(grads, params):
             w = w.detach()
-            squared_norm = _norm(w, granularity).square() if norm is None else norm * norm  # a DTensor norm is partial
+            squared_norm = _norm(w, granularity).square()  # a DTensor norm is partial
             coefficient = _finite_or(_dot(g, w, granularity) / squared_norm, 0.0)  # out of place: may be partial
             g.addcmul_(w, _broadcastable(coefficient, w), value=-1.0)
         return
-    if any(norm is None for norm in known):
-        known = foreach_norms(params, granularity)
+    known = foreach_norms(params, granularity)
     squared_norms = torch._foreach_mul(known, known)
     coefficients = torch._foreach_div([_dot(g, w, granularity) for g, w in zip(grads, params)], squared_norms)
     for g, w, c in zip(grads, params, coefficients):

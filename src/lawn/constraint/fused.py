@@ -30,8 +30,6 @@ from lawn.constraint._lazy_kernel import LazyKernel, build_extension
 from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retract_
 from lawn.constraint.reference import Granularity
 
-_EMPTY = torch.empty(0)  # "norm not known" for the kernel
-
 
 class _Kernel(LazyKernel):
     """The extension, built once per process on first use; ``None`` after a failed build."""
@@ -85,20 +83,18 @@ def fused_project_onto_tangent_(
     grads: list[torch.Tensor],
     params: list[torch.Tensor],
     granularity: Granularity,
-    norms: list[torch.Tensor | None] | None = None,
 ) -> None:
-    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair; ``norms``: ``‖w‖`` where known (else ``None``)."""
-    known = list(norms) if norms is not None else [None] * len(params)
+    """In place: ``g ← g − (⟨g, w⟩ / ‖w‖²) · w`` for each pair."""
     params = [w.detach() for w in params]
     taken = [_takes(w) and _takes(g, like=w) for g, w in zip(grads, params)]
     kernel = _kernel_for(taken)
     keep = [kernel is not None and k for k in taken]
-    (g_in, w_in, n_in), (g_out, w_out, n_out) = _split(grads, params, known, keep=keep)
+    (g_in, w_in), (g_out, w_out) = _split(grads, params, keep=keep)
     if g_in:
-        kernel.project_(g_in, w_in, [_EMPTY if n is None else n for n in n_in], granularity == "row")
+        kernel.project_(g_in, w_in, granularity == "row")
         torch.autograd.graph.increment_version(g_in)
     if g_out:
-        foreach_project_onto_tangent_(g_out, w_out, granularity, n_out)
+        foreach_project_onto_tangent_(g_out, w_out, granularity)
 
 
 def fused_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:

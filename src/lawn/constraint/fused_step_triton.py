@@ -686,12 +686,6 @@ def _lengths(name: str, n: int, *lists: list) -> None:
         raise ValueError(f"{name}: lists differ in length")
 
 
-def _no_norms(name: str, norms: list[torch.Tensor]) -> None:
-    """``norms`` mirrors the C++ kernel's argument; here it must be empty tensors (or an empty list)."""
-    if any(t.numel() for t in norms):
-        raise ValueError(f"{name}: norms must be empty (the Triton kernels compute ‖w‖ themselves)")
-
-
 def adam_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -699,7 +693,6 @@ def adam_(
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor],
     steps: list[torch.Tensor],
-    norms: list[torch.Tensor],
     targets: list[torch.Tensor],
     lr: float,
     beta1: float,
@@ -715,11 +708,9 @@ def adam_(
 ) -> None:
     """In place, for each ``k``: project ``grads[k]`` (if ``project``), one Adam (AdamW if ``decoupled``) step on
     ``params[k]`` with its state, retract onto ``targets[k]`` (if ``retract``). ``steps[k] += 1`` first, as torch
-    does. ``norms``: empty tensors or ``[]`` (‖w‖ is computed in the kernels; the argument mirrors the C++
-    kernel's). A fixed number of launches per device, dtype and place of ``step`` (module docstring)."""
+    does (‖w‖ is computed in the kernels, in the same pass). A fixed number of launches per device, dtype and place of ``step`` (module docstring)."""
     n = len(params)
     _lengths("adam_", n, grads, exp_avgs, exp_avg_sqs, steps, targets, *([max_exp_avg_sqs] if amsgrad else []))
-    _no_norms("adam_", norms)
     common = {
         "sign": -1.0 if maximize else 1.0,
         "weight_decay": 0.0 if decoupled else float(weight_decay),
@@ -819,7 +810,6 @@ def sgd_(
     grads: list[torch.Tensor],
     momentum_buffers: list[torch.Tensor],
     first: list[bool],
-    norms: list[torch.Tensor],
     targets: list[torch.Tensor],
     lr: float,
     momentum: float,
@@ -833,11 +823,10 @@ def sgd_(
 ) -> None:
     """In place, for each ``k``: project ``grads[k]`` (if ``project``), one SGD step on ``params[k]``
     (``momentum_buffers[k]``: its buffer, ignored without momentum; ``first[k]``: the buffer is new and takes the
-    gradient), retract (if ``retract``). ``norms``: as in :func:`adam_`. A fixed number of launches per device,
+    gradient), retract (if ``retract``). A fixed number of launches per device,
     dtype and value of ``first``."""
     n = len(params)
     _lengths("sgd_", n, grads, momentum_buffers, first, targets)
-    _no_norms("sgd_", norms)
     has_momentum = momentum != 0.0
     hyper = {
         **_NO_ADAM,

@@ -18,7 +18,7 @@ entry stays where it is, as under the base optimizer alone, instead of spreading
 
 The fast multi-tensor versions in :mod:`lawn.constraint.foreach` must agree with these
 (``tests/test_constraint.py``). Rows are always dim 0 here; the engine passes a ``movedim`` view for weights
-whose output units lie along another dim (``output_dim``: ``ConvTranspose*``, HF ``Conv1D``).
+whose output units lie along another dim (``ConvTranspose*``, HF ``Conv1D``: :mod:`lawn.constraint.weights`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from lawn.constraint._dtensor import reduce_partial
 
 Granularity = Literal["tensor", "row"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "row")
-
-#: tensor → the dim that indexes its output units, where it is not 0 (recorded by ``set_output_dim``)
-_OUTPUT_DIMS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -48,22 +44,6 @@ def check_granularity(granularity: object, w: torch.Tensor | None = None, what: 
         raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {granularity!r}")
     if granularity == "row" and w is not None and w.dim() < 2:
         raise ValueError(f"granularity='row': {what} has {w.dim()} dim(s); rows need >= 2 (use granularity='tensor')")
-
-
-def set_output_dim(w: torch.Tensor, dim: int) -> None:
-    """Record that ``w``'s output units (its "rows") lie along ``dim`` (1 for ``ConvTranspose*`` and HF
-    ``Conv1D`` weights, ``in × out × ...``). Discovery records it for the weights it returns."""
-    if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < max(w.dim(), 1):
-        raise ValueError(f"dim: expected an int in [0, {w.dim()}), got {dim!r}")
-    if dim == 0:
-        _OUTPUT_DIMS.pop(w, None)
-    else:
-        _OUTPUT_DIMS[w] = dim
-
-
-def output_dim(w: torch.Tensor) -> int:
-    """The dim of ``w`` that indexes its output units: 0 unless ``set_output_dim`` said otherwise."""
-    return _OUTPUT_DIMS.get(w, 0)
 
 
 def _reduced_dims(x: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:

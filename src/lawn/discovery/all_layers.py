@@ -8,22 +8,37 @@ effective step ``lr / ‖W‖²`` keeps shrinking; fixing it keeps the effective
 (what weight decay does implicitly for such weights, and what :class:`lawn.WRS` does explicitly).
 
 The rule needs no forward pass: a weight is a trainable parameter with at least 2 dims (the weights of
-``Linear``, ``Conv*``, ``Embedding``, attention projections); biases, normalization scales and other 1-dim
-parameters are left free, as LAWN's tail leaves them.
+``Linear``, ``Conv*``, ``ConvTranspose*``, HF ``Conv1D``, ``Embedding``, attention projections); biases,
+normalization scales and other 1-dim parameters are left free, as LAWN's tail leaves them, and so are parameters
+a module says are not weights (the variances ``log_sigma2`` of lawn's nested layers). A parametrized weight
+(pruned by a mask, hardened by weight unification, ``weight_norm``) is computed from stored tensors: those are
+returned, whatever their dims, so that the weight the layer computes with keeps its norm. Each entry carries its
+output dim and pruning mask (:mod:`lawn.discovery.layers`).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from lawn.constraint.weights import NamedWeight
+from lawn.discovery.layers import describe
 
-def all_layer_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every trainable parameter of ``model`` with ``dim() >= 2``, as ``(name, tensor)`` pairs.
+
+def all_layer_weights(model: nn.Module) -> list[NamedWeight]:
+    """Every trainable weight of ``model`` (see the module docstring), as ``(name, tensor)`` pairs.
 
     In ``model.named_parameters()`` order; a parameter shared by several modules is listed once, under its first
-    name. Ready for ``lawn.LAWN(base, lawn.all_layer_weights(model), ...)``.
+    name. Each entry is a :class:`lawn.constraint.NamedWeight`: it unpacks as ``(name, tensor)`` and carries the
+    dim of the weight's output units (1 for ``ConvTranspose*`` and HF ``Conv1D``) and its pruning mask, for
+    ``granularity="row"``. Ready for ``lawn.LAWN(base, lawn.all_layer_weights(model), ...)``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    out = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_weight, dim, mask = describe(model, name, p)
+        if is_weight:
+            out.append(NamedWeight(name, p, dim, mask))
+    return out

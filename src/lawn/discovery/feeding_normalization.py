@@ -36,7 +36,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from lawn.constraint.weights import NamedWeight
 from lawn.discovery._forward import untouched
+from lawn.discovery.layers import named_weight
 
 _T = torch.Tensor
 
@@ -122,8 +124,9 @@ def _argument(call: _Call, position: int, name: str) -> Any:
 
 def params_feeding_normalization(
     model: nn.Module, example_inputs: Any, *, per_channel: bool = False
-) -> list[tuple[str, nn.Parameter]]:
-    """The ``(name, parameter)`` weights (≥ 2-D) whose scale the normalization after them hides.
+) -> list[NamedWeight]:
+    """The ``(name, parameter)`` weights (≥ 2-D) whose scale the normalization after them hides (each a
+    :class:`lawn.constraint.NamedWeight`, carrying its output dim and pruning mask for ``granularity="row"``).
 
     Args:
         model: any module; it is run once, in train mode, on ``example_inputs`` (a tensor, or a tuple of
@@ -164,4 +167,4 @@ def params_feeding_normalization(
         qualifying[id(weight)] = qualifying.get(id(weight), 0) + 1
     # a shared weight qualifies only if every one of its uses does
     chosen = {i for i, n in qualifying.items() if n == recorder.uses.get(i, 0)}
-    return [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
+    return [named_weight(model, name, p) for name, p in model.named_parameters() if id(p) in chosen]

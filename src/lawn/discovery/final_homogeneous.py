@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node
 
-from lawn.constraint.reference import set_output_dim
+from lawn.constraint.weights import NamedWeight
 from lawn.discovery._forward import (
     ExampleInputs,
     OutputSelector,
@@ -67,6 +67,7 @@ from lawn.discovery._forward import (
     untouched,
 )
 from lawn.discovery.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
+from lawn.discovery.layers import named_weight
 
 #: ops left out when a homogeneous path is printed (they only move numbers around)
 _LAYOUT_OPS = frozenset(
@@ -391,8 +392,11 @@ def final_homogeneous_params(
     strict: bool = False,
     output: OutputSelector = None,
     judge_frozen: bool = False,
-) -> list[tuple[str, nn.Parameter]]:
+) -> list[NamedWeight]:
     """The weights of ``model``'s final homogeneous sub-network, as ``(name, Parameter)`` in forward order.
+
+    Each entry is a :class:`lawn.constraint.NamedWeight`: it unpacks as ``(name, Parameter)`` and carries the dim of
+    the weight's output units and its pruning mask, for ``granularity="row"`` (:mod:`lawn.discovery.layers`).
 
     ``lawn.LAWN(torch.optim.Adam(model.parameters()), final_homogeneous_params(model, x), free_steps=...)``.
     ``example_inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments for one
@@ -403,22 +407,4 @@ def final_homogeneous_params(
     found = discover(model, example_inputs, strict=strict, output=output, judge_frozen=judge_frozen)
     if not found.constrained:
         raise ValueError(found.why_empty())
-    record_output_dims(model)
-    return found.constrained
-
-
-def _output_dim_of(module: nn.Module) -> int:
-    """The dim of ``module.weight`` that indexes output units: 1 for ``ConvTranspose*`` (``in × out × k…``)
-    and HF ``Conv1D`` (``in × out``), 0 for every other layer."""
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) or type(module).__name__ == "Conv1D":
-        return 1
-    return 0
-
-
-def record_output_dims(model: nn.Module) -> None:
-    """Tell the constraint engine, for every layer weight of ``model``, which dim its output units lie along
-    (``lawn.constraint.set_output_dim``), so that ``granularity="row"`` keeps one norm per output unit."""
-    for module in model.modules():
-        weight = module._parameters.get("weight")
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
-            set_output_dim(weight, _output_dim_of(module))
+    return [named_weight(model, name, p) for name, p in found.constrained]

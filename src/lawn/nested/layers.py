@@ -85,6 +85,8 @@ class _NestedWeights(NestedModule):
     weight: nn.Parameter
     bias: nn.Parameter | None
     channel_dim: int
+    #: a variance is not a weight: lawn.all_layer_weights leaves it out (lawn.discovery.layers)
+    lawn_not_weights = ("log_sigma2",)
 
     def _setup(
         self,

@@ -2,7 +2,7 @@
 //
 //   projection: g <- g - (<g, w> / |w|^2) w      retraction: w <- w * (target / |w|)
 //
-// Per row, each row is read once: its dot (and |w|^2 if not known) is summed while the row streams through
+// Per row, each row is read once: its dot and |w|^2 are summed while the row streams through
 // the cache, and the update follows while the row is still there. Per tensor, the reduction pass and the
 // update pass are the two passes the math needs. Sums run in fp32 vector lanes over blocks of BLOCK
 // elements and in fp64 across blocks, so they stay accurate for tensors of any size (torch's fp32
@@ -96,15 +96,13 @@ LAWN_VECTOR_CLONES void scale_range(float* w, float s, int64_t first, int64_t la
   scale(w + first, s, last - first);
 }
 
-// Rows [first, last) of a (rows, cols) pair: g_i <- g_i - (<g_i, w_i> / |w_i|^2) w_i; r: |w_i| or nullptr.
-LAWN_VECTOR_CLONES void project_rows(float* g, const float* w, const float* r, int64_t cols, int64_t first,
-                                     int64_t last) {
+// Rows [first, last) of a (rows, cols) pair: g_i <- g_i - (<g_i, w_i> / |w_i|^2) w_i.
+LAWN_VECTOR_CLONES void project_rows(float* g, const float* w, int64_t cols, int64_t first, int64_t last) {
   for (int64_t i = first; i < last; ++i) {
     float* gi = g + i * cols;
     const float* wi = w + i * cols;
-    const Sums s = sums(gi, wi, cols, r == nullptr);
-    const double sq = r != nullptr ? double(r[i]) * double(r[i]) : s.sq;
-    axpy(gi, wi, finite_or(s.dot / sq, 0.0f), cols);
+    const Sums s = sums(gi, wi, cols, true);
+    axpy(gi, wi, finite_or(s.dot / s.sq, 0.0f), cols);
   }
 }
 
@@ -152,34 +150,28 @@ int64_t grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64
 }  // namespace
 
 // In place, for each k: grads[k] <- grads[k] - (<grads[k], params[k]> / |params[k]|^2) params[k], per tensor or
-// per row. norms[k]: |params[k]| (0-d per tensor, (rows,) per row) where known, or an empty tensor (computed).
-void project_(std::vector<torch::Tensor> grads, std::vector<torch::Tensor> params, std::vector<torch::Tensor> norms,
-              bool per_row) {
-  TORCH_CHECK(grads.size() == params.size() && params.size() == norms.size(), "project_: lists differ in length");
+// per row.
+void project_(std::vector<torch::Tensor> grads, std::vector<torch::Tensor> params, bool per_row) {
+  TORCH_CHECK(grads.size() == params.size(), "project_: lists differ in length");
   for (size_t k = 0; k < grads.size(); ++k) {
     check(grads[k], "grad");
     check(params[k], "param");
     TORCH_CHECK(grads[k].sizes() == params[k].sizes() && grads[k].strides() == params[k].strides(),
                 "project_: grad and param differ in shape or layout");
     check_rows(params[k], per_row);
-    const bool known = norms[k].numel() > 0;
-    if (known) check(norms[k], "norm");
     float* g = grads[k].data_ptr<float>();
     const float* w = params[k].data_ptr<float>();
     const int64_t n = params[k].numel();
     if (n == 0) continue;
     const int64_t rows = rows_of(params[k], per_row), cols = n / rows;
-    TORCH_CHECK(!known || norms[k].numel() == rows, "project_: expected ", rows, " norm(s)");
-    const float* r = known ? norms[k].data_ptr<float>() : nullptr;
     if (!per_row) {
-      const Sums s = tensor_sums(g, w, n, !known);
-      const double sq = known ? double(r[0]) * double(r[0]) : s.sq;
-      const float c = finite_or(s.dot / sq, 0.0f);
+      const Sums s = tensor_sums(g, w, n, true);
+      const float c = finite_or(s.dot / s.sq, 0.0f);
       at::parallel_for(0, n, 1 << 14, [&](int64_t first, int64_t last) { axpy_range(g, w, c, first, last); });
       continue;
     }
     at::parallel_for(0, rows, grain(cols), [&](int64_t first, int64_t last) {
-      project_rows(g, w, r, cols, first, last);
+      project_rows(g, w, cols, first, last);
     });
   }
 }

@@ -2,7 +2,7 @@
 //
 // For each constrained weight w with gradient g (per tensor, or per row w_i), in one kernel:
 //
-//   projection   g <- g - (<g, w> / |w|^2) w                  (optional; |w| given when known to be the target)
+//   projection   g <- g - (<g, w> / |w|^2) w                  (optional)
 //   base step    Adam / AdamW (torch.optim.Adam's math, incl. weight_decay, amsgrad, maximize) or
 //                SGD (momentum, dampening, nesterov, weight_decay, maximize), on the state in torch's own format
 //   retraction   w <- w * (target / |w|)                       (optional)
@@ -81,25 +81,20 @@ struct Sgd {
   bool nesterov, has_momentum;
 };
 
-// <g, w> (and |w|^2) over n elements: fp32 lanes per block, fp64 across blocks.
+// <g, w> and |w|^2 over n elements: fp32 lanes per block, fp64 across blocks.
 template <typename T>
-LAWN_INLINE void dot_sq(const T* g, const T* w, int64_t n, bool want_sq, double* dot, double* sq) {
+LAWN_INLINE void dot_sq(const T* g, const T* w, int64_t n, double* dot, double* sq) {
   double d = 0.0, s = 0.0;
   for (int64_t start = 0; start < n; start += BLOCK) {
     const int64_t len = std::min(BLOCK, n - start);
     const T* x = g + start;
     const T* y = w + start;
     float bd = 0.f, bs = 0.f;
-    if (want_sq) {
 #pragma omp simd reduction(+ : bd, bs)
-      for (int64_t i = 0; i < len; ++i) {
-        const float wi = load(y[i]);
-        bd += load(x[i]) * wi;
-        bs += wi * wi;
-      }
-    } else {
-#pragma omp simd reduction(+ : bd)
-      for (int64_t i = 0; i < len; ++i) bd += load(x[i]) * load(y[i]);
+    for (int64_t i = 0; i < len; ++i) {
+      const float wi = load(y[i]);
+      bd += load(x[i]) * wi;
+      bs += wi * wi;
     }
     d += bd;
     s += bs;
@@ -212,7 +207,6 @@ struct Job {
   T* a;  // Adam: exp_avg; SGD: momentum_buffer (or nullptr)
   T* b;  // Adam: exp_avg_sq
   T* x;  // Adam: max_exp_avg_sq (amsgrad) or nullptr
-  const float* norm;  // |w| (per tensor: 1, per row: rows) when known, else nullptr
   const float* target;  // the target norm(s), or nullptr (no retraction)
   int64_t rows, cols;
   bool project, first;
@@ -298,14 +292,13 @@ LAWN_INLINE void rows_pipelined(const Job<T>& j, const Op& op, int64_t first, in
   const int64_t n = j.cols;
   auto coefficient = [&](int64_t r, double dot, double sq) -> float {
     if (!j.project) return 0.f;
-    if (j.norm != nullptr) sq = double(j.norm[r]) * double(j.norm[r]);
     return finite_or(dot / sq, 0.f);  // a non-finite gradient or norm: this row is not projected
   };
   auto scale_of = [&](int64_t r, double nsq) -> float {
     return j.target == nullptr ? 1.f : finite_or(double(j.target[r]) / std::sqrt(nsq), 1.f);  // else: not rescaled
   };
   double dot, sq;
-  dot_sq(j.g + first * n, j.w + first * n, n, true, &dot, &sq);
+  dot_sq(j.g + first * n, j.w + first * n, n, &dot, &sq);
   float c = coefficient(first, dot, sq), sp = 1.f;
   for (int64_t r = first; r < last; ++r) {
     T* w = j.w + r * n;
@@ -367,7 +360,7 @@ LAWN_INLINE void blocks_range(const Job<T>& j, const K& k, float c, int64_t firs
   LAWN_VECTOR_CLONES void dot_range_##NAME(const Job<T>& j, int64_t first, int64_t last, double* out) {          \
     for (int64_t blk = first; blk < last; ++blk) {                                                               \
       const int64_t off = blk * BLOCK, n = std::min(BLOCK, j.rows * j.cols - off);                               \
-      dot_sq(j.g + off, j.w + off, n, j.norm == nullptr, out + 2 * blk, out + 2 * blk + 1);                     \
+      dot_sq(j.g + off, j.w + off, n, out + 2 * blk, out + 2 * blk + 1);                                         \
     }                                                                                                            \
   }                                                                                                              \
   LAWN_VECTOR_CLONES void adam_range_##NAME(const Job<T>& j, const Adam& k, float c, int64_t first, int64_t last, \
@@ -423,7 +416,6 @@ void run(const Job<T>& j, const K& k, bool per_row) {
       dot += part[2 * b];
       sq += part[2 * b + 1];
     }
-    if (j.norm != nullptr) sq = double(j.norm[0]) * double(j.norm[0]);
     c = finite_or(dot / sq, 0.f);  // a non-finite gradient or norm: the tensor is not projected
   }
   at::parallel_for(0, nblocks, BLOCK_GRAIN, [&](int64_t f, int64_t l) { blocks(j, k, c, f, l, part.data()); });
@@ -449,7 +441,7 @@ const float* optional_floats(const torch::Tensor& t, int64_t count, const char* 
 
 template <typename T>
 Job<T> job(const torch::Tensor& w, const torch::Tensor& g, const torch::Tensor* a, const torch::Tensor* b,
-           const torch::Tensor* x, const torch::Tensor& norm, const torch::Tensor& target, bool per_row,
+           const torch::Tensor* x, const torch::Tensor& target, bool per_row,
            bool project, bool retract, size_t k) {
   TORCH_CHECK(w.device().is_cpu() && w.is_non_overlapping_and_dense(), "param[", k, "]: expected a dense CPU tensor");
   TORCH_CHECK(!per_row || w.dim() == 0 || w.size(0) <= 1 || w.stride(0) * w.size(0) == w.numel(),
@@ -473,7 +465,6 @@ Job<T> job(const torch::Tensor& w, const torch::Tensor& g, const torch::Tensor* 
     j.x = reinterpret_cast<T*>(x->data_ptr());
   }
   j.project = project;
-  j.norm = project ? optional_floats(norm, j.rows, "norm", k) : nullptr;
   j.target = retract ? optional_floats(target, j.rows, "target", k) : nullptr;
   TORCH_CHECK(!retract || j.target != nullptr, "target[", k, "]: expected the target norm(s)");
   return j;
@@ -489,15 +480,15 @@ double increment(torch::Tensor& step, size_t k) {  // step += 1 in place (torch'
 }  // namespace
 
 // In place, for each k: project grads[k] (if project), one Adam step on params[k] with its state, retract params[k]
-// onto targets[k] (if retract). norms[k]: |params[k]| where known (else empty); max_exp_avg_sqs empty unless amsgrad.
+// onto targets[k] (if retract). max_exp_avg_sqs empty unless amsgrad.
 void adam_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads, std::vector<torch::Tensor> exp_avgs,
            std::vector<torch::Tensor> exp_avg_sqs, std::vector<torch::Tensor> max_exp_avg_sqs,
-           std::vector<torch::Tensor> steps, std::vector<torch::Tensor> norms, std::vector<torch::Tensor> targets,
+           std::vector<torch::Tensor> steps, std::vector<torch::Tensor> targets,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
            bool maximize, bool project, bool retract, bool per_row) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
-                  norms.size() == n && targets.size() == n && (!amsgrad || max_exp_avg_sqs.size() == n),
+                  targets.size() == n && (!amsgrad || max_exp_avg_sqs.size() == n),
               "adam_: lists differ in length");
   // The step counts first, each with its own bias corrections (as torch: step += 1, then the update).
   std::vector<Adam> hyper(n);
@@ -522,13 +513,11 @@ void adam_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads, 
     if (w.numel() == 0) continue;
     const torch::Tensor* x = amsgrad ? &max_exp_avg_sqs[k] : nullptr;
     if (w.scalar_type() == torch::kFloat32) {
-      run(job<float>(w, grads[k], &exp_avgs[k], &exp_avg_sqs[k], x, norms[k], targets[k], per_row, project, retract,
-                     k),
+      run(job<float>(w, grads[k], &exp_avgs[k], &exp_avg_sqs[k], x, targets[k], per_row, project, retract, k),
           hyper[k], per_row);
     } else {
       TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "param[", k, "]: expected float32 or bfloat16");
-      run(job<bf16>(w, grads[k], &exp_avgs[k], &exp_avg_sqs[k], x, norms[k], targets[k], per_row, project, retract,
-                    k),
+      run(job<bf16>(w, grads[k], &exp_avgs[k], &exp_avg_sqs[k], x, targets[k], per_row, project, retract, k),
           hyper[k], per_row);
     }
   }
@@ -537,12 +526,10 @@ void adam_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads, 
 // In place, for each k: project grads[k] (if project), one SGD step on params[k] (momentum_buffers[k]: its buffer,
 // empty without momentum; first[k]: the buffer is new and takes the gradient), retract (if retract).
 void sgd_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
-          std::vector<torch::Tensor> momentum_buffers, std::vector<bool> first, std::vector<torch::Tensor> norms,
-          std::vector<torch::Tensor> targets, double lr, double momentum, double dampening, double weight_decay,
+          std::vector<torch::Tensor> momentum_buffers, std::vector<bool> first, std::vector<torch::Tensor> targets, double lr, double momentum, double dampening, double weight_decay,
           bool nesterov, bool maximize, bool project, bool retract, bool per_row) {
   const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n && momentum_buffers.size() == n && first.size() == n && norms.size() == n &&
-                  targets.size() == n,
+  TORCH_CHECK(grads.size() == n && momentum_buffers.size() == n && first.size() == n && targets.size() == n,
               "sgd_: lists differ in length");
   Sgd h{};
   h.sign = maximize ? -1.f : 1.f;
@@ -557,12 +544,12 @@ void sgd_(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
     if (w.numel() == 0) continue;
     const torch::Tensor* buf = h.has_momentum ? &momentum_buffers[k] : nullptr;
     if (w.scalar_type() == torch::kFloat32) {
-      Job<float> j = job<float>(w, grads[k], buf, nullptr, nullptr, norms[k], targets[k], per_row, project, retract, k);
+      Job<float> j = job<float>(w, grads[k], buf, nullptr, nullptr, targets[k], per_row, project, retract, k);
       j.first = first[k];
       run(j, h, per_row);
     } else {
       TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "param[", k, "]: expected float32 or bfloat16");
-      Job<bf16> j = job<bf16>(w, grads[k], buf, nullptr, nullptr, norms[k], targets[k], per_row, project, retract, k);
+      Job<bf16> j = job<bf16>(w, grads[k], buf, nullptr, nullptr, targets[k], per_row, project, retract, k);
       j.first = first[k];
       run(j, h, per_row);
     }
