@@ -708,7 +708,8 @@ def adam_(
 ) -> None:
     """In place, for each ``k``: project ``grads[k]`` (if ``project``), one Adam (AdamW if ``decoupled``) step on
     ``params[k]`` with its state, retract onto ``targets[k]`` (if ``retract``). ``steps[k] += 1`` first, as torch
-    does (‖w‖ is computed in the kernels, in the same pass). A fixed number of launches per device, dtype and place of ``step`` (module docstring)."""
+    does (‖w‖ is computed in the kernels, in the same pass). A fixed number of launches per device, dtype and
+    place of ``step`` (module docstring)."""
     n = len(params)
     _lengths("adam_", n, grads, exp_avgs, exp_avg_sqs, steps, targets, *([max_exp_avg_sqs] if amsgrad else []))
     common = {
