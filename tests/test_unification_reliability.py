@@ -100,3 +100,11 @@ def test_explain_on_a_hardened_model_names_the_parametrization():
     assert "UnifiedBlocks" in text and "8.weight" in text
     assert "sigmoid" not in text
     assert "stored form of 8.weight (parametrized by UnifiedBlocks)" in text
+
+
+def test_discovery_on_a_hardened_model_names_the_parametrization_in_its_error():
+    model = small_convnet()
+    harden(model, BlockSpec(size=4))
+    with pytest.raises(ValueError, match=r"computed by parametrizations: .*8\.weight \(UnifiedBlocks\)") as refused:
+        lawn.final_homogeneous_params(model, torch.randn(2, 1, 8, 8))
+    assert "sigmoid" not in str(refused.value)

@@ -68,6 +68,7 @@ from lawn.discovery._forward import (
 )
 from lawn.discovery.homogeneous_ops import ADDITIVE_INPUTS, has_constant_summand, homogeneous_inputs, op_name
 from lawn.discovery.layers import named_weight
+from lawn.discovery.parametrized import parametrization_note, parametrized_weights
 
 #: ops left out when a homogeneous path is printed (they only move numbers around)
 _LAYOUT_OPS = frozenset(
@@ -406,5 +407,5 @@ def final_homogeneous_params(
     """
     found = discover(model, example_inputs, strict=strict, output=output, judge_frozen=judge_frozen)
     if not found.constrained:
-        raise ValueError(found.why_empty())
+        raise ValueError(parametrization_note(found, parametrized_weights(model)) or found.why_empty())
     return [named_weight(model, name, p) for name, p in found.constrained]
