@@ -110,7 +110,7 @@ def test_row_dims_by_hand_with_a_triple_or_set_output_dim():
 
 
 def test_nested_layers_variances_are_not_weights():
-    model = nn.Sequential(lawn.NestedLinear(4, 8), nn.ReLU(), lawn.NestedConv2d(2, 4, 3))
+    model = nn.Sequential(lawn.nested.NestedLinear(4, 8), nn.ReLU(), lawn.nested.NestedConv2d(2, 4, 3))
     assert [name for name, _ in lawn.all_layer_weights(model)] == ["0.weight", "2.weight"]  # no log_sigma2
 
 
@@ -138,7 +138,7 @@ def test_a_masked_layer_returns_its_stored_weight_with_the_mask():
     model = BNNet()
     masks = {"head.weight": torch.ones(4, 32, dtype=torch.bool)}
     masks["head.weight"][1] = False
-    lawn.apply_masks(model, masks)
+    lawn.pruning.apply_masks(model, masks)
     entries = {entry[0]: entry for entry in lawn.all_layer_weights(model)}
     stored = entries["head.parametrizations.weight.original"]
     assert stored[1] is model.head.parametrizations.weight.original and stored.mask is not None

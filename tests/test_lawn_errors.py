@@ -157,8 +157,8 @@ def _pruned_model(how: str) -> tuple[BNNet, torch.Tensor]:
     model = BNNet()
     mask = torch.ones(4, 32, dtype=torch.bool)
     mask[1] = False
-    if how == "lawn.apply_masks":
-        lawn.apply_masks(model, {"head.weight": mask})  # zeroes the stored row too
+    if how == "lawn.pruning.apply_masks":
+        lawn.pruning.apply_masks(model, {"head.weight": mask})  # zeroes the stored row too
         return model, model.head.parametrizations.weight.original
     from torch.nn.utils import prune
 
@@ -169,7 +169,7 @@ def _pruned_model(how: str) -> tuple[BNNet, torch.Tensor]:
 
 
 @pytest.mark.parametrize("options", [{}, {"fused": False}, {"foreach": False}], ids=["fused_step", "foreach", "ref"])
-@pytest.mark.parametrize("how", ["lawn.apply_masks", "torch.nn.utils.prune"])
+@pytest.mark.parametrize("how", ["lawn.pruning.apply_masks", "torch.nn.utils.prune"])
 @pytest.mark.parametrize("select", ["all_layer_weights", "discovery"])
 def test_a_unit_pruned_on_purpose_stays_zero_and_is_skipped_under_row_granularity(select, how, options):
     model, stored = _pruned_model(how)
@@ -192,7 +192,7 @@ def test_a_unit_pruned_on_purpose_stays_zero_and_is_skipped_under_row_granularit
 def test_an_accidental_zero_row_is_refused_even_in_a_masked_weight(model):
     mask = torch.ones(4, 32, dtype=torch.bool)
     mask[1] = False
-    lawn.apply_masks(model, {"head.weight": mask})
+    lawn.pruning.apply_masks(model, {"head.weight": mask})
     with torch.no_grad():
         model.head.parametrizations.weight.original[2].zero_()  # zero, but not masked
     opt = lawn.LAWN(adam(model), lawn.all_layer_weights(model), free_steps=10, granularity="row")

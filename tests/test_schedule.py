@@ -74,7 +74,8 @@ def test_follows_an_automatic_switch():
 
 
 def test_no_switch_no_rewarmup():
-    model, opt, sched = make(free_steps=10_000)
+    with pytest.warns(UserWarning, match="never leaves the free phase"):
+        model, opt, sched = make(free_steps=10_000)
     used = run(model, opt, sched, batches(T))
     assert opt.switch_step is None and used[W:] == pytest.approx([LR] * (T - W))
 

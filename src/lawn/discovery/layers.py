@@ -8,7 +8,7 @@ so that what the constraint needs to know travels with each weight (nothing is r
 * **output dim** (the rows of ``granularity="row"``): 1 for ``ConvTranspose*`` (``in × out × k…``) and Hugging Face
   ``Conv1D`` (``in × out``), 0 for every other layer; a dim set by hand with
   :func:`lawn.constraint.set_output_dim` wins;
-* **mask**: a weight pruned by a mask (lawn's :class:`lawn.WeightMask` parametrization, or
+* **mask**: a weight pruned by a mask (lawn's :class:`lawn.pruning.WeightMask` parametrization, or
   ``torch.nn.utils.prune``) carries it (read when the constraint switches), so that a unit pruned on purpose,
   zero and masked, is skipped rather than refused;
 * **parametrized weights** (``torch.nn.utils.parametrize``: a pruning mask, a hardened unified layer of
