@@ -51,6 +51,7 @@ LATE_FIELDS = (
     "afan_direction",
     "eval_noise_std",
     "rewarmup_all",
+    "eval_blur_sigma",
 )
 
 
@@ -116,6 +117,8 @@ class RunConfig:
     device: str = "cpu"
     # extra evaluation: test accuracy with N(0, eval_noise_std²) noise added to the inputs (0: off)
     eval_noise_std: float = 0.0
+    # extra evaluation: test accuracy on images blurred by a Gaussian of std eval_blur_sigma pixels (0: off)
+    eval_blur_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -314,6 +317,10 @@ def _validate(c: RunConfig) -> None:
     _check(
         math.isfinite(c.ssi_lambda) and c.ssi_lambda >= 0,
         f"ssi_lambda: must be a finite number >= 0, got {c.ssi_lambda}",
+    )
+    _check(
+        math.isfinite(c.eval_blur_sigma) and c.eval_blur_sigma >= 0,
+        f"eval_blur_sigma: must be a finite number of pixels >= 0 (0: off), got {c.eval_blur_sigma}",
     )
     _check(c.seed >= 0 and c.data_seed >= 0, f"seed/data_seed: must be >= 0, got {c.seed}/{c.data_seed}")
     _check(
