@@ -91,3 +91,14 @@ def test_blur_keeps_constants_and_mass_and_smooths_an_impulse() -> None:
         from lawn.harness.config import RunConfig
 
         RunConfig(eval_blur_sigma=-1.0)
+
+
+def test_metric_view_judges_another_metric_and_keeps_the_validation_choice() -> None:
+    from lawn.harness.metric_view import view
+
+    rows = [{"key": "k", "config": {"seed": 0}, "val_metric": 0.8, "test_metric": 0.7, "ece": 0.05, "diverged": False}]
+    (ece,) = view(rows, "ece", lower_is_better=True)
+    assert ece["test_metric"] == -0.05 and ece["val_metric"] == 0.8 and ece["metric"] == "-ece"
+    assert ece["key"] == "k:-ece" and rows[0]["test_metric"] == 0.7
+    with pytest.raises(ValueError, match="row 1 .*no 'noisy_test_metric'"):
+        view(rows, "noisy_test_metric", where="rows")
