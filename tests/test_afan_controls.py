@@ -102,3 +102,19 @@ def test_metric_view_judges_another_metric_and_keeps_the_validation_choice() -> 
     assert ece["key"] == "k:-ece" and rows[0]["test_metric"] == 0.7
     with pytest.raises(ValueError, match="row 1 .*no 'noisy_test_metric'"):
         view(rows, "noisy_test_metric", where="rows")
+
+
+def test_fresh_seeds_follow_a_pilot_that_tuned_a_late_field() -> None:
+    import json
+
+    from lawn.harness.pilot import PilotSelected
+    from lawn.harness.sweep import SweepSpec
+
+    spec = {"base": {"dataset": "digits", "width": 4, "epochs": 1}, "optimizers": ["sgd"], "methods": ["afan"],
+            "lrs": [0.05], "grids": {"afan": {"afan_step_size": [0.001, 0.01, 0.1]}}}  # fmt: skip
+    pilot = [
+        json.loads(json.dumps({"config": c.to_dict(), "tuned": t, "val_metric": 0.9 - abs(c.afan_step_size - 0.01)}))
+        for c, t in SweepSpec.from_dict({**spec, "seeds": [100]}).expand()
+    ]
+    runs = PilotSelected(SweepSpec.from_dict({**spec, "seeds": [0, 1]}), pilot).expand()
+    assert [(c.seed, c.afan_step_size) for c, _ in runs] == [(0, 0.01), (1, 0.01)]
