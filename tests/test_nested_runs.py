@@ -108,3 +108,17 @@ def test_spec_expands_and_a_pilot_keeps_the_best_point_for_every_width(tmp_path)
     path.write_text(SPEC.replace('nested_arm = "narrow"', 'nested_arm = "narrow"\nepochs = 3', 1))
     with pytest.raises(ValueError, match="arms.narrow"):
         NestedSpec.load(path)
+
+
+def test_ordering_table_reports_how_far_the_keep_probabilities_moved(tmp_path) -> None:
+    from lawn.harness.nested_plots import plot, table
+
+    def row(width: float, last: list[float]) -> dict:
+        history = [{"keep_probabilities": [[1.0, 0.8, 0.64]]}, {"keep_probabilities": [last]}]
+        config = {"nested_arm": "learned", "nested_kl_weight": 0.1, "seed": 7, "eval_width": width}
+        return {"run_key": "r", "config": config, "history": history, "epochs_run": 1, "test_metric": width / 2}
+
+    rows = [row(0.125, [1.0, 0.9, 0.34]), row(1.0, [1.0, 0.9, 0.34])]
+    assert "| 0.1 | 7 | 1 | 0.300 | 0.300 | 0.0625 | 0.5000 |" in table(rows)
+    plot(rows, tmp_path / "o.png")
+    assert (tmp_path / "o.png").stat().st_size > 0
