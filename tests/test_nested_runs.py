@@ -122,3 +122,13 @@ def test_ordering_table_reports_how_far_the_keep_probabilities_moved(tmp_path) -
     assert "| 0.1 | 7 | 1 | 0.300 | 0.300 | 0.0625 | 0.5000 |" in table(rows)
     plot(rows, tmp_path / "o.png")
     assert (tmp_path / "o.png").stat().st_size > 0
+
+
+def test_order_lr_scale_moves_the_keep_probabilities_further(splits) -> None:
+    def moved(scale: float) -> float:
+        fields = {**TINY, "epochs": 1, "nested_arm": "learned", "nested_kl_weight": 0.0, "nested_order_lr_scale": scale}
+        history = train_nested(RunConfig.from_dict(fields), splits)[0]["history"]
+        first, last = history[0]["keep_probabilities"], history[-1]["keep_probabilities"]
+        return max(abs(a - b) for p, q in zip(first, last) for a, b in zip(p, q))
+
+    assert moved(30.0) > 3 * moved(1.0)

@@ -57,6 +57,7 @@ LATE_FIELDS = (
     "nested_kl_weight",
     "nested_fraction",
     "eval_width",
+    "nested_order_lr_scale",
 )
 NESTED_ARMS = ("none", "narrow", "dropout", "learned")
 
@@ -133,6 +134,7 @@ class RunConfig:
     nested_kl_weight: float = 1.0
     nested_fraction: float = 1.0
     eval_width: float = 1.0
+    nested_order_lr_scale: float = 1.0  # the learned ordering's keep logits train at lr x this
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -341,6 +343,10 @@ def _validate(c: RunConfig) -> None:
     _check(
         math.isfinite(c.nested_kl_weight) and c.nested_kl_weight >= 0,
         f"nested_kl_weight: a finite number >= 0, got {c.nested_kl_weight}",
+    )
+    _check(
+        math.isfinite(c.nested_order_lr_scale) and c.nested_order_lr_scale > 0,
+        f"nested_order_lr_scale: a finite number > 0, got {c.nested_order_lr_scale}",
     )
     for name in ("nested_fraction", "eval_width"):
         _check(0.0 < getattr(c, name) <= 1.0, f"{name}: a fraction of the units in (0, 1], got {getattr(c, name)}")

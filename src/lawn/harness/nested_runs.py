@@ -13,7 +13,8 @@ config's lr / schedule / epochs / batch size):
   from the stick-breaking distribution with every stick dropped at rate ``nested_rate``;
 - ``"learned"``: the learned ordering (Bayesian nested networks): the same layers, the keep probabilities learned
   from the prior ``β = 1 − nested_rate``, loss ``CE + nested_kl_weight · Σ_layers KL(q(z) ‖ p(z))`` (weight 1 is
-  the ELBO with one cut per example).
+  the ELBO with one cut per example); the keep logits train at ``lr × nested_order_lr_scale`` (Adam moves a
+  parameter by about its lr per step, so over ``T`` steps a logit moves at most ``≈ lr · T``).
 
 The last ``HELD_OUT = 2`` classes of the data set are never trained on: their test images are the
 out-of-distribution set (Fashion-MNIST: bag and ankle boot), the other classes' are the test set. After training,
@@ -216,7 +217,12 @@ def train_nested(config: RunConfig, splits: Splits | None = None) -> list[dict[s
     nested = config.nested_arm != "narrow"
     starts = batch_starts(len(s.y_train), config.batch_size)
     total_steps = len(starts) * config.epochs
-    optimizer = torch.optim.Adam(model.parameters(), lr=scaled_lr(config))
+    order = [p for n, p in model.named_parameters() if n.endswith("ordering.keep_logits")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("ordering.keep_logits")]
+    groups = [{"params": rest}] + (
+        [{"params": order, "lr": scaled_lr(config) * config.nested_order_lr_scale}] if order else []
+    )
+    optimizer = torch.optim.Adam(groups, lr=scaled_lr(config))
     scheduler = build_scheduler(optimizer, config, total_steps)
 
     def record(epoch: int, loss: float | None, accuracy: float | None, kl: float | None) -> dict[str, Any]:
