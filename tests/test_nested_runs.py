@@ -119,7 +119,7 @@ def test_ordering_table_reports_how_far_the_keep_probabilities_moved(tmp_path) -
         return {"run_key": "r", "config": config, "history": history, "epochs_run": 1, "test_metric": width / 2}
 
     rows = [row(0.125, [1.0, 0.9, 0.34]), row(1.0, [1.0, 0.9, 0.34])]
-    assert "| 0.1 | 7 | 1 | 0.300 | 0.300 | 0.0625 | 0.5000 |" in table(rows)
+    assert "| 0.1 | 1 | 7 | 1 | 0.300 | 0.300 | 0.0625 | 0.5000 |" in table(rows)
     plot(rows, tmp_path / "o.png")
     assert (tmp_path / "o.png").stat().st_size > 0
 

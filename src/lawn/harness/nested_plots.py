@@ -2,8 +2,8 @@
 
     python -m lawn.harness.nested_plots ROWS.jsonl --out ordering.png
 
-One panel per KL weight (the learned arm's runs of ``ROWS``): ``P(group j kept)`` against ``j`` for each nested
-layer, every epoch (light to dark), and the prior ``Π_{i<j} (1 − nested_rate)`` dashed. The table (printed, and
+One panel per learned-arm run of ``ROWS`` (by keep-logit lr scale and KL weight): ``P(group j kept)`` against
+``j`` for each nested layer, every epoch (light to dark), and the prior ``Π_{i<j} (1 − nested_rate)`` dashed. The table (printed, and
 written next to the plot as ``.md``) gives per run the largest ``|P(kept) − prior|`` over groups and layers at the
 last epoch, and the test accuracy at the smallest and the full width.
 """
@@ -27,21 +27,28 @@ def _runs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[float, 
     for group in by_run.values():
         full = max(group, key=lambda r: r["config"]["eval_width"])
         out.append((full, {r["config"]["eval_width"]: r["test_metric"] for r in group}))
-    return sorted(out, key=lambda item: (item[0]["config"]["nested_kl_weight"], item[0]["config"]["seed"]))
+    return sorted(
+        out, key=lambda item: (_scale(item[0]), item[0]["config"]["nested_kl_weight"], item[0]["config"]["seed"])
+    )
+
+
+def _scale(row: dict[str, Any]) -> float:
+    return row["config"].get("nested_order_lr_scale", 1.0)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| KL weight | seed | epochs | max \\|P(kept) − prior\\| (last epoch) | per layer "
+        "| KL weight | keep-logit lr × | seed | epochs | max \\|P(kept) − prior\\| (last epoch) | per layer "
         "| test acc. 1/8 width | full width |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for full, accuracy in _runs(rows):
         first, last = full["history"][0]["keep_probabilities"], full["history"][-1]["keep_probabilities"]
         per_layer = [max(abs(a - b) for a, b in zip(p, q)) for p, q in zip(last, first)]
         c = full["config"]
         lines.append(
-            f"| {c['nested_kl_weight']:g} | {c['seed']} | {full['epochs_run']} | {max(per_layer):.3f} | "
+            f"| {c['nested_kl_weight']:g} | {_scale(full):g} | {c['seed']} | {full['epochs_run']} | "
+            f"{max(per_layer):.3f} | "
             + ", ".join(f"{d:.3f}" for d in per_layer)
             + f" | {accuracy[min(accuracy)]:.4f} | {accuracy[max(accuracy)]:.4f} |"
         )
@@ -68,7 +75,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
                         lw=2 if last else 0.8, label=f"layer {layer + 1}" if last else None)  # fmt: skip
         prior = history[0]["keep_probabilities"][0]
         ax.plot(range(1, len(prior) + 1), prior, "k--", lw=1, label="prior")
-        ax.set_title(f"KL weight {full['config']['nested_kl_weight']:g}")
+        scale = f", logit lr ×{_scale(full):g}" if _scale(full) != 1.0 else ""
+        ax.set_title(f"KL weight {full['config']['nested_kl_weight']:g}{scale}", fontsize=9)
         ax.set_xlabel("group j")
     axes[0][0].set_ylabel("P(group j kept)")
     axes[0][-1].legend(fontsize=7)
