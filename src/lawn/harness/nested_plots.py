@@ -2,10 +2,11 @@
 
     python -m lawn.harness.nested_plots ROWS.jsonl --out ordering.png
 
-One panel per learned-arm run of ``ROWS`` (by keep-logit lr scale and KL weight): ``P(group j kept)`` against
-``j`` for each nested layer, every epoch (light to dark), and the prior ``Π_{i<j} (1 − nested_rate)`` dashed. The
-table (printed, and written next to the plot as ``.md``) gives per run the largest ``|P(kept) − prior|`` over groups and layers at the
-last epoch, and the test accuracy at the smallest and the full width.
+One panel per learned-arm run of ``ROWS`` (by keep-logit lr scale and KL weight): ``P(group j kept)``
+against ``j`` for each nested layer, every epoch (light to dark), and the prior ``Π_{i<j} (1 − nested_rate)``
+dashed. The table (printed, and written next to the plot as ``.md``) gives per run the largest
+``|P(kept) − prior|`` over groups and layers at the last epoch, and the test accuracy at the smallest and the
+full width.
 """
 
 from __future__ import annotations
