@@ -65,8 +65,12 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
     runs = _runs(rows)
     if not runs:
         raise ValueError("no learned-ordering rows (nested_arm = 'learned') to plot")
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), sharey=True, squeeze=False)
-    for ax, (full, _) in zip(axes[0], runs):
+    cols = min(4, len(runs))
+    rows_ = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.2 * cols, 3.0 * rows_ + 0.4), sharey=True, squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.axis("off")
+    for ax, (full, _) in zip(axes.flat, runs):
         history = full["history"]
         for layer in range(len(history[0]["keep_probabilities"])):
             for e, entry in enumerate(history[1:], 1):
@@ -79,8 +83,9 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
         scale = f", logit lr ×{_scale(full):g}" if _scale(full) != 1.0 else ""
         ax.set_title(f"KL weight {full['config']['nested_kl_weight']:g}{scale}", fontsize=9)
         ax.set_xlabel("group j")
-    axes[0][0].set_ylabel("P(group j kept)")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("P(group j kept)")
+    axes.flat[len(runs) - 1].legend(fontsize=7)
     fig.suptitle("Learned ordering: keep probabilities per epoch (light → dark) against the prior", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
