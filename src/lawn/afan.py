@@ -414,3 +414,100 @@ def _restore(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
     for name, b in model.named_buffers():
         if name in snapshot:
             b.copy_(snapshot[name])
+
+
+class InputAdversarial:
+    """Input-space adversarial training: the AdvProp-style control for A-FAN (PGD on the input, not a feature).
+
+    With ``w = adv_weight`` the training loss is ``(1 − w) · ℓ(f(x), y) + w · ℓ(f(x + δ), y)``, where ``δ`` comes
+    from ``steps`` steps of sign-gradient ascent on the whole network's loss, from 0 (or ``U(−r, r)``, ``r = eps``
+    or ``step_size`` when ``eps`` is ``None``)::
+
+        δ ← clip_eps(δ + step_size · sign(∇_δ ℓ(f(x + δ), y)))
+
+    the same steps / step size / bound semantics as :class:`AFAN`, with the split moved to the input. Per call: one
+    clean pass with backward, ``steps`` attack passes (forward and backward to the input, no parameter gradients)
+    and one adversarial pass (backward later): ``steps + 2`` passes of the whole network. Inputs are not clamped to
+    a pixel range (the harness standardizes them). Unlike AdvProp there is no auxiliary BatchNorm: the extra passes
+    normalize with their own batch statistics, and ``bn="freeze"`` keeps the running statistics those of the clean
+    batches (``"update"`` lets every pass update them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        steps: int = 5,
+        step_size: float = 0.5 / 255,
+        eps: float | None = None,
+        random_start: bool = False,
+        adv_weight: float = 0.5,
+        bn: BNMode = "freeze",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps: expected an integer >= 0 (0 turns the attack off), got {steps!r}")
+        if not _positive(step_size):
+            raise ValueError(f"step_size: expected a finite number > 0, got {step_size!r}")
+        if eps is not None and not _positive(eps):
+            raise ValueError(f"eps: expected None (no bound) or a finite number > 0, got {eps!r}")
+        if not isinstance(random_start, bool):
+            raise TypeError(f"random_start: expected True or False, got {random_start!r}")
+        if not _number(adv_weight) or not 0.0 <= adv_weight <= 1.0:
+            raise ValueError(f"adv_weight: expected a number in [0, 1], got {adv_weight!r}")
+        if bn not in ("freeze", "update"):
+            raise ValueError(f"bn: expected 'freeze' or 'update', got {bn!r}")
+        self.model = model
+        self.steps, self.step_size = steps, float(step_size)
+        self.eps = None if eps is None else float(eps)
+        self.random_start, self.adv_weight, self.bn = random_start, float(adv_weight), bn
+
+    @property
+    def active(self) -> bool:
+        """``False`` when the configuration reduces to the plain loss (``steps == 0`` or ``adv_weight == 0``)."""
+        return self.steps > 0 and self.adv_weight > 0.0
+
+    @property
+    def extra_passes(self) -> int:
+        """Whole-network passes beyond plain training's one: ``steps`` attack passes and one adversarial pass."""
+        return self.steps + 1 if self.active else 0
+
+    def perturbation(self, x: torch.Tensor, y: Any, criterion: Criterion) -> tuple[torch.Tensor, torch.Tensor]:
+        """``δ`` (detached, ``|δ| ≤ eps`` elementwise when bounded) and the loss before each ascent step."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x: input-space PGD needs a floating-point input tensor, got {type(x).__name__}")
+        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        x = x.detach()
+        if self.random_start:
+            radius = self.eps if self.eps is not None else self.step_size
+            delta = torch.empty(x.shape, device=x.device, dtype=dtype).uniform_(-radius, radius)
+        else:
+            delta = torch.zeros(x.shape, device=x.device, dtype=dtype)
+        losses = []
+        with self._stats(), torch.enable_grad():
+            for _ in range(self.steps):
+                delta.requires_grad_(True)
+                loss = criterion(self.model((x + delta).to(x.dtype)), y)
+                (grad,) = torch.autograd.grad(loss, delta)
+                losses.append(loss.detach().float())
+                delta = delta.detach() + self.step_size * grad.sign()
+                if self.eps is not None:
+                    delta = delta.clamp(-self.eps, self.eps)
+        return delta.detach(), torch.stack(losses) if losses else torch.zeros(0)
+
+    def loss(self, x: torch.Tensor, y: Any, criterion: Criterion) -> tuple[torch.Tensor, AFANPieces]:
+        """The training loss on batch ``(x, y)`` and its pieces (as :meth:`AFAN.loss`); call ``backward()`` on the
+        first."""
+        output = self.model(x)
+        clean = criterion(output, y)
+        if not self.active:
+            return clean, AFANPieces(output, clean, None)
+        delta, attack_losses = self.perturbation(x, y, criterion)
+        with self._stats():
+            adversarial = criterion(self.model((x.detach() + delta).to(x.dtype)), y)
+        total = (1.0 - self.adv_weight) * clean + self.adv_weight * adversarial
+        return total, AFANPieces(output, clean, adversarial, delta.abs().mean(), attack_losses)
+
+    def _stats(self) -> contextlib.AbstractContextManager[None]:
+        return _frozen_running_stats(self.model) if self.bn == "freeze" else contextlib.nullcontext()

@@ -53,7 +53,15 @@ LATE_FIELDS = (
     "afan_direction",
     "eval_noise_std",
     "rewarmup_all",
+    "eval_blur_sigma",
+    "nested_arm",
+    "nested_rate",
+    "nested_kl_weight",
+    "nested_fraction",
+    "eval_width",
+    "nested_order_lr_scale",
 )
+NESTED_ARMS = ("none", "narrow", "dropout", "learned")
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,17 @@ class RunConfig:
     device: str = "cpu"
     # extra evaluation: test accuracy with N(0, eval_noise_std²) noise added to the inputs (0: off)
     eval_noise_std: float = 0.0
+    # extra evaluation: test accuracy on images blurred by a Gaussian of std eval_blur_sigma pixels (0: off)
+    eval_blur_sigma: float = 0.0
+    # nested networks (lawn.harness.nested_runs; "none": not a nested run): the arm, the per-stick drop rate
+    # (fixed-rate nested dropout; the learned ordering's prior), the weight of KL(q(z) || p(z)) in the loss, the
+    # trained fraction of the units (narrow nets) and the fraction of the units at which the row is evaluated
+    nested_arm: str = "none"
+    nested_rate: float = 0.3
+    nested_kl_weight: float = 1.0
+    nested_fraction: float = 1.0
+    eval_width: float = 1.0
+    nested_order_lr_scale: float = 1.0  # the learned ordering's keep logits train at lr x this
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -317,6 +336,22 @@ def _validate(c: RunConfig) -> None:
         math.isfinite(c.ssi_lambda) and c.ssi_lambda >= 0,
         f"ssi_lambda: must be a finite number >= 0, got {c.ssi_lambda}",
     )
+    _check(
+        math.isfinite(c.eval_blur_sigma) and c.eval_blur_sigma >= 0,
+        f"eval_blur_sigma: must be a finite number of pixels >= 0 (0: off), got {c.eval_blur_sigma}",
+    )
+    _check(c.nested_arm in NESTED_ARMS, f"nested_arm: expected one of {NESTED_ARMS}, got {c.nested_arm!r}")
+    _check(0.0 < c.nested_rate < 1.0, f"nested_rate: a drop rate in (0, 1), got {c.nested_rate}")
+    _check(
+        math.isfinite(c.nested_kl_weight) and c.nested_kl_weight >= 0,
+        f"nested_kl_weight: a finite number >= 0, got {c.nested_kl_weight}",
+    )
+    _check(
+        math.isfinite(c.nested_order_lr_scale) and c.nested_order_lr_scale > 0,
+        f"nested_order_lr_scale: a finite number > 0, got {c.nested_order_lr_scale}",
+    )
+    for name in ("nested_fraction", "eval_width"):
+        _check(0.0 < getattr(c, name) <= 1.0, f"{name}: a fraction of the units in (0, 1], got {getattr(c, name)}")
     _check(c.seed >= 0 and c.data_seed >= 0, f"seed/data_seed: must be >= 0, got {c.seed}/{c.data_seed}")
     _check(
         c.device == "cpu" or c.device == "cuda" or c.device.startswith("cuda:") or c.device == "mps",

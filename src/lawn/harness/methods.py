@@ -29,6 +29,11 @@ With ``rewarmup_fraction > 0`` the LAWN methods train under ``lawn.LAWNSchedule`
   augmentation at module ``afan_layer``; ``"auto"`` picks the model's entry in ``AFAN_LAYERS``, after its
   first stage as in the released CIFAR run), with the ``afan_*`` fields as its options
   (``afan_normalize="none"`` is ``normalize=None``). ``train_loss`` logs the clean loss.
+- ``input_adv``: the base optimizer, no weight decay; the training loss is ``lawn.afan.InputAdversarial``'s,
+  ``(1 − w) ℓ(f(x), y) + w ℓ(f(x + δ), y)`` with ``δ`` from PGD on the input (the AdvProp-style control for
+  A-FAN), read from the same fields: ``afan_steps``, ``afan_step_size``, ``afan_eps``, ``afan_random_start``,
+  ``afan_adv_weight`` (``w``) and ``afan_bn``, in input units (standardized pixels). ``train_loss`` logs the clean
+  loss; ``passes_per_step`` counts whole-network passes, ``afan_steps + 2``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 import lawn
+from lawn.afan import InputAdversarial
 from lawn.harness.config import RunConfig
 from lawn.harness.optimizers import build_base_optimizer
 from lawn.mimicnorm import LastBatchNorm
@@ -234,6 +240,25 @@ def _afan_step_loss(model: nn.Module, config: RunConfig) -> StepLoss:
     return step_loss
 
 
+def _input_adv_step_loss(model: nn.Module, config: RunConfig) -> StepLoss:
+    adversary = InputAdversarial(
+        model,
+        steps=config.afan_steps,
+        step_size=config.afan_step_size,
+        eps=config.afan_eps,
+        random_start=config.afan_random_start,
+        adv_weight=config.afan_adv_weight,
+        bn=config.afan_bn,  # type: ignore[arg-type]
+    )
+
+    def step_loss(inputs: Any, targets: torch.Tensor, criterion: Criterion) -> Any:
+        total, pieces = adversary.loss(inputs, targets, criterion)
+        return total, pieces.output, pieces.clean_loss
+
+    step_loss.passes_after_split = 1 + adversary.extra_passes  # type: ignore[attr-defined]
+    return step_loss
+
+
 def check_config(c: RunConfig) -> None:
     """Raise ``ValueError`` naming the field when an ``afan_*`` option is out of range (checked for every
     method, so a sweep's rows never carry a value ``afan`` would refuse)."""
@@ -267,6 +292,15 @@ register_method(
         None,
         "A-FAN: loss on clean and adversarially perturbed features at afan_layer, no weight decay",
         step_loss=_afan_step_loss,
+    )
+)
+register_method(
+    Method(
+        "input_adv",
+        False,
+        None,
+        "input-space adversarial training (PGD on the input, clean + adversarial loss), no weight decay",
+        step_loss=_input_adv_step_loss,
     )
 )
 

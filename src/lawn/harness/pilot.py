@@ -28,7 +28,8 @@ class PilotSelected:
 
     def __init__(self, spec: SweepSpec, pilot_rows: list[dict[str, Any]]) -> None:
         runs = spec.expand()
-        selections = {_setting_key(s.setting, []): s for s in select(pilot_rows)}
+        # without the tuned fields: a tuned late field (afan_step_size) comes back in s.setting at its default
+        selections = {_setting_key(s.setting, s.tuned): s for s in select(pilot_rows)}
         grid_sizes: dict[str, int] = {}
         for config, tuned in runs:
             key = _setting_key(config.to_dict(), tuned)
