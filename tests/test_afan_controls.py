@@ -104,17 +104,11 @@ def test_metric_view_judges_another_metric_and_keeps_the_validation_choice() -> 
         view(rows, "noisy_test_metric", where="rows")
 
 
-def test_fresh_seeds_follow_a_pilot_that_tuned_a_late_field() -> None:
-    import json
+def test_a_run_with_eval_blur_sigma_reports_the_blurred_test_accuracy() -> None:
+    from lawn.harness.config import RunConfig
+    from lawn.harness.train import train
 
-    from lawn.harness.pilot import PilotSelected
-    from lawn.harness.sweep import SweepSpec
-
-    spec = {"base": {"dataset": "digits", "width": 4, "epochs": 1}, "optimizers": ["sgd"], "methods": ["afan"],
-            "lrs": [0.05], "grids": {"afan": {"afan_step_size": [0.001, 0.01, 0.1]}}}  # fmt: skip
-    pilot = [
-        json.loads(json.dumps({"config": c.to_dict(), "tuned": t, "val_metric": 0.9 - abs(c.afan_step_size - 0.01)}))
-        for c, t in SweepSpec.from_dict({**spec, "seeds": [100]}).expand()
-    ]
-    runs = PilotSelected(SweepSpec.from_dict({**spec, "seeds": [0, 1]}), pilot).expand()
-    assert [(c.seed, c.afan_step_size) for c, _ in runs] == [(0, 0.01), (1, 0.01)]
+    fields = {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1}
+    row = train(RunConfig.from_dict({**fields, "eval_blur_sigma": 1.0}))
+    assert 0.0 <= row["blurred_test_metric"] <= 1.0
+    assert "blurred_test_metric" not in train(RunConfig.from_dict(fields))

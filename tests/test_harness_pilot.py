@@ -74,3 +74,19 @@ def test_lawn_sweep_runs_fresh_seeds_at_the_pilots_choice(tmp_path, capsys):
     assert sorted((r["config"]["seed"], r["config"]["lr"]) for r in fresh_rows) == [(1, best), (2, best)]
     assert main(["sweep", str(spec), "--results", str(fresh), "--seeds", "one", *quiet]) == 2
     assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_fresh_seeds_follow_a_pilot_that_tuned_a_late_field() -> None:
+    import json
+
+    from lawn.harness.pilot import PilotSelected
+    from lawn.harness.sweep import SweepSpec
+
+    spec = {"base": {"dataset": "digits", "width": 4, "epochs": 1}, "optimizers": ["sgd"], "methods": ["afan"],
+            "lrs": [0.05], "grids": {"afan": {"afan_step_size": [0.001, 0.01, 0.1]}}}  # fmt: skip
+    pilot = [
+        json.loads(json.dumps({"config": c.to_dict(), "tuned": t, "val_metric": 0.9 - abs(c.afan_step_size - 0.01)}))
+        for c, t in SweepSpec.from_dict({**spec, "seeds": [100]}).expand()
+    ]
+    runs = PilotSelected(SweepSpec.from_dict({**spec, "seeds": [0, 1]}), pilot).expand()
+    assert [(c.seed, c.afan_step_size) for c, _ in runs] == [(0, 0.01), (1, 0.01)]

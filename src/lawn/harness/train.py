@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 import lawn
 from lawn.harness.checked import checked
 from lawn.harness.config import RunConfig
+from lawn.harness.corruptions import blurred_accuracy
 from lawn.harness.datasets import load_data
 from lawn.harness.methods import METHODS, build_optimizer, constrained_params, free_steps
 from lawn.harness.models import build_model
@@ -356,6 +357,8 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     result["timing"]["step_seconds"] = round(fitted.seconds / max(1, fitted.steps), 6)
     if config.eval_noise_std > 0:
         result["noisy_test_metric"] = None if diverged else noisy_accuracy(task, model, config)
+    if config.eval_blur_sigma > 0:
+        result["blurred_test_metric"] = None if diverged else blurred_accuracy(task, model, config.eval_blur_sigma)
     if "test_auc" in last:
         result["val_auc"] = None if diverged else last["val_auc"]
         result["test_auc"] = None if diverged else last["test_auc"]
