@@ -43,6 +43,7 @@ import warnings
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lawn._checks import is_int, is_number
 from lawn.constraint._warn import warn_at_caller
 
 DECAYS = ("cosine", "linear", "constant")
@@ -132,7 +133,7 @@ class LAWNSchedule(LRScheduler):
             ("warmup_steps", warmup_steps),
             ("rewarmup_steps", rewarmup_steps),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         if total_steps < 1:
             raise ValueError(f"total_steps: must be >= 1, got {total_steps}")
@@ -141,7 +142,7 @@ class LAWNSchedule(LRScheduler):
         if before_switch not in BEFORE_SWITCH:
             raise ValueError(f"before_switch: expected one of {BEFORE_SWITCH}, got {before_switch!r}")
         for name, value in (("rewarmup_from", rewarmup_from), ("final_fraction", final_fraction)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            if not is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
         _warn_about_the_shape(optimizer, total_steps, warmup_steps, rewarmup_steps)
         self.total_steps = total_steps

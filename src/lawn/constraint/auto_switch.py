@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lawn._checks import is_int
 from lawn.constraint._dtensor import full
 from lawn.constraint.keys import INNERMOST
 
@@ -75,7 +76,7 @@ class AutoSwitch:
         if not (isinstance(self.threshold, int | float) and 0.0 < self.threshold < 1.0):
             raise ValueError(f"AutoSwitch.threshold: must be a number in (0, 1), got {self.threshold!r}")
         bound = self.max_free_steps
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
+        if bound is not None and (not is_int(bound) or bound < 1):
             raise ValueError(f"AutoSwitch.max_free_steps: must be None or an int >= 1, got {bound!r}")
 
     @property

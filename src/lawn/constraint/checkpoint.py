@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lawn._checks import is_int
 from lawn.constraint.auto_switch import AUTO
 from lawn.constraint.keys import Keys
 from lawn.constraint.options import require
@@ -79,7 +80,7 @@ def _check_switch(saved: Mapping[str, Any], group: Mapping[str, Any], keys: Keys
     """The switch rule the checkpoint leaves: a step count, or ``"auto"`` with its constants and memory."""
     free_steps = saved.get(keys.free_steps, group[keys.free_steps])
     require(
-        free_steps == AUTO or (isinstance(free_steps, int) and not isinstance(free_steps, bool) and free_steps >= 0),
+        free_steps == AUTO or (is_int(free_steps) and free_steps >= 0),
         f"load_state_dict: {keys.free_steps}={free_steps!r} in the checkpoint; expected an int >= 0 or {AUTO!r}",
     )
     if free_steps == AUTO:

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from lawn._checks import is_int, is_number
 from lawn.constraint.reference import GRANULARITIES, Granularity
 
 #: target norms must lie here: the fp32 sums of squares in the fast paths are then exact in range
@@ -24,11 +25,7 @@ def require(condition: bool, message: str, error: type[Exception] = ValueError) 
 
 
 def positive_finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return is_number(x) and math.isfinite(x) and x > 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Options:
             target is None or (positive_finite(target) and MIN_TARGET <= target <= MAX_TARGET),
             f"target_norm: must be None or a number in [{MIN_TARGET:g}, {MAX_TARGET:g}], got {target!r}",
         )
-        require(_is_int(self.retract_every), f"retract_every: expected an int, got {self.retract_every!r}", TypeError)
+        require(is_int(self.retract_every), f"retract_every: expected an int, got {self.retract_every!r}", TypeError)
         require(self.retract_every >= 1, f"retract_every: must be >= 1, got {self.retract_every}")
         self._check_paths()
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from lawn._checks import is_number
 from lawn.constraint import fused_step, reference
 from lawn.constraint._dtensor import is_dtensor
 from lawn.constraint._lazy_kernel import LazyKernel
@@ -124,7 +125,7 @@ def base_kind(base: torch.optim.Optimizer) -> str | None:
 
 
 def _is_float(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return all(is_number(v) for v in values)
 
 
 def _group_supported(kind: str, group: dict[str, Any]) -> bool:
