@@ -1,4 +1,4 @@
-"""Reliability, math at the edges (issue 12, items 12-16): rows, non-finite values, extreme scales, `.data`."""
+"""The engine's math at the edges: rows, non-finite values, extreme scales, writes through `.data`."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ class _Decoder(nn.Module):
 
 
 @pytest.mark.parametrize("foreach", [True, False])
-def test_item12_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_conv(foreach):
+def test_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_conv(foreach):
     torch.manual_seed(0)
     model = _Decoder()
     x = torch.randn(8, 4)
@@ -42,7 +42,7 @@ def test_item12_row_granularity_keeps_one_norm_per_output_unit_of_a_transposed_c
 
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
 @pytest.mark.parametrize("path", ["foreach", "reference"])
-def test_item13_one_non_finite_gradient_entry_stays_one(granularity, path):
+def test_one_non_finite_gradient_entry_stays_one(granularity, path):
     def run(constrained: bool) -> int:
         torch.manual_seed(0)
         w = nn.Parameter(torch.randn(8, 16))
@@ -61,7 +61,7 @@ def test_item13_one_non_finite_gradient_entry_stays_one(granularity, path):
     assert run(constrained=True) == 1  # was 128 (the whole tensor) or 16 (the row)
 
 
-def test_item14_target_scale_is_bounded_and_norms_do_not_overflow_or_underflow():
+def test_target_scale_is_bounded_and_norms_do_not_overflow_or_underflow():
     w = nn.Parameter(torch.randn(4, 8))
     for scale in (1e-25, 1e20):
         with pytest.raises(ValueError, match="target_scale: must be a number in"):
@@ -79,7 +79,7 @@ def test_item14_target_scale_is_bounded_and_norms_do_not_overflow_or_underflow()
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_item15_a_write_through_data_does_not_leave_a_stale_norm(fused):
+def test_a_write_through_data_does_not_leave_a_stale_norm(fused):
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(16, 32))
     # Adagrad: a base the fused step does not implement, so the projection (foreach or fused.py kernel) runs on .grad
@@ -95,7 +95,7 @@ def test_item15_a_write_through_data_does_not_leave_a_stale_norm(fused):
 
 
 @pytest.mark.parametrize("base", ["sgd", "adam"])
-def test_item15_the_fused_step_after_a_write_through_data_matches_the_reference(base):
+def test_the_fused_step_after_a_write_through_data_matches_the_reference(base):
     """The fused step (default for SGD/Adam on CPU) leaves .grad unprojected, so compare the weights instead."""
 
     def run(**options) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_item15_the_fused_step_after_a_write_through_data_matches_the_reference(
     torch.testing.assert_close(run(), run(foreach=False, fused=False), rtol=1e-5, atol=1e-6)
 
 
-def test_item16_public_helpers_refuse_bad_granularity():
+def test_public_helpers_refuse_bad_granularity():
     w = torch.randn(3, 4)
     for call in (
         lambda: lawn.norms(w, "rows"),

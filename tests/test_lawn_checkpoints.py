@@ -1,4 +1,4 @@
-"""Reliability, checkpoints (issue 12, items 1-6): nothing is lost, whatever the base optimizer's layout."""
+"""LAWN checkpoints: nothing is lost, whatever the base optimizer's layout; a bad checkpoint changes nothing."""
 
 import copy
 import os
@@ -24,7 +24,7 @@ def _lawn(model: BNNet, base: torch.optim.Optimizer | None = None, **options) ->
     return lawn.LAWN(base, model.tail(), **{"free_steps": 2, **options})
 
 
-def test_item1_bare_base_checkpoint_past_the_switch_keeps_the_targets():
+def test_bare_base_checkpoint_past_the_switch_keeps_the_targets():
     model = _model()
     bare = torch.optim.Adam(model.parameters(), lr=1e-2)
     train_step(model, bare, *batches(1)[0])
@@ -39,7 +39,7 @@ def test_item1_bare_base_checkpoint_past_the_switch_keeps_the_targets():
         assert lawn.norms(p).item() == pytest.approx(targets[name].item(), rel=1e-5)
 
 
-def test_item2_targets_live_in_param_groups_and_a_plain_optimizer_loads_the_checkpoint():
+def test_targets_live_in_param_groups_and_a_plain_optimizer_loads_the_checkpoint():
     model = _model()
     opt = _lawn(model, free_steps=0)  # before the first gradient: LAWN's entries only
     sd = roundtrip(opt.state_dict())
@@ -76,7 +76,7 @@ def _zero_run(tmp: str, steps: int, resume_at: int | None) -> list[torch.Tensor]
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_item2_zero_redundancy_optimizer_checkpoint_resumes():
+def test_zero_redundancy_optimizer_checkpoint_resumes():
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("no gloo")
@@ -92,7 +92,7 @@ def test_item2_zero_redundancy_optimizer_checkpoint_resumes():
 
 
 @pytest.mark.parametrize("kind", ["lookahead", "spam"])
-def test_item3_bases_with_their_own_layout_resume_bit_identically(kind):
+def test_bases_with_their_own_layout_resume_bit_identically(kind):
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
     def base(model: BNNet) -> torch.optim.Optimizer:
@@ -121,7 +121,7 @@ def test_item3_bases_with_their_own_layout_resume_bit_identically(kind):
         assert torch.equal(a, c)
 
 
-def test_item4_state_dict_hooks_run_around_the_delegated_calls():
+def test_state_dict_hooks_run_around_the_delegated_calls():
     model = _model()
     opt = _lawn(model)
     calls = []
@@ -136,7 +136,7 @@ def test_item4_state_dict_hooks_run_around_the_delegated_calls():
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
-def test_item5_resume_is_bit_identical_whatever_is_loaded_first(granularity):
+def test_resume_is_bit_identical_whatever_is_loaded_first(granularity):
     data = batches(6)
     model = _model()
     opt = _lawn(model, granularity=granularity)
@@ -157,7 +157,7 @@ def test_item5_resume_is_bit_identical_whatever_is_loaded_first(granularity):
         assert torch.equal(a, c)
 
 
-def test_item6_options_that_differ_from_the_constructor_warn_and_the_checkpoint_wins():
+def test_options_that_differ_from_the_constructor_warn_and_the_checkpoint_wins():
     model = _model()
     opt = _lawn(model, project_gradient=True)
     train_step(model, opt, *batches(1)[0])

@@ -1,4 +1,4 @@
-"""Reliability, composition and state (issue 12, items 7-11): wrappers, bases and the switch behave."""
+"""LAWN composed with other wrappers and bases: nesting, refusals, forwarding, the switch's state per constraint."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ def _model(seed: int = 0) -> BNNet:
     return BNNet()
 
 
-def test_item7_wrs_and_lawn_nest_on_one_base_and_keep_their_own_state():
+def test_wrs_and_lawn_nest_on_one_base_and_keep_their_own_state():
     model = _model()
     base = torch.optim.Adam(model.parameters(), lr=1e-2)
     wrs = lawn.WRS(base, [("stem.weight", model.stem.weight)])
@@ -33,7 +33,7 @@ def test_item7_wrs_and_lawn_nest_on_one_base_and_keep_their_own_state():
     assert_same_tree(dict(opt.target_norms), dict(opt_b.target_norms))
 
 
-def test_item7_two_wrappers_side_by_side_are_refused():
+def test_two_wrappers_side_by_side_are_refused():
     model = _model()
     base = torch.optim.Adam(model.parameters(), lr=1e-2)
     wrs = lawn.WRS(base, [("stem.weight", model.stem.weight)])
@@ -42,7 +42,7 @@ def test_item7_two_wrappers_side_by_side_are_refused():
     assert wrs.param_groups[0]["lawn_fixed_target"] == 1.0 and "lawn2_steps" not in base.param_groups[0]
 
 
-def test_item8_freeze_twice_is_a_no_op():
+def test_freeze_twice_is_a_no_op():
     model = _model()
     opt = lawn.LAWN(torch.optim.Adam(model.parameters(), lr=1e-2), model.tail(), free_steps=10, target_scale=0.5)
     before = lawn.norms(model.head.weight).item()
@@ -51,7 +51,7 @@ def test_item8_freeze_twice_is_a_no_op():
     assert lawn.norms(model.head.weight).item() == pytest.approx(0.5 * before, rel=1e-5)
 
 
-def test_item9_closure_driven_bases_are_refused_at_construction():
+def test_closure_driven_bases_are_refused_at_construction():
     model = _model()
     with pytest.raises(ValueError, match="LBFGS re-evaluates the closure"):
         lawn.LAWN(torch.optim.LBFGS(model.parameters()), model.tail())
@@ -61,7 +61,7 @@ def test_item9_closure_driven_bases_are_refused_at_construction():
         lawn.LAWN(sam, model.tail())
 
 
-def test_item10_base_specific_methods_are_forwarded_and_private_ones_are_not():
+def test_base_specific_methods_are_forwarded_and_private_ones_are_not():
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
     model = _model()
     opt = lawn.LAWN(pytorch_optimizer.ScheduleFreeAdamW(model.parameters(), lr=1e-2), model.tail(), free_steps=1)
@@ -75,7 +75,7 @@ def test_item10_base_specific_methods_are_forwarded_and_private_ones_are_not():
         opt.no_such_method()
 
 
-def test_item11_a_zero_row_at_the_switch_fails_without_changing_anything_later():
+def test_a_zero_row_at_the_switch_fails_without_changing_anything_later():
     model = _model()
     with torch.no_grad():
         model.head.weight[0].zero_()
