@@ -140,6 +140,7 @@ def test_the_first_studys_row_fields_are_unchanged_by_the_new_fields() -> None:
         ({"imp_arms": ["imp_bogus"]}, "imp_arms: unknown"),
         ({"finetune_schedule": "cosine"}, "finetune_schedule: expected one of"),
         ({"prune_layers": "most"}, "prune_layers: expected one of"),
+        ({"imp_control_rounds": [3]}, "imp_control_rounds: expected rounds in 1 … imp_rounds = 2"),
     ],
 )
 def test_bad_v2_fields_are_refused_naming_the_fix(change, culprit) -> None:
@@ -152,3 +153,17 @@ def test_a_late_rewind_step_past_the_dense_run_is_refused_before_training(tmp_pa
     with pytest.raises(ValueError, match="late_rewind_steps: 10000 is past the end of the dense run"):
         run_lottery(spec, tmp_path / "rows.jsonl")
     assert not (tmp_path / "rows.jsonl").exists() or not read_rows(tmp_path / "rows.jsonl")
+
+
+def test_an_imp_only_study_trains_the_controls_only_at_the_declared_rounds(tmp_path) -> None:
+    spec = LotterySpec.from_dict(
+        {**V2, "arms": [], "imp_arms": ["imp_ticket", "imp_reinit", "imp_random_mask"], "imp_control_rounds": [2]}
+    )
+    run_lottery(spec, tmp_path / "rows.jsonl")
+    rows = read_rows(tmp_path / "rows.jsonl")
+    got = sorted((r["lottery"]["arm"], r["lottery"].get("round", 0)) for r in rows)
+    assert got == [("dense", 0), ("imp_random_mask", 2), ("imp_reinit", 2), ("imp_ticket", 1), ("imp_ticket", 2)]
+    by = {r["lottery"]["arm"]: r for r in rows if r["lottery"].get("round") == 2}
+    # the controls train on the ticket chain's round-2 mask: the same sparsity
+    assert by["imp_reinit"]["measured_sparsity"] == by["imp_ticket"]["measured_sparsity"]
+    assert by["imp_random_mask"]["measured_sparsity"] == pytest.approx(by["imp_ticket"]["measured_sparsity"])

@@ -29,7 +29,8 @@ over the pruned weights. Optional IMP (``imp_lrs``, ``imp_rounds``, ``imp_rate``
 θ_k after each round, ``imp_finetune`` keeps the weights and trains at ``finetune_lr_scale × lr``; both train
 ``E`` epochs per round, so they compare at equal epochs with each other. ``imp_arms`` adds the chains
 ``imp_late_ticket``, ``imp_lr_rewind`` and ``imp_finetune_dense`` (the one-shot arms, iterated) and the controls
-``imp_reinit`` and ``imp_random_mask``, trained ``E`` epochs once per round on the ``imp_ticket`` chain's mask.
+``imp_reinit`` and ``imp_random_mask``, trained ``E`` epochs once per round on the ``imp_ticket`` chain's mask
+(only at ``imp_control_rounds`` when given). ``arms = []`` runs only the dense row and IMP.
 Every arm uses the same batch order (the run's seed). Rows are appended to a JSONL file like a sweep's and skipped
 on resume by key.
 
@@ -103,6 +104,7 @@ class LotterySpec:
     late_rewind_steps: int = 0
     finetune_schedule: str = "same"
     prune_layers: str = "inner"
+    imp_control_rounds: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LotterySpec:
@@ -121,10 +123,11 @@ class LotterySpec:
         if clash:
             problems.append(f"base sets {clash}; lr and seed are the study's axes, method is plain")
         fields: dict[str, Any] = {"base": {k: v for k, v in base.items() if k not in clash}}
-        for name in ("lrs", "seeds", "sparsities", "arms", "imp_lrs", "imp_arms"):
+        may_be_empty = ("arms", "imp_lrs", "imp_arms", "imp_control_rounds")
+        for name in ("lrs", "seeds", "sparsities", "arms", "imp_lrs", "imp_arms", "imp_control_rounds"):
             if name in data:
                 value = data[name]
-                if not isinstance(value, (list, tuple)) or (not value and name not in ("imp_lrs", "imp_arms")):
+                if not isinstance(value, (list, tuple)) or (not value and name not in may_be_empty):
                     problems.append(f"{name}: expected a non-empty list, got {value!r}")
                 else:
                     fields[name] = tuple(value)
@@ -207,6 +210,11 @@ class LotterySpec:
                         f"arms: {list(pair)} are the same run when finetune_schedule = 'same' (both replay the "
                         "dense schedule at lr); set finetune_schedule = 'constant'"
                     )
+        rounds = self.imp_control_rounds
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= self.imp_rounds for r in rounds):
+            problems.append(
+                f"imp_control_rounds: expected rounds in 1 … imp_rounds = {self.imp_rounds}, got {list(rounds)!r}"
+            )
         if self.prune_layers not in PRUNE_LAYERS:
             problems.append(
                 f"prune_layers: expected one of {PRUNE_LAYERS} ('inner': all conv/linear weights but the first and "
@@ -380,6 +388,8 @@ def _planned(spec: LotterySpec, lr: float, epochs: int) -> tuple[list[dict[str, 
     if lr in spec.imp_lrs:
         for arm in spec.imp_arms:
             for r in range(1, spec.imp_rounds + 1):
+                if arm in IMP_CONTROLS and spec.imp_control_rounds and r not in spec.imp_control_rounds:
+                    continue
                 imp_rows.append(
                     {
                         **study,
