@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
 # Second study (``--spec SPEC --results ROWS``): the harness's data and models (full Fashion-MNIST; ``lenet300``,
 # ``lenet5``), compression levels up to ≥ 90 % pruned or unified blocks, and a gradual-projection arm.
 #
-# Per seed the dense net is pre-trained for ``pre_epochs`` (to convergence, with the base config's schedule, e.g.
-# cosine to 0; its state is saved beside the rows, so a
+# Per seed the dense net is pre-trained for ``pre_epochs`` (to convergence, at ``pre_lr`` with the base config's
+# schedule, e.g. cosine to 0; its state is saved beside the rows, so a
 # resumed study does not retrain it), then every arm trains ``mid_epochs + ft_epochs`` more from it, all with the
 # same optimizer and learning rates (``lr`` for the middle phase, ``ft_lr`` for fine-tuning, each constant):
 #
@@ -415,6 +415,7 @@ class UnificationSpec:
     ft_epochs: int = 5
     lr: float = 1e-3
     ft_lr: float = 3e-4
+    pre_lr: float | None = None  # the pre-training's peak learning rate (None: lr)
     block_size: int = 4
     gradual_stages: int = 5
     rho: float = 0.01
@@ -488,8 +489,10 @@ class UnificationSpec:
                 f"gradual_stages: {stages} does not divide mid_epochs = {self.mid_epochs}; every "
                 "stage trains the same number of whole epochs (e.g. gradual_stages = 5 with mid_epochs = 10)"
             )
-        for name in ("lr", "ft_lr", "rho"):
+        for name in ("lr", "ft_lr", "rho", "pre_lr"):
             value = getattr(self, name)
+            if name == "pre_lr" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 problems.append(f"{name}: expected a positive number, got {value!r}")
         if isinstance(self.rho_growth, bool) or not isinstance(self.rho_growth, (int, float)) or self.rho_growth < 1:
@@ -516,6 +519,7 @@ class UnificationSpec:
             "ft_epochs": self.ft_epochs,
             "ft_lr": self.ft_lr,
             "block_size": self.block_size,
+            **({} if self.pre_lr is None else {"pre_lr": self.pre_lr}),
         }
 
     def planned(self) -> list[dict[str, Any]]:
@@ -696,7 +700,8 @@ def run_spec(spec: UnificationSpec, results: str | Path, device: str = "cpu") ->
                 if states.is_file():
                     pre.load_state_dict(torch.load(states, map_location=dev, weights_only=True))
                 else:
-                    _fit_phase(pre, task, config, spec.pre_epochs, spec.lr, seed, scheduled=True)
+                    pre_lr = spec.lr if spec.pre_lr is None else spec.pre_lr
+                    _fit_phase(pre, task, config, spec.pre_epochs, pre_lr, seed, scheduled=True)
                     states.parent.mkdir(parents=True, exist_ok=True)
                     torch.save(pre.state_dict(), states)
                 for fields, key in zip(planned, keys, strict=True):
