@@ -58,6 +58,7 @@ def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_p
         assert 0 <= r["acc_at_harden"] <= 1
     assert by[("admm", "prune 0.9")]["residual"] >= 0
     assert by[("gradual", "prune 0.9")]["unification"]["gradual_stages"] == 2
+    assert "pre_lr" not in by[("dense", "none")]["unification"]  # recorded only when set (then the row keys change)
     assert study.run_spec(spec, results) == {"done": 0, "total": 8}  # resumed: nothing trains twice
     assert len(read_rows(results)) == 8
 
@@ -100,6 +101,7 @@ def test_gradual_projection_reaches_the_level_exactly_after_hardening() -> None:
         ({"levels": [{"name": "too much", "unify": 0.6, "prune": 0.6}]}, "levels[0] ('too much')"),
         ({"base": {"lr": 0.1}}, "base sets ['lr']"),
         ({"rho_growth": 0.5}, "rho_growth: expected a number >= 1"),
+        ({"pre_lr": 0}, "pre_lr: expected a positive number"),
         ({"levls": []}, "unknown key(s) ['levls']"),
     ],
 )
