@@ -10,6 +10,7 @@ import torch
 
 from lawn import pruning
 from lawn.harness.lottery import LotterySpec, run_lottery
+from lawn.harness.lottery_report import write_lottery_report
 from lawn.harness.results import read_rows
 
 BASE = {
@@ -112,6 +113,10 @@ def test_every_v2_arm_writes_its_row_with_its_masks_lr_schedule_and_correlation(
     states = torch.load(next((tmp_path / "rows.jsonl.states").glob("*.pt")), weights_only=True)
     assert set(states) == {"initial", "rewind", "late", "trained"}
     assert not torch.equal(states["late"]["1.weight"], states["initial"]["1.weight"])
+    write_lottery_report(rows, tmp_path / "report")  # every new arm has its label in the report
+    report = (tmp_path / "report" / "report.md").read_text()
+    for label in ("IMP late ticket", "IMP random re-init", "IMP random mask", "IMP learning-rate rewinding"):
+        assert f"| {label} | 36 % |" in report
 
 
 def test_lr_rewind_is_fine_tuning_at_the_dense_rate_with_the_dense_schedule(tmp_path) -> None:
