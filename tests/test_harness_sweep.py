@@ -219,7 +219,7 @@ STUDY_SPECS = sorted((SRC.parent / "docs" / "sweeps").glob("*/*.toml"))  # pre-r
 
 @pytest.mark.parametrize("path", STUDY_SPECS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_pre_registered_study_specs_parse(path: Path) -> None:
-    """Each file of a study folder is a sweep or lottery spec, or a file of [[compare]] tables only."""
+    """Each file of a study folder is a sweep, lottery, unification or nested spec, or [[compare]] tables only."""
     from lawn.harness.config import COMPARE_KEYS, load_mapping
     from lawn.harness.lottery import LotterySpec
     from lawn.harness.verdicts import load_comparisons
@@ -227,7 +227,15 @@ def test_pre_registered_study_specs_parse(path: Path) -> None:
     data = load_mapping(path)
     if set(data) <= set(COMPARE_KEYS):
         assert load_comparisons(path)
-    elif "arms" in data or "sparsities" in data:
+    elif path.parent.name.startswith("nested"):  # the nested study's driver (lawn.harness.nested_runs)
+        from lawn.harness.nested_runs import NestedSpec
+
+        assert NestedSpec.load(path).seeds
+    elif "levels" in data:  # the unification study's driver
+        from lawn.harness.studies.unification import UnificationSpec
+
+        assert UnificationSpec.from_dict(data).seeds
+    elif "arms" in data or "sparsities" in data or "imp_arms" in data:
         assert LotterySpec.load(path).seeds
     else:
         assert SweepSpec.load(path).expand()

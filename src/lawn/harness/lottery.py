@@ -12,12 +12,27 @@ per-layer) magnitude masks from θ_T and train each arm for another ``E`` epochs
 - ``finetune``: keep the trained survivors, train at ``finetune_lr_scale × lr`` (same schedule shape);
 - ``dense_extra``: the dense network trained on for ``E`` epochs at ``finetune_lr_scale × lr`` (the
   compute-matched dense control, sparsity 0).
+- ``late_ticket``: rewind the survivors to θ_k, ``k = late_rewind_steps`` (beside ``ticket`` at θ₀);
+- ``random_mask``: the random-pruning control: as many survivors per tensor as the magnitude mask, at random
+  positions (:func:`lawn.pruning.random_masks`), rewound like ``ticket``;
+- ``lr_rewind``: learning-rate rewinding (Renda et al.): keep the trained survivors, replay the dense schedule
+  from its start at ``lr``;
+- ``finetune_dense``: keep the trained survivors, train at ``lr``. With ``finetune_schedule = "constant"`` the
+  fine-tuning arms (and ``dense_extra``) train at a constant learning rate, as fine-tuning does; with ``"same"``
+  they replay the dense schedule's shape (``finetune_dense`` would then be ``lr_rewind``: refused).
+
+``prune_layers = "all"`` prunes every conv/linear weight (default ``"inner"``: all but the first and the last).
+Every arm row records ``correlation.start``: ``weight_correlation`` of its start with its end, over the survivors.
 
 The dense row (arm ``dense``, ``E`` epochs) records ``lawn.pruning.weight_correlation(θ₀, θ_T)`` (and θ_k vs θ_T)
 over the pruned weights. Optional IMP (``imp_lrs``, ``imp_rounds``, ``imp_rate``): ``imp_ticket`` rewinds to
 θ_k after each round, ``imp_finetune`` keeps the weights and trains at ``finetune_lr_scale × lr``; both train
-``E`` epochs per round, so they compare at equal epochs with each other. Every arm uses the same batch order
-(the run's seed). Rows are appended to a JSONL file like a sweep's and skipped on resume by key.
+``E`` epochs per round, so they compare at equal epochs with each other. ``imp_arms`` adds the chains
+``imp_late_ticket``, ``imp_lr_rewind`` and ``imp_finetune_dense`` (the one-shot arms, iterated) and the controls
+``imp_reinit`` and ``imp_random_mask``, trained ``E`` epochs once per round on the ``imp_ticket`` chain's mask
+(only at ``imp_control_rounds`` when given). ``arms = []`` runs only the dense row and IMP.
+Every arm uses the same batch order (the run's seed). Rows are appended to a JSONL file like a sweep's and skipped
+on resume by key.
 
 The whole spec is checked before anything trains (every problem reported at once, data sets loaded to count the
 dense run's steps). Each (learning rate, seed) is claimed in the results file's lock file before it trains, as a
@@ -42,7 +57,7 @@ from tqdm.auto import tqdm
 
 import lawn
 from lawn import pruning
-from lawn._checks import is_number
+from lawn._checks import is_int, is_number
 from lawn.harness.checked import run_config
 from lawn.harness.config import COMPARE_KEYS, LOTTERY_FIELDS, RunConfig, load_mapping, parse_comparisons
 from lawn.harness.datasets import load_data
@@ -52,8 +67,22 @@ from lawn.harness.schedule import build_scheduler
 from lawn.harness.tasks import batch_starts, make_task
 from lawn.harness.train import EpochEnd, Step, fit, fresh_model, resolve_device
 
-ARMS = ("dense_extra", "ticket", "reinit", "finetune")
+ARMS = ("dense_extra", "ticket", "reinit", "finetune")  # the default one-shot arms
+ONE_SHOT_ARMS = (*ARMS, "late_ticket", "random_mask", "lr_rewind", "finetune_dense")
+IMP_ARMS = (
+    "imp_ticket",
+    "imp_finetune",
+    "imp_late_ticket",
+    "imp_lr_rewind",
+    "imp_finetune_dense",
+    "imp_reinit",
+    "imp_random_mask",
+)
+IMP_CONTROLS = ("imp_reinit", "imp_random_mask")  # trained once per round on the imp_ticket chain's masks
+FINETUNE_SCHEDULES = ("same", "constant")
+PRUNE_LAYERS = ("inner", "all")
 REINIT_SEED_OFFSET = 1000
+RANDOM_MASK_SEED_OFFSET = 2000
 
 
 @dataclass(frozen=True)
@@ -72,6 +101,11 @@ class LotterySpec:
     imp_lrs: tuple[float, ...] = ()
     imp_rounds: int = 3
     imp_rate: float = 0.5
+    imp_arms: tuple[str, ...] = ("imp_ticket", "imp_finetune")
+    late_rewind_steps: int = 0
+    finetune_schedule: str = "same"
+    prune_layers: str = "inner"
+    imp_control_rounds: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LotterySpec:
@@ -92,14 +126,25 @@ class LotterySpec:
         if clash:
             problems.append(f"base sets {clash}; lr and seed are the study's axes, method is plain")
         fields: dict[str, Any] = {"base": {k: v for k, v in base.items() if k not in clash}}
-        for name in ("lrs", "seeds", "sparsities", "arms", "imp_lrs"):
+        may_be_empty = ("arms", "imp_lrs", "imp_arms", "imp_control_rounds")
+        for name in ("lrs", "seeds", "sparsities", "arms", "imp_lrs", "imp_arms", "imp_control_rounds"):
             if name in data:
                 value = data[name]
-                if not isinstance(value, (list, tuple)) or (not value and name != "imp_lrs"):
+                if not isinstance(value, (list, tuple)) or (not value and name not in may_be_empty):
                     problems.append(f"{name}: expected a non-empty list, got {value!r}")
                 else:
                     fields[name] = tuple(value)
-        for name in ("scope", "rewind_steps", "finetune_lr_scale", "correlation_top", "imp_rounds", "imp_rate"):
+        for name in (
+            "scope",
+            "rewind_steps",
+            "finetune_lr_scale",
+            "correlation_top",
+            "imp_rounds",
+            "imp_rate",
+            "late_rewind_steps",
+            "finetune_schedule",
+            "prune_layers",
+        ):
             if name in data:
                 fields[name] = data[name]
         spec = cls(**fields)
@@ -142,9 +187,42 @@ class LotterySpec:
             note(pruning.masks.check_sparsity, s, "sparsities")
             if s == 0:
                 problems.append("sparsities: 0 prunes nothing (the dense arms cover it)")
-        bad = [a for a in self.arms if a not in ARMS]
+        bad = [a for a in self.arms if a not in ONE_SHOT_ARMS]
         if bad:
-            problems.append(f"arms: unknown {bad}; choose from {list(ARMS)}")
+            problems.append(f"arms: unknown {bad}; choose from {list(ONE_SHOT_ARMS)}")
+        bad = [a for a in self.imp_arms if a not in IMP_ARMS]
+        if bad:
+            problems.append(f"imp_arms: unknown {bad}; choose from {list(IMP_ARMS)}")
+        if any(a in IMP_CONTROLS for a in self.imp_arms) and "imp_ticket" not in self.imp_arms:
+            problems.append(
+                f"imp_arms: {[a for a in self.imp_arms if a in IMP_CONTROLS]} train on the imp_ticket chain's masks; "
+                "add 'imp_ticket' to imp_arms"
+            )
+        late = [a for a in (*self.arms, *self.imp_arms) if a in ("late_ticket", "imp_late_ticket")]
+        steps = self.late_rewind_steps
+        if not is_int(steps) or steps < 0:
+            problems.append(f"late_rewind_steps: expected an integer >= 0, got {steps!r}")
+        elif late and steps == 0:
+            problems.append(f"late_rewind_steps: arms {late} rewind to step k; set late_rewind_steps = k > 0")
+        if self.finetune_schedule not in FINETUNE_SCHEDULES:
+            problems.append(f"finetune_schedule: expected one of {FINETUNE_SCHEDULES}, got {self.finetune_schedule!r}")
+        elif self.finetune_schedule == "same":
+            for pair in (("lr_rewind", "finetune_dense"), ("imp_lr_rewind", "imp_finetune_dense")):
+                if set(pair) <= {*self.arms, *self.imp_arms}:
+                    problems.append(
+                        f"arms: {list(pair)} are the same run when finetune_schedule = 'same' (both replay the "
+                        "dense schedule at lr); set finetune_schedule = 'constant'"
+                    )
+        rounds = self.imp_control_rounds
+        if any(not is_int(r) or not 1 <= r <= self.imp_rounds for r in rounds):
+            problems.append(
+                f"imp_control_rounds: expected rounds in 1 … imp_rounds = {self.imp_rounds}, got {list(rounds)!r}"
+            )
+        if self.prune_layers not in PRUNE_LAYERS:
+            problems.append(
+                f"prune_layers: expected one of {PRUNE_LAYERS} ('inner': all conv/linear weights but the first and "
+                f"the last; 'all': every one), got {self.prune_layers!r}"
+            )
         if self.scope not in pruning.masks.SCOPES:
             problems.append(f"scope: expected one of {pruning.masks.SCOPES}, got {self.scope!r}")
         if isinstance(self.rewind_steps, bool) or not isinstance(self.rewind_steps, int) or self.rewind_steps < 0:
@@ -169,11 +247,35 @@ class LotterySpec:
         return run_config({**self.base, "lr": lr, "seed": seed, "method": "plain"})
 
     def study_fields(self) -> dict[str, Any]:
-        return {
+        """What every row records of the study's settings; the later fields only when not at their default, so
+        the keys of rows written before they existed stay valid."""
+        fields: dict[str, Any] = {
             "scope": self.scope,
             "rewind_steps": self.rewind_steps,
             "finetune_lr_scale": self.finetune_lr_scale,
         }
+        if self.late_rewind_steps:
+            fields["late_rewind_steps"] = self.late_rewind_steps
+        if self.finetune_schedule != "same":
+            fields["finetune_schedule"] = self.finetune_schedule
+        if self.prune_layers != "inner":
+            fields["prune_layers"] = self.prune_layers
+        return fields
+
+    def prunable(self, model: torch.nn.Module) -> list[str]:
+        """The weights this study prunes (``prune_layers``)."""
+        return pruning.prunable_weights(model, "all" if self.prune_layers == "all" else None)
+
+    def arm_lr(self, arm: str, lr: float) -> float:
+        """An arm's learning rate: ``finetune_lr_scale × lr`` for ``finetune`` and ``dense_extra`` (and their
+        IMP twin), ``lr`` for every other arm."""
+        return lr * self.finetune_lr_scale if arm in ("dense_extra", "finetune", "imp_finetune") else lr
+
+    def arm_schedule(self, arm: str) -> str:
+        """``"constant"`` for the fine-tuning arms when ``finetune_schedule = "constant"``, else ``"same"`` (the
+        run config's own schedule, replayed from its start: learning-rate rewinding for ``lr_rewind``)."""
+        tuned = ("dense_extra", "finetune", "finetune_dense", "imp_finetune", "imp_finetune_dense")
+        return self.finetune_schedule if arm in tuned else "same"
 
 
 def row_key(config: RunConfig, lottery: dict[str, Any]) -> str:
@@ -188,24 +290,28 @@ def _train_arm(
     lr: float,
     *,
     snapshot_step: int | None = None,
+    late_step: int | None = None,
+    schedule: str = "same",
 ) -> dict[str, Any]:
     """Train ``model`` (masked or not) for ``config.epochs`` at ``lr`` with the config's optimizer and
-    schedule, on the harness's one loop (``train.fit``); batch order from ``config.seed``. Returns final
-    metrics, each epoch's last batch loss, wall time and the state after ``snapshot_step`` steps."""
+    schedule (``schedule="constant"``: a constant ``lr``, no warm-up), on the harness's one loop (``train.fit``);
+    batch order from ``config.seed``. Returns final metrics, each epoch's last batch loss, wall time and the
+    states after ``snapshot_step`` and ``late_step`` steps."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
     total = len(batch_starts(task.train_size, config.batch_size)) * config.epochs
     optimizer = build_base_optimizer(
         config.optimizer, model.parameters(), lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
-    scheduler = build_scheduler(optimizer, config, total)
-    snapshot = copy.deepcopy(model.state_dict()) if snapshot_step == 0 else None
+    shape = config if schedule == "same" else config.replace(schedule="constant", warmup_fraction=0.0)
+    scheduler = build_scheduler(optimizer, shape, total)
+    wanted = {k for k in (snapshot_step, late_step) if k is not None}
+    states = {0: copy.deepcopy(model.state_dict())} if 0 in wanted else {}
     train_losses: list[float] = []  # the last batch's loss of each epoch
 
     def after_step(step: Step) -> None:
-        nonlocal snapshot
-        if snapshot_step is not None and step.number == snapshot_step:
-            snapshot = copy.deepcopy(model.state_dict())
+        if step.number in wanted:
+            states[step.number] = copy.deepcopy(model.state_dict())
 
     def end_epoch(end: EpochEnd) -> bool:
         train_losses.append(math.nan if end.last_loss is None else end.last_loss)
@@ -223,17 +329,17 @@ def _train_arm(
     )
     model.eval()
     val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
-    if snapshot_step is not None and snapshot is None:  # the spec check rules out a step past the end
-        raise ValueError(
-            f"rewind_steps: the dense run diverged after {fitted.steps} steps, before step {snapshot_step}"
-        )
+    missing = sorted(wanted - set(states))
+    if missing:  # the spec check rules out a step past the end
+        raise ValueError(f"rewind steps: the dense run diverged after {fitted.steps} steps, before step {missing}")
     return {
         "val_metric": None if fitted.stopped else val["metric"],
         "test_metric": None if fitted.stopped else test["metric"],
         "diverged": fitted.stopped,
         "train_losses": train_losses,
         "seconds": round(time.perf_counter() - started, 3),
-        "snapshot": snapshot,
+        "snapshot": states.get(snapshot_step) if snapshot_step is not None else None,
+        "late_snapshot": states.get(late_step) if late_step is not None else None,
     }
 
 
@@ -283,8 +389,10 @@ def _planned(spec: LotterySpec, lr: float, epochs: int) -> tuple[list[dict[str, 
                 wanted.append({**study, "arm": arm, "sparsity": s, "arm_epochs": epochs, "total_epochs": 2 * epochs})
     imp_rows = []
     if lr in spec.imp_lrs:
-        for arm in ("imp_ticket", "imp_finetune"):
+        for arm in spec.imp_arms:
             for r in range(1, spec.imp_rounds + 1):
+                if arm in IMP_CONTROLS and spec.imp_control_rounds and r not in spec.imp_control_rounds:
+                    continue
                 imp_rows.append(
                     {
                         **study,
@@ -338,23 +446,24 @@ def data_problems(
     ``rewind_steps``, the model builds and has weights to prune. Loads (and caches) the data sets."""
     cache = {} if cache is None else cache
     problems: list[str] = []
-    rewind = spec.rewind_steps if isinstance(spec.rewind_steps, int) else None
     for config in configs:
         where = f"lr {config.lr:g}, seed {config.seed}"
         try:
             data = _data(config, cache)
             task = make_task(data, dev, config.negatives_per_positive)
-            pruning.prunable_weights(fresh_model(config, data, dev))
+            spec.prunable(fresh_model(config, data, dev))
         except (ValueError, TypeError, KeyError, OSError) as err:
             problems.append(f"lottery spec: {where}: {err}")
             continue
         per_epoch = len(batch_starts(task.train_size, config.batch_size))
         total = per_epoch * config.epochs
-        if rewind is not None and rewind > total:
-            problems.append(
-                f"lottery spec: rewind_steps: {rewind} is past the end of the dense run ({where}: "
-                f"{config.epochs} epoch(s) × {per_epoch} step(s) = {total} steps); use at most {total}"
-            )
+        for name in ("rewind_steps", "late_rewind_steps"):
+            steps = getattr(spec, name)
+            if isinstance(steps, int) and not isinstance(steps, bool) and steps > total:
+                problems.append(
+                    f"lottery spec: {name}: {steps} is past the end of the dense run ({where}: "
+                    f"{config.epochs} epoch(s) × {per_epoch} step(s) = {total} steps); use at most {total}"
+                )
     return list(dict.fromkeys(problems))
 
 
@@ -449,13 +558,16 @@ def _run_point(
     dense_key = point.dense_key
     states_path = results.with_name(results.name + ".states") / f"{dense_key}.pt"
     model = fresh_model(config, data, dev)
-    params = pruning.prunable_weights(model)
+    params = spec.prunable(model)
+    late = spec.late_rewind_steps or None
     if states_path.is_file() and dense_key in done_keys:
         states = torch.load(states_path, map_location=dev, weights_only=True)
     else:
         theta0 = copy.deepcopy(model.state_dict())
-        fitted = _train_arm(model, task, config, lr, snapshot_step=spec.rewind_steps)
+        fitted = _train_arm(model, task, config, lr, snapshot_step=spec.rewind_steps, late_step=late)
         states = {"initial": theta0, "rewind": fitted["snapshot"], "trained": copy.deepcopy(model.state_dict())}
+        if late is not None:
+            states["late"] = fitted["late_snapshot"]
         states_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(states, states_path)
         top = spec.correlation_top
@@ -463,57 +575,117 @@ def _run_point(
             "initial": pruning.weight_correlation(theta0, states["trained"], top, params),
             "rewind": pruning.weight_correlation(states["rewind"], states["trained"], top, params),
         }
+        if late is not None:
+            correlation["late"] = pruning.weight_correlation(states["late"], states["trained"], top, params)
         emit(wanted[0], fitted, correlation=correlation)
     trained_model = fresh_model(config, data, dev)
     trained_model.load_state_dict(states["trained"])
+
+    def train(model: torch.nn.Module, arm: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Train one arm's (masked) model; its fit and the row fields beside it: measured sparsity, the arm's
+        lr and schedule, and the correlation of its start with its end over the survivors."""
+        start = copy.deepcopy(model.state_dict())
+        arm_lr, schedule = spec.arm_lr(arm, lr), spec.arm_schedule(arm)
+        fitted = _train_arm(model, task, config, arm_lr, schedule=schedule)
+        masks = pruning.current_masks(model)
+        correlation = pruning.weight_correlation(
+            start, model.state_dict(), spec.correlation_top, params, masks={k: masks[k] for k in params if k in masks}
+        )
+        extra = {
+            "measured_sparsity": pruning.sparsity_report(model, params)["total"]["sparsity"],
+            "arm_lr": arm_lr,
+            "arm_schedule": schedule,
+            "correlation": {"start": correlation},
+        }
+        return fitted, extra
+
+    def start_arm(model: torch.nn.Module, arm: str, masks: dict[str, torch.Tensor], salt: int) -> None:
+        """Put ``model`` (a copy of the trained net) at ``arm``'s start under ``masks`` (a magnitude mask)."""
+        if arm in ("ticket", "imp_ticket"):
+            pruning.rewind(model, states["rewind"], masks)
+        elif arm in ("late_ticket", "imp_late_ticket"):
+            pruning.rewind(model, states["late"], masks)
+        elif arm in ("reinit", "imp_reinit"):
+            reinit_model(model, masks, config, data, dev)
+        elif arm in ("random_mask", "imp_random_mask"):
+            seed = config.seed + RANDOM_MASK_SEED_OFFSET + salt
+            pruning.rewind(model, states["rewind"], pruning.random_masks(masks, seed=seed))
+        else:  # finetune, finetune_dense, lr_rewind: keep the trained survivors
+            pruning.apply_masks(model, masks)
+
     for lottery in wanted[1:]:
         if row_key(config, lottery) not in todo:
             continue
         arm, s = lottery["arm"], lottery["sparsity"]
         model = copy.deepcopy(trained_model)
-        arm_lr = lr * spec.finetune_lr_scale if arm in ("dense_extra", "finetune") else lr
         if arm != "dense_extra":
-            masks = pruning.magnitude_masks(trained_model, s, spec.scope, params)
-            if arm == "ticket":
-                pruning.rewind(model, states["rewind"], masks)
-            elif arm == "reinit":
-                reinit_model(model, masks, config, data, dev)
-            else:  # finetune
-                pruning.apply_masks(model, masks)
-        fitted = _train_arm(model, task, config, arm_lr)
-        emit(
-            lottery,
-            fitted,
-            measured_sparsity=pruning.sparsity_report(model, params)["total"]["sparsity"],
-            arm_lr=arm_lr,
-        )
-    for reset, arm, arm_lr in (("rewind", "imp_ticket", lr), ("continue", "imp_finetune", lr * spec.finetune_lr_scale)):
+            start_arm(model, arm, pruning.magnitude_masks(trained_model, s, spec.scope, params), 0)
+        fitted, extra = train(model, arm)
+        emit(lottery, fitted, **extra)
+    _run_imp(spec, config, imp_rows, todo, trained_model, states, params, train, start_arm, emit)
+    return written
+
+
+def _run_imp(
+    spec: LotterySpec,
+    config: RunConfig,
+    imp_rows: list[dict[str, Any]],
+    todo: set[str],
+    trained_model: torch.nn.Module,
+    states: dict[str, Any],
+    params: list[str],
+    train: Any,
+    start_arm: Any,
+    emit: Any,
+) -> None:
+    """The IMP rows: one chain per chain arm (round 0 is the dense run; each round prunes ``imp_rate`` of the
+    survivors of the trained net, resets by the arm and trains ``E`` epochs), then the controls, each trained once
+    per round on the ``imp_ticket`` chain's mask of that round."""
+    resets = {"imp_ticket": "rewind", "imp_late_ticket": "rewind"}  # the others keep the trained survivors
+    ticket_masks: dict[int, dict[str, torch.Tensor]] = {}
+    controls = [a for a in spec.imp_arms if a in IMP_CONTROLS]
+    need_ticket = any(row_key(config, w) in todo for w in imp_rows if w["arm"] in controls)
+    for arm in [a for a in spec.imp_arms if a not in IMP_CONTROLS]:
         mine = [w for w in imp_rows if w["arm"] == arm]
-        if not any(row_key(config, w) in todo for w in mine):
+        if not (any(row_key(config, w) in todo for w in mine) or (arm == "imp_ticket" and need_ticket)):
             continue
         model = copy.deepcopy(trained_model)  # round 0 (the dense run) is done: IMP starts by pruning θ_T
         calls = {"n": 0}
 
-        def train_round(m: torch.nn.Module, arm_lr: float = arm_lr, calls: dict = calls) -> Any:
-            calls["n"] += 1
-            return None if calls["n"] == 1 else _train_arm(m, task, config, arm_lr)
+        def train_round(m: torch.nn.Module, arm: str = arm, calls: dict = calls) -> Any:
+            calls["n"] += 1  # every round trains, written or not: the next round's mask is pruned from its weights
+            return None if calls["n"] == 1 else train(m, arm)
 
-        def on_round(record: dict[str, Any], mine: list = mine, arm_lr: float = arm_lr) -> None:
-            if record["round"] > 0:
-                emit(mine[record["round"] - 1], record["result"], measured_sparsity=record["sparsity"], arm_lr=arm_lr)
+        def on_round(record: dict[str, Any], mine: list = mine, arm: str = arm) -> None:
+            r = record["round"]
+            if r == 0:
+                return
+            if arm == "imp_ticket":
+                ticket_masks[r] = record["masks"]
+            if record["result"] is not None and row_key(config, mine[r - 1]) in todo:
+                fitted, extra = record["result"]
+                emit(mine[r - 1], fitted, **extra)
 
+        initial = states["late"] if arm == "imp_late_ticket" else states["rewind"]
         pruning.iterative_magnitude_pruning(
             model,
             train_round,
             spec.imp_rounds,
             spec.imp_rate,
-            initial_state=states["rewind"],
-            reset=reset,
+            initial_state=initial,
+            reset=resets.get(arm, "continue"),
             scope=spec.scope,
             params=params,
             on_round=on_round,
         )
-    return written
+    for arm in controls:
+        for lottery in [w for w in imp_rows if w["arm"] == arm]:
+            if row_key(config, lottery) not in todo:
+                continue
+            model = copy.deepcopy(trained_model)
+            start_arm(model, arm, ticket_masks[lottery["round"]], lottery["round"])
+            fitted, extra = train(model, arm)
+            emit(lottery, fitted, **extra)
 
 
 def reinit_model(

@@ -15,7 +15,24 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ARM_ORDER = ("dense", "dense_extra", "ticket", "reinit", "finetune", "imp_ticket", "imp_finetune")
+ARM_ORDER = (
+    "dense",
+    "dense_extra",
+    "ticket",
+    "reinit",
+    "finetune",
+    "imp_ticket",
+    "imp_finetune",
+    "late_ticket",
+    "random_mask",
+    "lr_rewind",
+    "finetune_dense",
+    "imp_late_ticket",
+    "imp_reinit",
+    "imp_random_mask",
+    "imp_lr_rewind",
+    "imp_finetune_dense",
+)
 ARM_LABELS = {
     "dense": "dense (E epochs)",
     "dense_extra": "dense + E more (2E)",
@@ -24,6 +41,15 @@ ARM_LABELS = {
     "finetune": "prune & fine-tune",
     "imp_ticket": "IMP ticket",
     "imp_finetune": "IMP prune & fine-tune",
+    "late_ticket": "late ticket (θ_k rewind)",
+    "random_mask": "random mask (θ₀)",
+    "lr_rewind": "learning-rate rewinding",
+    "finetune_dense": "prune & fine-tune at lr",
+    "imp_late_ticket": "IMP late ticket",
+    "imp_reinit": "IMP random re-init",
+    "imp_random_mask": "IMP random mask",
+    "imp_lr_rewind": "IMP learning-rate rewinding",
+    "imp_finetune_dense": "IMP prune & fine-tune at lr",
 }
 ARM_COLORS = {
     "dense_extra": "tab:gray",
@@ -32,6 +58,15 @@ ARM_COLORS = {
     "finetune": "tab:blue",
     "imp_ticket": "tab:olive",
     "imp_finetune": "tab:cyan",
+    "late_ticket": "tab:purple",
+    "random_mask": "tab:orange",
+    "lr_rewind": "tab:brown",
+    "finetune_dense": "tab:pink",
+    "imp_late_ticket": "darkgreen",
+    "imp_reinit": "darkred",
+    "imp_random_mask": "darkorange",
+    "imp_lr_rewind": "saddlebrown",
+    "imp_finetune_dense": "navy",
 }
 ARM_MARKERS = {"ticket": "o", "reinit": "s", "finetune": "^", "imp_ticket": "D", "imp_finetune": "v"}
 DODGE = 0.6  # percentage points between neighbouring arms' markers at one sparsity: ties stay visible

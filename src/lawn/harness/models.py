@@ -16,6 +16,9 @@ Each ends in a *final homogeneous sub-network*: the layers after the last normal
   so its final homogeneous sub-network is every layer (four weights).
 - ``lenet300``: LeNet-300-100 (flatten → Linear 300 → ReLU → Linear 100 → ReLU → Linear), no normalization:
   the lottery-ticket literature's sanity-check network.
+- ``lenet5``: a LeNet-5-size conv net without normalization (conv 5×5 → 8 → ReLU → max-pool, conv 5×5 → 16 →
+  ReLU → max-pool, Linear 120 → ReLU → Linear 84 → ReLU → Linear); 8 channels instead of LeNet-5's 6, so that
+  blocks of 4 input channels tile every layer but the first (weight unification).
 - ``ncf``: NCF-style MLP for (user, item) pairs: concat(embeddings) → [Linear → BN → ReLU] × 2 → Linear(1).
 """
 
@@ -66,6 +69,38 @@ class LeNet300(nn.Sequential):
             nn.ReLU(),
             nn.Linear(100, num_classes),
         )
+
+
+class LeNet5(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
+        super().__init__()
+        _need_image(input_shape, "lenet5")
+        channels, height, breadth = input_shape
+
+        def side(n: int) -> int:  # two valid 5×5 convs, each followed by a 2×2 max-pool
+            return ((n - 4) // 2 - 4) // 2
+
+        if side(height) < 1 or side(breadth) < 1:
+            raise ValueError(f"model 'lenet5': images of {height}×{breadth} are too small; it needs at least 16×16")
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * side(height) * side(breadth), 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 class BasicBlock(nn.Module):
@@ -237,6 +272,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("cnn1d_nonorm", "classification", partial(CNN1D, normalization=False), 1, batchnorm=False),
         ModelSpec("ncf", "ranking", NCF, None),
         ModelSpec("lenet300", "classification", LeNet300, None),
+        ModelSpec("lenet5", "classification", LeNet5, 3, batchnorm=False),
     ]
 }
 _IMAGE_SETS = {"fashion_mnist", "mnist", "cifar10", "digits"}

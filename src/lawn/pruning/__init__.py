@@ -5,7 +5,7 @@ from lawn.pruning.apply import WeightMask, apply_masks, current_masks, masks_fro
 from lawn.pruning.arms import prune_and_finetune, reinitialize, rewind
 from lawn.pruning.correlation import weight_correlation
 from lawn.pruning.imp import iterative_magnitude_pruning
-from lawn.pruning.masks import magnitude_masks, prunable_weights
+from lawn.pruning.masks import magnitude_masks, prunable_weights, random_masks
 from lawn.pruning.report import sparsity_report
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "masks_from_state_dict",
     "prunable_weights",
     "prune_and_finetune",
+    "random_masks",
     "reinitialize",
     "remove_masks",
     "rewind",

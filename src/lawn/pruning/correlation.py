@@ -16,7 +16,8 @@ For each chosen weight tensor (and for all of them concatenated, ``"global"``):
 Liu et al. (ICML 2021) tie the winning property to this correlation; their exact indicator was not available
 to us, so all four are reported. ``initial`` / ``trained``: models (read as the forward pass sees them) or state
 dicts (masked or not; unpruned names); ``params``: the names (default: the model's default prunable weights, or
-every ≥2-D tensor of a state dict).
+every ≥2-D tensor of a state dict); ``masks``: ``{name: bool mask}`` to compare only the surviving weights of a
+pruned network (a pruned weight is zero in the trained net and would count as a perfectly kept small weight).
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def weight_correlation(
     trained: Mapping[str, torch.Tensor] | nn.Module,
     top: float = 0.2,
     params: Iterable[str] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, object]:
     """``{"top", "layers": {name: stats}, "global": stats}`` with stats ``overlap, chance, pearson, spearman,
-    cosine, numel`` (see the module doc)."""
+    cosine, numel`` (see the module doc); with ``masks``, over the survivors ``mask = True`` only."""
     if not is_number(top) or not 0.0 < top <= 1.0:
         raise ValueError(f"top: must be a fraction in (0, 1], got {top!r}")
     s0, st = (effective_tensors(s) if isinstance(s, nn.Module) else dense_state(s) for s in (initial, trained))
@@ -94,8 +96,21 @@ def weight_correlation(
             raise ValueError(
                 f"{name!r}: initial shape {tuple(s0[name].shape)} != trained shape {tuple(st[name].shape)}"
             )
-    w0 = {n: s0[n].detach().cpu() for n in names}
-    wt = {n: st[n].detach().cpu() for n in names}
+    keep = {}
+    for name in names if masks is not None else ():
+        mask = masks.get(name)
+        if mask is None:
+            continue  # an unpruned tensor: every entry survives
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != st[name].shape:
+            raise ValueError(
+                f"masks[{name!r}]: expected a bool tensor of shape {tuple(st[name].shape)}, got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
+            )
+        if not mask.any():
+            raise ValueError(f"masks[{name!r}]: no weight survives; leave the tensor out of params")
+        keep[name] = mask.detach().cpu()
+    w0 = {n: s0[n].detach().cpu()[keep[n]] if n in keep else s0[n].detach().cpu() for n in names}
+    wt = {n: st[n].detach().cpu()[keep[n]] if n in keep else st[n].detach().cpu() for n in names}
     return {
         "top": float(top),
         "layers": {n: _stats(w0[n], wt[n], top) for n in names},

@@ -15,12 +15,12 @@ the lottery-ticket literature: the input layer is small and the output layer sen
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from lawn._checks import is_number
+from lawn._checks import is_int, is_number
 from lawn.pruning._names import canonical_names, effective_tensors, weighted_layers
 from lawn.pruning.apply import current_masks
 
@@ -106,3 +106,23 @@ def _prune(scores: torch.Tensor, alive: torch.Tensor, sparsity: float) -> torch.
         order = torch.argsort(scores[survivors].float(), stable=True)
         keep[survivors[order[:k]]] = False
     return keep
+
+
+def random_masks(like: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The *random pruning* control: for every tensor of ``like`` a mask with the same shape and the same number
+    of survivors, their positions drawn uniformly (``torch.randperm`` under ``seed``; the global random state is
+    not touched). Per-layer sparsity is kept, so only *which* weights survive differs from ``like``."""
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if not isinstance(like, Mapping) or not like:
+        raise ValueError("like: expected a non-empty dict {parameter name: bool mask} (e.g. magnitude_masks(...))")
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, mask in like.items():
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"like[{name!r}]: expected a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
+        kept = int(mask.sum())
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[torch.randperm(mask.numel(), generator=generator)[:kept]] = True
+        out[name] = flat.view(mask.shape).to(mask.device)
+    return out

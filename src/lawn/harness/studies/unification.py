@@ -14,6 +14,10 @@ Protocol (every arm sees the same data, seeds and total epochs):
   ``FT`` epochs at lr 1e-3;
 - each compressed arm at two levels of prune only, unify only, and both (6 settings).
 
+The second study (``--spec docs/sweeps/unification_v2/*.toml --results ROWS``; full Fashion-MNIST, the harness's
+``lenet300`` and ``lenet5``, levels to ≥ 90 % compressed blocks, a gradual-projection arm, every arm at one
+learning-rate schedule) is described at :class:`UnificationSpec` and above :func:`run_spec`.
+
 Tuning budget: one knob with two values per method, chosen on a validation split with a pilot seed that is not an
 evaluation seed, at the middle setting (unify 0.5, prune 0.25): ADMM's initial ρ ∈ {0.01, 0.1}; one-shot's
 fine-tune lr ∈ {1e-3, 3e-3}. Then 3 evaluation seeds; test accuracy mean ± std. Writes ``rows.jsonl``,
@@ -24,17 +28,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+import lawn
 from lawn import unification as U
+from lawn._checks import is_int, is_number
+from lawn.harness.config import RunConfig
+from lawn.harness.tasks import batch_starts
 from lawn.harness.train import StepLoss, fit
 
 PRE, MID, FT = 10, 10, 5
@@ -285,7 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--append", action="store_true", help="add the rows to an existing rows.jsonl")
     parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows.jsonl")
+    parser.add_argument("--spec", type=Path, help="the second study: a spec (TOML/JSON); rows go to --results")
+    parser.add_argument("--results", type=Path, help="with --spec: the JSONL file of rows (resumable)")
+    parser.add_argument(
+        "--check", action="store_true", help="with --spec: check the spec, print its plan, train nothing"
+    )
     args = parser.parse_args(argv)
+    if args.spec is not None:
+        spec = UnificationSpec.load(args.spec)
+        per_seed = len(spec.planned())
+        print(f"{args.spec}: {len(spec.seeds)} seeds × {per_seed} rows ({len(spec.levels)} levels, arms {spec.arms})")
+        if args.check:
+            return 0
+        if args.results is None:
+            parser.error("--spec needs --results FILE")
+        torch.set_num_threads(1)
+        print(json.dumps(run_spec(spec, args.results)))
+        return 0
     if args.report_only:
         rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
         knobs = pilot_knobs(rows)
@@ -345,6 +372,370 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     print(f"total CPU {total / 60:.1f} min")
     return 0
+
+
+# ---------------------------------------------------------------------- the second study (--spec)
+# Second study (``--spec SPEC --results ROWS``): the harness's data and models (full Fashion-MNIST; ``lenet300``,
+# ``lenet5``), compression levels up to ≥ 90 % pruned or unified blocks, and a gradual-projection arm.
+#
+# Per seed the dense net is pre-trained for ``pre_epochs`` (to convergence, at ``pre_lr`` with the base config's
+# schedule, e.g. cosine to 0; its state is saved beside the rows, so a
+# resumed study does not retrain it), then every arm trains ``mid_epochs + ft_epochs`` more from it, all with the
+# same optimizer and learning rates (``lr`` for the middle phase, ``ft_lr`` for fine-tuning, each constant):
+#
+# - ``dense``: no compression;
+# - ``one_shot``: project + harden at once, then train ``mid + ft`` epochs;
+# - ``gradual``: ``gradual_stages`` projections ``W ← Π_{f·i/S}(W)`` (fractions growing linearly to the level), each
+#   followed by ``mid / S`` epochs of training (the kinds are not frozen between stages), then harden + fine-tune;
+# - ``admm``: ``mid`` epochs with the ADMM penalty (``admm_updates_per_epoch`` Z/U steps an epoch, ρ × ``rho_growth``
+#   each), harden, fine-tune ``ft`` epochs.
+#
+# Each row records test and validation accuracy, accuracy right after hardening, the storage and multiply ratios of
+# ``compression_report`` (vs the dense fp32 net) and, under ``unification``, the arm and level for ``lawn report``.
+
+ARMS_V2 = ("dense", "one_shot", "gradual", "admm")
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    unify: float
+    prune: float
+
+
+@dataclass(frozen=True)
+class UnificationSpec:
+    """A unification study: ``base`` run config fields (data, model, optimizer, batch size), axes and phases."""
+
+    base: dict[str, Any]
+    levels: tuple[Level, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    arms: tuple[str, ...] = ARMS_V2
+    pre_epochs: int = 20
+    mid_epochs: int = 10
+    ft_epochs: int = 5
+    lr: float = 1e-3
+    ft_lr: float = 3e-4
+    pre_lr: float | None = None  # the pre-training's peak learning rate (None: lr)
+    block_size: int = 4
+    gradual_stages: int = 5
+    rho: float = 0.01
+    rho_growth: float = 1.2
+    admm_updates_per_epoch: int = 2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UnificationSpec:
+        """The spec of ``data`` (``[[compare]]`` / ``bounds`` are for ``lawn report`` and skipped here); every
+        problem is reported at once, in one ``ValueError``."""
+        if not isinstance(data, dict):
+            raise TypeError(f"unification spec: expected a mapping, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in ("compare", "bounds")}
+        problems: list[str] = []
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            problems.append(f"unknown key(s) {unknown}; known keys: {sorted(known)}")
+        if "levels" not in data:
+            problems.append('levels: required, e.g. [{name = "prune 0.9", unify = 0.0, prune = 0.9}]')
+        base = data.get("base", {})
+        if not isinstance(base, dict):
+            problems.append("base: expected a table of run config fields")
+            base = {}
+        clash = sorted(set(base) & {"lr", "seed", "method", "epochs"})
+        if clash:
+            problems.append(f"base sets {clash}; seeds, lr, ft_lr and the phases' epochs are the spec's own keys")
+        levels: list[Level] = []
+        for i, level in enumerate(data.get("levels", [])):
+            if not isinstance(level, dict) or set(level) != {"name", "unify", "prune"}:
+                problems.append(f"levels[{i}]: expected {{name, unify, prune}}, got {level!r}")
+                continue
+            try:
+                U.blocks.check_fractions(level["unify"], level["prune"])
+            except (ValueError, TypeError) as err:
+                problems.append(f"levels[{i}] ({level['name']!r}): {err}")
+                continue
+            levels.append(Level(str(level["name"]), float(level["unify"]), float(level["prune"])))
+        if len({lv.name for lv in levels}) != len(levels):
+            problems.append("levels: names repeat; give each level its own name")
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known - {"base", "levels"}}
+        spec = cls(base={k: v for k, v in base.items() if k not in clash}, levels=tuple(levels), **fields)
+        problems += spec.problems()
+        if problems:
+            msg = "\n".join(f"- {p}" for p in dict.fromkeys(problems))
+            raise ValueError(f"unification spec: {len(problems)} problem(s):\n{msg}")
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> UnificationSpec:
+        from lawn.harness.config import load_mapping
+
+        try:
+            return cls.from_dict(load_mapping(path))
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{path}: {err}") from err
+
+    def problems(self) -> list[str]:
+        """Every problem that needs no data."""
+        problems = []
+        bad = [a for a in self.arms if a not in ARMS_V2]
+        if bad or not self.arms:
+            problems.append(f"arms: unknown {bad}; choose from {list(ARMS_V2)}")
+        for name in ("pre_epochs", "mid_epochs", "ft_epochs", "block_size", "gradual_stages", "admm_updates_per_epoch"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                problems.append(f"{name}: expected an integer >= 1, got {value!r}")
+        stages = self.gradual_stages
+        if isinstance(self.mid_epochs, int) and isinstance(stages, int) and stages >= 1 and self.mid_epochs % stages:
+            problems.append(
+                f"gradual_stages: {stages} does not divide mid_epochs = {self.mid_epochs}; every "
+                "stage trains the same number of whole epochs (e.g. gradual_stages = 5 with mid_epochs = 10)"
+            )
+        for name in ("lr", "ft_lr", "rho", "pre_lr"):
+            value = getattr(self, name)
+            if name == "pre_lr" and value is None:
+                continue
+            if not is_number(value) or not 0 < value < float("inf"):
+                problems.append(f"{name}: expected a positive number, got {value!r}")
+        if isinstance(self.rho_growth, bool) or not isinstance(self.rho_growth, (int, float)) or self.rho_growth < 1:
+            problems.append(f"rho_growth: expected a number >= 1, got {self.rho_growth!r}")
+        if not self.seeds or any(not is_int(x) or x < 0 for x in self.seeds):
+            problems.append(f"seeds: expected a non-empty list of integers >= 0, got {list(self.seeds)!r}")
+        try:
+            self.config(0)
+        except (ValueError, TypeError) as err:
+            problems.append(f"base: {err}")
+        return problems
+
+    def config(self, seed: int) -> RunConfig:
+        """The run config of a seed: ``base`` with ``lr``, the seed, and the total epochs of every arm."""
+        from lawn.harness.checked import run_config
+
+        epochs = self.pre_epochs + self.mid_epochs + self.ft_epochs
+        return run_config({**self.base, "lr": self.lr, "seed": seed, "method": "plain", "epochs": epochs})
+
+    def study_fields(self) -> dict[str, Any]:
+        return {
+            "pre_epochs": self.pre_epochs,
+            "mid_epochs": self.mid_epochs,
+            "ft_epochs": self.ft_epochs,
+            "ft_lr": self.ft_lr,
+            "block_size": self.block_size,
+            **({} if self.pre_lr is None else {"pre_lr": self.pre_lr}),
+        }
+
+    def planned(self) -> list[dict[str, Any]]:
+        """The ``unification`` fields of every row of a seed: the pre-trained dense net, then arm × level."""
+        study = self.study_fields()
+        rows = [{**study, "arm": "pretrained", "level": "none", "unify": 0.0, "prune": 0.0, "arm_epochs": 0}]
+        arm_epochs = self.mid_epochs + self.ft_epochs
+        for arm in self.arms:
+            for level in [Level("none", 0.0, 0.0)] if arm == "dense" else self.levels:
+                extra = {}
+                if arm == "gradual":
+                    extra["gradual_stages"] = self.gradual_stages
+                if arm == "admm":
+                    extra.update(
+                        rho=self.rho, rho_growth=self.rho_growth, admm_updates_per_epoch=self.admm_updates_per_epoch
+                    )
+                rows.append(
+                    {
+                        **study,
+                        "arm": arm,
+                        "level": level.name,
+                        "unify": level.unify,
+                        "prune": level.prune,
+                        "arm_epochs": arm_epochs,
+                        **extra,
+                    }
+                )
+        return rows
+
+
+def unification_row_key(config: RunConfig, fields: dict[str, Any]) -> str:
+    text = json.dumps({"run": config.key(), "unification": fields}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _fit_phase(
+    model: nn.Module,
+    task: Any,
+    config: RunConfig,
+    epochs: int,
+    lr: float,
+    seed: int,
+    admm: U.ADMM | None = None,
+    scheduled: bool = False,
+) -> None:
+    """``epochs`` at a constant ``lr`` (``scheduled``: the config's schedule, e.g. cosine to 0) with the config's
+    optimizer on the harness's loop; batch order from ``seed``; with ``admm``, its penalty joins the loss and its
+    Z/U step follows every optimizer step."""
+    from lawn.harness.optimizers import build_base_optimizer
+    from lawn.harness.schedule import build_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_base_optimizer(
+        config.optimizer, params, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss(inputs: torch.Tensor, targets: torch.Tensor, step: int) -> StepLoss:
+        data_loss = task.loss(model(inputs), targets)
+        return StepLoss(data_loss if admm is None else data_loss + admm.penalty(), data_loss)
+
+    total = len(batch_starts(task.train_size, config.batch_size)) * epochs
+    model.train()
+    fit(
+        model,
+        optimizer,
+        epochs,
+        lambda: task.epoch(config.batch_size, generator),
+        loss,
+        scheduler=build_scheduler(optimizer, config, total) if scheduled else None,
+        after_step=None if admm is None else lambda step: admm.update(),
+    )
+
+
+def _costs(model: nn.Module, example: torch.Tensor, spec: U.BlockSpec) -> dict[str, float]:
+    """Storage and multiplies vs the dense fp32 net (``compression_report``); a dense net is the reference itself
+    (ratios 1: it needs no block-kind map)."""
+    if not list(U.hardened_layers(model)):
+        probe = copy.deepcopy(model)
+        U.harden(probe, spec, unify=0.0, prune=0.0)  # the same layers counted, all blocks dense
+        report = U.compression_report(probe, example)
+        return {
+            "bits": report.dense_fp32_bits,
+            "bits_ratio": 1.0,
+            "multiplies": report.dense_multiplies,
+            "multiplies_ratio": 1.0,
+        }
+    report = U.compression_report(model, example)
+    return {
+        "bits": report.bits,
+        "bits_ratio": report.bits / report.dense_fp32_bits,
+        "multiplies": report.multiplies,
+        "multiplies_ratio": report.multiplies / report.dense_multiplies,
+    }
+
+
+def _metric(task: Any, model: nn.Module, split: str) -> float:
+    model.eval()
+    value = task.evaluate(model, split)["metric"]
+    model.train()
+    return float(value)
+
+
+def run_arm_v2(spec: UnificationSpec, fields: dict[str, Any], pre: nn.Module, task: Any, config: RunConfig) -> dict:
+    """Train one arm from the pre-trained net; the row's measurements (see the section docstring)."""
+    blocks = U.BlockSpec(spec.block_size)
+    arm, unify, prune = fields["arm"], fields["unify"], fields["prune"]
+    model = copy.deepcopy(pre)
+    seed = config.seed
+    out: dict[str, Any] = {}
+    if arm == "one_shot":
+        U.harden(model, blocks, unify=unify, prune=prune)
+        out["acc_at_harden"] = _metric(task, model, "val")
+        _fit_phase(model, task, config, spec.mid_epochs, spec.lr, seed + 1)
+    elif arm == "gradual":
+        per_stage = spec.mid_epochs // spec.gradual_stages
+        targets, _ = U.selection.select_weights(model, blocks)
+        for stage in range(1, spec.gradual_stages + 1):
+            fraction = stage / spec.gradual_stages
+            with torch.no_grad():
+                for _, module in targets:
+                    projected, _ = U.project(module.weight, blocks, unify=unify * fraction, prune=prune * fraction)
+                    module.weight.copy_(projected)
+            _fit_phase(model, task, config, per_stage, spec.lr, seed + 1 + stage)
+        U.harden(model, blocks, unify=unify, prune=prune)
+        out["acc_at_harden"] = _metric(task, model, "val")
+    elif arm == "admm":
+        steps = len(batch_starts(task.train_size, config.batch_size))
+        admm = U.ADMM(
+            model,
+            blocks,
+            unify=unify,
+            prune=prune,
+            rho=spec.rho,
+            update_every=max(1, steps // spec.admm_updates_per_epoch),
+            rho_growth=spec.rho_growth,
+        )
+        _fit_phase(model, task, config, spec.mid_epochs, spec.lr, seed + 1, admm)
+        out["residual"] = admm.residual()
+        admm.harden()
+        out["acc_at_harden"] = _metric(task, model, "val")
+    else:  # dense
+        _fit_phase(model, task, config, spec.mid_epochs, spec.lr, seed + 1)
+    _fit_phase(model, task, config, spec.ft_epochs, spec.ft_lr, seed + 100)
+    example = next(iter(task.epoch(2, torch.Generator().manual_seed(0))))[0][:1]
+    out.update(_costs(model, example, blocks))
+    out["val_metric"], out["test_metric"] = _metric(task, model, "val"), _metric(task, model, "test")
+    return out
+
+
+def run_spec(spec: UnificationSpec, results: str | Path, device: str = "cpu") -> dict[str, int]:
+    """Every missing row of ``spec`` into ``results`` (JSONL, resumable by key). Each seed is claimed in the results
+    file's lock file before it trains, so processes started on one file split the seeds (the driver's ``--jobs``)."""
+    from lawn.harness.datasets import load_data
+    from lawn.harness.results import ResultsFile
+    from lawn.harness.tasks import make_task
+    from lawn.harness.train import fresh_model, resolve_device
+
+    results = Path(results)
+    dev = resolve_device(device)
+    book = ResultsFile(results)
+    done = total = 0
+    data = None
+    with book:
+        for seed in spec.seeds:
+            config = spec.config(seed).replace(device=str(dev))
+            planned = spec.planned()
+            keys = [unification_row_key(config, f) for f in planned]
+            total += len(keys)
+            if not set(keys) - book.written() or not book.claim(keys[0]):
+                continue
+            try:
+                data = load_data(config) if data is None else data
+                task = make_task(data, dev, config.negatives_per_positive)
+                states = results.with_name(results.name + ".states") / f"{keys[0]}.pt"
+                pre = fresh_model(config, data, dev)
+                started = time.perf_counter()
+                if states.is_file():
+                    pre.load_state_dict(torch.load(states, map_location=dev, weights_only=True))
+                else:
+                    pre_lr = spec.lr if spec.pre_lr is None else spec.pre_lr
+                    _fit_phase(pre, task, config, spec.pre_epochs, pre_lr, seed, scheduled=True)
+                    states.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(pre.state_dict(), states)
+                for fields, key in zip(planned, keys, strict=True):
+                    if key in book.written():
+                        continue
+                    if fields["arm"] == "pretrained":
+                        example = next(iter(task.epoch(2, torch.Generator().manual_seed(0))))[0][:1]
+                        measured = {
+                            **_costs(pre, example, U.BlockSpec(spec.block_size)),
+                            "val_metric": _metric(task, pre, "val"),
+                            "test_metric": _metric(task, pre, "test"),
+                        }
+                    else:
+                        started = time.perf_counter()
+                        measured = run_arm_v2(spec, fields, pre, task, config)
+                    book.append(
+                        {
+                            "key": key,
+                            "experiment": "unification",
+                            "config": config.to_dict(),
+                            "tuned": [],
+                            "metric": task.metric,
+                            "diverged": False,
+                            "unification": fields,
+                            **measured,
+                            "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
+                            "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(dev)},
+                        }
+                    )
+                    done += 1
+            finally:
+                book.release(keys[0])
+    return {"done": done, "total": total}
 
 
 if __name__ == "__main__":

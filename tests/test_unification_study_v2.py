@@ -1,0 +1,121 @@
+"""The second unification study: a spec of levels and arms on the harness's data and models, equal epochs per
+arm, compression ratios from ``compression_report`` in every row, resumable rows, and LeNet-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lawn import unification as U
+from lawn.harness.models import MODELS
+from lawn.harness.results import read_rows
+from lawn.harness.studies import unification as study
+
+SPEC = {
+    "base": {"dataset": "digits", "train_limit": 300, "test_limit": 100, "model": "lenet300", "batch_size": 50},
+    "levels": [
+        {"name": "prune 0.9", "unify": 0.0, "prune": 0.9},
+        {"name": "unify 0.5 + prune 0.45", "unify": 0.5, "prune": 0.45},
+    ],
+    "seeds": [0],
+    "pre_epochs": 1,
+    "mid_epochs": 2,
+    "ft_epochs": 1,
+    "gradual_stages": 2,
+    "compare": [{"name": "x", "a": {"arm": "admm"}, "b": {"arm": "one_shot"}, "by": ["level"], "margin": 0.01}],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_path) -> None:
+    spec = study.UnificationSpec.from_dict(SPEC)
+    results = tmp_path / "rows.jsonl"
+    assert study.run_spec(spec, results) == {"done": 1 + 1 + 3 * 2, "total": 8}
+    rows = read_rows(results)
+    by = {(r["unification"]["arm"], r["unification"]["level"]): r for r in rows}
+    assert set(by) == {("pretrained", "none"), ("dense", "none")} | {
+        (a, lv) for a in ("one_shot", "gradual", "admm") for lv in ("prune 0.9", "unify 0.5 + prune 0.45")
+    }
+    for (arm, _), r in by.items():
+        assert 0 <= r["test_metric"] <= 1 and r["config"]["epochs"] == 1 + 2 + 1
+        if arm in ("pretrained", "dense"):
+            assert r["bits_ratio"] == 1.0 and r["multiplies_ratio"] == 1.0
+            continue
+        assert r["unification"]["arm_epochs"] == 3  # equal epochs for every arm after pre-training
+        # every Linear weight is blocked (64, 300 and 100 inputs): per 4 weights (128 fp32 bits) a dense block keeps
+        # 128 bits, a unified one 32 + 4, a pruned one 0, plus a 2-bit kind; the biases (0.8 %) stay dense
+        u, p = r["unification"]["unify"], r["unification"]["prune"]
+        expected = (1 - u - p) + u * 36 / 128 + 2 / 128
+        assert r["bits_ratio"] == pytest.approx(expected, abs=0.01)
+        assert r["multiplies_ratio"] == pytest.approx((1 - u - p) + u / 4, abs=0.01)
+        assert 0 <= r["acc_at_harden"] <= 1
+    assert by[("admm", "prune 0.9")]["residual"] >= 0
+    assert by[("gradual", "prune 0.9")]["unification"]["gradual_stages"] == 2
+    assert "pre_lr" not in by[("dense", "none")]["unification"]  # recorded only when set (then the row keys change)
+    assert study.run_spec(spec, results) == {"done": 0, "total": 8}  # resumed: nothing trains twice
+    assert len(read_rows(results)) == 8
+
+
+def test_gradual_projection_reaches_the_level_exactly_after_hardening() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    data = torch.randn(64, 16), torch.randint(0, 4, (64,))
+
+    class Task:
+        train_size, metric = 64, "accuracy"
+
+        @staticmethod
+        def epoch(batch_size, generator):
+            order = torch.randperm(64, generator=generator)
+            return ((data[0][i], data[1][i]) for i in order.split(batch_size))
+
+        @staticmethod
+        def loss(logits, targets):
+            return torch.nn.functional.cross_entropy(logits, targets)
+
+        @staticmethod
+        def evaluate(model, split):
+            return {"metric": float((model(data[0]).argmax(1) == data[1]).float().mean())}
+
+    spec = study.UnificationSpec.from_dict({**SPEC, "base": {"dataset": "digits", "batch_size": 16}})
+    config = spec.config(0)
+    fields = {"arm": "gradual", "unify": 0.25, "prune": 0.5}
+    out = study.run_arm_v2(spec, fields, model, Task(), config)
+    assert 0 < out["bits_ratio"] < 1
+    # the arm trains a copy: the pre-trained net that every arm of a seed shares is left as it was
+    assert not list(U.hardened_layers(model))
+
+
+@pytest.mark.parametrize(
+    ("change", "culprit"),
+    [
+        ({"arms": ["dense", "magic"]}, "arms: unknown ['magic']"),
+        ({"gradual_stages": 3}, "gradual_stages: 3 does not divide mid_epochs = 2"),
+        ({"levels": [{"name": "too much", "unify": 0.6, "prune": 0.6}]}, "levels[0] ('too much')"),
+        ({"base": {"lr": 0.1}}, "base sets ['lr']"),
+        ({"rho_growth": 0.5}, "rho_growth: expected a number >= 1"),
+        ({"pre_lr": 0}, "pre_lr: expected a positive number"),
+        ({"levls": []}, "unknown key(s) ['levls']"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_key(change, culprit) -> None:
+    with pytest.raises(ValueError) as err:
+        study.UnificationSpec.from_dict({**SPEC, **change})
+    assert culprit in str(err.value)
+
+
+def test_lenet5_reads_fashion_mnist_sized_images_and_every_layer_but_the_first_takes_blocks_of_4() -> None:
+    model = MODELS["lenet5"].build((1, 28, 28), 10, 1)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    targets, skipped = U.selection.select_weights(model, U.BlockSpec(4))
+    assert [name for name, _ in targets] == ["features.3", "classifier.0", "classifier.2", "classifier.4"]
+    assert len(skipped) == 1 and "features.0" in skipped[0]  # 1 input channel: no block of 4 fits
+    with pytest.raises(ValueError, match="too small"):
+        MODELS["lenet5"].build((1, 8, 8), 10, 1)
