@@ -28,6 +28,7 @@ from lawn.harness.models import build_model
 from lawn.harness.normalization import convert
 from lawn.harness.schedule import build_scheduler, scaled_lr
 from lawn.harness.tasks import batch_starts, make_task
+from lawn.harness.train import EpochEnd, fit
 
 
 @torch.no_grad()
@@ -65,21 +66,31 @@ def feature_scale(config: RunConfig) -> list[dict[str, Any]]:
     scheduler = build_scheduler(optimizer, config, total)
     generator = torch.Generator().manual_seed(config.seed)
     out = [{"epoch": 0, "layer": layer, **split_statistics(model, layer, probe)}]
-    model.train()
-    for epoch in range(1, config.epochs + 1):
-        correct = seen = 0
-        for inputs, targets in task.epoch(config.batch_size, generator):
-            logits = model(inputs)
-            loss = task.loss(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            correct += int(task.correct(logits.detach(), targets))
-            seen += len(targets)
-        out.append({"epoch": epoch, "layer": layer, "train_accuracy": correct / seen,
+    counts = {"correct": 0, "seen": 0}
+
+    def loss(inputs: Any, targets: torch.Tensor, _steps: int) -> torch.Tensor:
+        logits = model(inputs)
+        counts["correct"] += int(task.correct(logits.detach(), targets))
+        counts["seen"] += len(targets)
+        return task.loss(logits, targets)
+
+    def end_epoch(end: EpochEnd) -> bool:
+        accuracy = counts["correct"] / max(1, counts["seen"])
+        counts.update(correct=0, seen=0)
+        out.append({"epoch": end.epoch, "layer": layer, "train_accuracy": accuracy,
                     **split_statistics(model, layer, probe)})  # fmt: skip
         print(json.dumps(out[-1]), flush=True)
+        return False
+
+    fit(
+        model,
+        optimizer,
+        config.epochs,
+        lambda: task.epoch(config.batch_size, generator),
+        loss,
+        scheduler=scheduler,
+        end_epoch=end_epoch,
+    )
     return out
 
 

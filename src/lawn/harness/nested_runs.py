@@ -57,6 +57,7 @@ from lawn.harness.datasets import load_data
 from lawn.harness.results import append_row, read_rows
 from lawn.harness.schedule import build_scheduler, scaled_lr
 from lawn.harness.tasks import batch_starts
+from lawn.harness.train import EpochEnd, StepLoss, fit
 from lawn.nested import (
     NestedConv2d,
     NestedLinear,
@@ -230,37 +231,33 @@ def train_nested(config: RunConfig, splits: Splits | None = None) -> list[dict[s
                 "keep_probabilities": keep_probabilities(model)}  # fmt: skip
 
     history = [record(0, None, None, None)]
-    diverged = False
-    train_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
+    counts = {"correct": 0.0, "kl": 0.0}
+
+    def batches() -> Any:
         if nested:
-            set_width(model, None)
-        model.train()
-        loss_sum = correct = kl_sum = 0.0
-        seen = 0
-        order = torch.randperm(len(s.y_train), generator=generator)
-        for start in starts:
-            idx = order[start : start + config.batch_size]
-            logits = model(s.x_train[idx])
-            loss = F.cross_entropy(logits, s.y_train[idx])
-            trained = loss
-            if config.nested_arm == "learned":
-                kl = nested_kl(model, "ordering")
-                trained = loss + config.nested_kl_weight * kl
-                kl_sum += float(kl.detach())
-            optimizer.zero_grad(set_to_none=True)
-            trained.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += float((logits.argmax(1) == s.y_train[idx]).sum())
-            seen += len(idx)
-        train_seconds += time.perf_counter() - epoch_started
-        history.append(record(epoch, loss_sum / seen, correct / seen, kl_sum / len(starts) if nested else None))
-        if not math.isfinite(loss_sum):
-            diverged = True
-            break
+            set_width(model, None)  # a width sampled per example again, after the last epoch's evaluation
+        counts.update(correct=0.0, kl=0.0)
+        perm = torch.randperm(len(s.y_train), generator=generator)
+        return ((s.x_train[idx], s.y_train[idx]) for idx in (perm[a : a + config.batch_size] for a in starts))
+
+    def loss(inputs: torch.Tensor, targets: torch.Tensor, _steps: int) -> torch.Tensor | StepLoss:
+        logits = model(inputs)
+        data_loss = F.cross_entropy(logits, targets)
+        counts["correct"] += float((logits.argmax(1) == targets).sum())
+        if config.nested_arm != "learned":
+            return data_loss
+        kl = nested_kl(model, "ordering")
+        counts["kl"] += float(kl.detach())
+        return StepLoss(data_loss + config.nested_kl_weight * kl, data_loss)
+
+    def end_epoch(end: EpochEnd) -> bool:
+        kl = counts["kl"] / max(1, end.steps) if nested else None
+        history.append(record(end.epoch, end.mean_loss, counts["correct"] / max(1, end.examples), kl))
+        return not math.isfinite(end.mean_loss)
+
+    fitted = fit(model, optimizer, config.epochs, batches, loss, scheduler=scheduler, end_epoch=end_epoch)
+    diverged = not math.isfinite(history[-1]["train_loss"])
+    train_seconds = fitted.seconds
 
     common = {
         "metric": "accuracy", "diverged": diverged, "epochs_run": len(history) - 1,
