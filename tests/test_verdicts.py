@@ -195,6 +195,31 @@ def test_a_by_field_fixed_by_one_arm_pairs_that_arm_with_every_group() -> None:
     assert [r["mean_diff"] for r in results] == pytest.approx([0.05, -0.1])
 
 
+def test_unification_rows_pair_their_arms_by_seed_at_each_level() -> None:
+    """The unification driver records arm and level under ``row["unification"]``: comparisons name them there."""
+    rows = []
+    for arm, level, tests in (
+        ("admm", "prune 0.9", [0.88, 0.89, 0.90]),
+        ("one_shot", "prune 0.9", [0.85, 0.86, 0.87]),
+        ("admm", "prune 0.5", [0.90, 0.91, 0.90]),
+        ("one_shot", "prune 0.5", [0.90, 0.90, 0.91]),
+    ):
+        for seed, test in enumerate(tests):
+            r = row("plain", seed, test, lr=3e-4)
+            r.update(tuned=[], experiment="unification", key=f"{arm}-{level}-{seed}")
+            r["unification"] = {"arm": arm, "level": level, "block_size": 4}
+            rows.append(r)
+    (table,) = parse_comparisons(
+        {"compare": [{"name": "ADMM vs one-shot", "a": {"arm": "admm"}, "b": {"arm": "one_shot"}, "by": ["level"],
+                      "margin": 0.005}]},
+        ("arm", "level", "block_size"),
+    )  # fmt: skip
+    results = compare([table], rows)
+    assert [r["group"] for r in results] == [{"level": "prune 0.5"}, {"level": "prune 0.9"}]
+    assert [r["mean_diff"] for r in results] == pytest.approx([0.0, 0.03])
+    assert all(r["n"] == 3 for r in results)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [

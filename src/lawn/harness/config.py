@@ -364,6 +364,24 @@ COMPARE_KEYS = ("compare", "bounds")
 COMPARE_FIELDS = ("name", "a", "b", "by", "margin", "bounds", "pilot_by")
 BOUND_EDGES = ("min", "max", "both")
 # what a lottery row records beside its run config (row["lottery"]); a comparison may pick arms by these
+#: what a row of the unification study's driver records under ``row["unification"]`` (its arms and levels)
+UNIFICATION_FIELDS = (
+    "arm",
+    "level",
+    "unify",
+    "prune",
+    "arm_epochs",
+    "pre_epochs",
+    "mid_epochs",
+    "ft_epochs",
+    "ft_lr",
+    "pre_lr",
+    "block_size",
+    "gradual_stages",
+    "rho",
+    "rho_growth",
+    "admm_updates_per_epoch",
+)
 LOTTERY_FIELDS = (
     "arm",
     "sparsity",

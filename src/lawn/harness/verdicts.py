@@ -32,10 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from lawn._checks import is_number
-from lawn.harness.config import LOTTERY_FIELDS, Comparison, load_mapping, parse_comparisons, with_late_defaults
+from lawn.harness.config import (
+    LOTTERY_FIELDS,
+    UNIFICATION_FIELDS,
+    Comparison,
+    load_mapping,
+    parse_comparisons,
+    with_late_defaults,
+)
 from lawn.harness.selection import NOT_SETTING, Selection, select
 
 ALPHA = 0.05
+RECORD_FIELDS = tuple(dict.fromkeys((*LOTTERY_FIELDS, *UNIFICATION_FIELDS)))  # what [[compare]] may name
 MAX_SEEDS = 100_000
 VERDICTS = ("better", "worse", "level", "inconclusive")
 
@@ -111,12 +119,19 @@ def seeds_to_resolve(mean: float, sd: float, margin: float, alpha: float) -> int
 
 
 # ---------------------------------------------------------------------- rows, arms and groups
+#: the sections beside ``config`` in which a study's driver records a row's arm (lottery, unification)
+RECORDS = ("lottery", "unification")
+
+
 def field_value(row: dict[str, Any], name: str) -> Any:
-    """A field of a row: its run config (late fields filled in), else what a lottery row records."""
+    """A field of a row: its run config (late fields filled in), else what a lottery or unification row records."""
     config = with_late_defaults(row["config"])
     if name in config:
         return config[name]
-    return (row.get("lottery") or {}).get(name)
+    for record in RECORDS:
+        if name in (row.get(record) or {}):
+            return row[record][name]
+    return None
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -129,11 +144,12 @@ def _matches(row: dict[str, Any], fields: dict[str, Any]) -> bool:
 
 
 def _identity(row: dict[str, Any]) -> dict[str, Any]:
-    """Everything that makes a row's setting but its seed and tuned values (config and lottery fields)."""
+    """Everything that makes a row's setting but its seed and tuned values (config, lottery and unification fields)."""
     tuned = set(row.get("tuned") or ("lr", "weight_decay"))
     config = with_late_defaults(row["config"])
     out = {k: v for k, v in config.items() if k not in NOT_SETTING and k not in tuned}
-    out.update({f"lottery.{k}": v for k, v in (row.get("lottery") or {}).items()})
+    for record in RECORDS:
+        out.update({f"{record}.{k}": v for k, v in (row.get(record) or {}).items()})
     return out
 
 
@@ -443,7 +459,7 @@ def load_comparisons(*paths: str | Path) -> tuple[Comparison, ...]:
     for path in paths:
         data = load_mapping(path)
         try:
-            mine = parse_comparisons(data, LOTTERY_FIELDS)
+            mine = parse_comparisons(data, RECORD_FIELDS)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{path}: {err}") from err
         if not mine:

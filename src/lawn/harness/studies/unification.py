@@ -44,7 +44,7 @@ from torch import nn
 import lawn
 from lawn import unification as U
 from lawn._checks import is_int, is_number
-from lawn.harness.config import RunConfig
+from lawn.harness.config import COMPARE_KEYS, UNIFICATION_FIELDS, RunConfig, parse_comparisons
 from lawn.harness.tasks import batch_starts
 from lawn.harness.train import StepLoss, fit
 
@@ -425,11 +425,12 @@ class UnificationSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UnificationSpec:
-        """The spec of ``data`` (``[[compare]]`` / ``bounds`` are for ``lawn report`` and skipped here); every
-        problem is reported at once, in one ``ValueError``."""
+        """The spec of ``data`` (its ``[[compare]]`` / ``bounds`` are checked here, decided by ``lawn report``);
+        every problem is reported at once, in one ``ValueError``."""
         if not isinstance(data, dict):
             raise TypeError(f"unification spec: expected a mapping, got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k not in ("compare", "bounds")}
+        parse_comparisons(data, UNIFICATION_FIELDS)
+        data = {k: v for k, v in data.items() if k not in COMPARE_KEYS}
         problems: list[str] = []
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
