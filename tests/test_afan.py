@@ -4,6 +4,7 @@ under bn="freeze", the special cases are exactly the plain loss, the released re
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -230,6 +231,10 @@ def test_ddp_single_process_gloo(tmp_path) -> None:
             for p, q in zip(model.parameters(), reference.parameters()):
                 if q.grad is not None:
                     torch.testing.assert_close(p.grad, q.grad)
+        # DDP's reducer holds the process group: release it first, so that the group's gloo threads are joined
+        # while the group is alive (freed after destroy_process_group, the join hung a test run once)
+        del ddp, loss, ref
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
