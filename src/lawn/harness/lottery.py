@@ -459,7 +459,7 @@ def data_problems(
         total = per_epoch * config.epochs
         for name in ("rewind_steps", "late_rewind_steps"):
             steps = getattr(spec, name)
-            if isinstance(steps, int) and not isinstance(steps, bool) and steps > total:
+            if is_int(steps) and steps > total:
                 problems.append(
                     f"lottery spec: {name}: {steps} is past the end of the dense run ({where}: "
                     f"{config.epochs} epoch(s) × {per_epoch} step(s) = {total} steps); use at most {total}"
