@@ -154,16 +154,7 @@ class AFAN:
         direction: Direction = "adversarial",
         channel_dim: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps: expected an integer >= 0 (0 turns A-FAN off), got {steps!r}")
-        if not _positive(step_size):
-            raise ValueError(f"step_size: expected a finite number > 0, got {step_size!r}")
-        if eps is not None and not _positive(eps):
-            raise ValueError(f"eps: expected None (no bound) or a finite number > 0, got {eps!r}")
-        if not isinstance(random_start, bool):
-            raise TypeError(f"random_start: expected True or False, got {random_start!r}")
+        _check_attack(model, steps, step_size, eps, random_start, off="A-FAN")
         strengths = tuple(strengths) if isinstance(strengths, Sequence) else strengths
         if not isinstance(strengths, tuple) or not strengths or not all(_positive(s) and s <= 1.0 for s in strengths):
             raise ValueError(f"strengths: expected a non-empty list of numbers in (0, 1], got {strengths!r}")
@@ -343,6 +334,20 @@ def _positive(value: Any) -> bool:
     return _number(value) and value > 0
 
 
+def _check_attack(model: Any, steps: Any, step_size: Any, eps: Any, random_start: Any, *, off: str) -> None:
+    """The options every sign-gradient attack here shares (feature space or input space), checked before use."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not is_int(steps) or steps < 0:
+        raise ValueError(f"steps: expected an integer >= 0 (0 turns {off} off), got {steps!r}")
+    if not _positive(step_size):
+        raise ValueError(f"step_size: expected a finite number > 0, got {step_size!r}")
+    if eps is not None and not _positive(eps):
+        raise ValueError(f"eps: expected None (no bound) or a finite number > 0, got {eps!r}")
+    if not isinstance(random_start, bool):
+        raise TypeError(f"random_start: expected True or False, got {random_start!r}")
+
+
 def _resolve(model: nn.Module, layer: Any) -> nn.Module:
     if not isinstance(layer, str):
         raise TypeError(f"layer: expected a module name (str), got {type(layer).__name__}")
@@ -444,16 +449,7 @@ class InputAdversarial:
         adv_weight: float = 0.5,
         bn: BNMode = "freeze",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps: expected an integer >= 0 (0 turns the attack off), got {steps!r}")
-        if not _positive(step_size):
-            raise ValueError(f"step_size: expected a finite number > 0, got {step_size!r}")
-        if eps is not None and not _positive(eps):
-            raise ValueError(f"eps: expected None (no bound) or a finite number > 0, got {eps!r}")
-        if not isinstance(random_start, bool):
-            raise TypeError(f"random_start: expected True or False, got {random_start!r}")
+        _check_attack(model, steps, step_size, eps, random_start, off="the attack")
         if not _number(adv_weight) or not 0.0 <= adv_weight <= 1.0:
             raise ValueError(f"adv_weight: expected a number in [0, 1], got {adv_weight!r}")
         if bn not in ("freeze", "update"):

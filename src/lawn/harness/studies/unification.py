@@ -609,13 +609,7 @@ def _costs(model: nn.Module, example: torch.Tensor, spec: U.BlockSpec) -> dict[s
             "multiplies": report.dense_multiplies,
             "multiplies_ratio": 1.0,
         }
-    report = U.compression_report(model, example)
-    return {
-        "bits": report.bits,
-        "bits_ratio": report.bits / report.dense_fp32_bits,
-        "multiplies": report.multiplies,
-        "multiplies_ratio": report.multiplies / report.dense_multiplies,
-    }
+    return costs(model, example)
 
 
 def _metric(task: Any, model: nn.Module, split: str) -> float:
