@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lawn._checks import is_number
+
 Schedule = Literal["constant", "cosine"]
 
 
@@ -53,7 +55,7 @@ class EMATeacher:
     ) -> None:
         if not isinstance(student, nn.Module):
             raise TypeError(f"student: expected a torch.nn.Module, got {type(student).__name__}")
-        if not isinstance(momentum, int | float) or isinstance(momentum, bool) or not 0.0 <= momentum < 1.0:
+        if not is_number(momentum) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule: expected 'constant' or 'cosine', got {schedule!r}")

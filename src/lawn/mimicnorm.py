@@ -24,6 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from lawn._checks import is_int
+
 NamedOrPlain = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
@@ -62,7 +64,7 @@ def convert_to_mimicnorm(model: nn.Module, num_classes: int) -> LastBatchNorm:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
     body = copy.deepcopy(model)
     for parent in list(body.modules()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from lawn._checks import is_int
 from lawn.constraint.engine import NamedParams, NormConstraint
 from lawn.constraint.reference import Granularity
 from lawn.constraint.weights import named_weights
@@ -50,7 +51,7 @@ class WRS(NormConstraint):
         foreach: bool | None = None,
         fused: bool = False,
     ) -> None:
-        if not isinstance(every, int) or isinstance(every, bool):
+        if not is_int(every):
             raise TypeError(f"every: expected an int, got {every!r}")
         if every < 1:
             raise ValueError(f"every: must be >= 1, got {every}")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from lawn._checks import is_int
 from lawn.constraint._dtensor import is_dtensor
 from lawn.constraint.options import require
 
@@ -65,7 +66,7 @@ def set_output_dim(w: torch.Tensor, dim: int) -> None:
     """Record on ``w`` itself that its output units (its "rows") lie along ``dim`` (1 for ``ConvTranspose*`` and HF
     ``Conv1D`` weights, ``in × out × ...``); a plain ``(name, tensor)`` entry then has these rows. Discovery and
     :func:`lawn.all_layer_weights` decide it from the layer (and honour this tag)."""
-    if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < max(w.dim(), 1):
+    if not is_int(dim) or not 0 <= dim < max(w.dim(), 1):
         raise ValueError(f"dim: expected an int in [0, {w.dim()}), got {dim!r}")
     setattr(w, _TAG, dim)
 
@@ -138,7 +139,7 @@ def named_weights(params: Iterable[Any], base: Optimizer) -> list[tuple[str, tor
             )
         name = name or place.get(id(tensor), f"params[{k}]")
         dim = output_dim(tensor) if dim is None else dim
-        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < max(tensor.dim(), 1):
+        if not is_int(dim) or not 0 <= dim < max(tensor.dim(), 1):
             raise ValueError(f"params: '{name}': output_dim must be an int in [0, {tensor.dim()}), got {dim!r}")
         named.append((name, tensor, dim, mask))
     return named
