@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lawn.harness.cli import main
 from lawn.harness.results import read_rows
@@ -18,11 +17,7 @@ TINY = ["--set", "train_limit=120", "--set", "test_limit=60", "--set", "width=4"
 QUIET = ["--threads", "1", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the commands set torch's threads (conftest.py)
 
 
 def test_console_script_is_declared() -> None:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("tensorboard")
 
@@ -21,11 +20,7 @@ TINY = ["--set", "train_limit=120", "--set", "test_limit=60", "--set", "width=4"
 QUIET = ["--threads", "1", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the commands set torch's threads (conftest.py)
 
 
 def read_events(directory: Path) -> EventAccumulator:

@@ -32,11 +32,7 @@ SPEC = {
 }
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the commands set torch's threads (conftest.py)
 
 
 def test_lottery_runs_every_arm_resumes_and_reports(tmp_path, capsys):
