@@ -101,8 +101,8 @@ def test_compile_failure_warns_once_and_falls_back_to_the_foreach_path(monkeypat
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(constraint_compiled._Compiled, "failed", False)
     for name, function, fallback in (
-        ("_project", constraint_compiled._project_all, lawn.constraint.foreach.foreach_project_onto_tangent_),
-        ("_retract", constraint_compiled._retract_all, lawn.constraint.foreach.foreach_retract_),
+        ("_project", lawn.constraint.reference.project_all_, lawn.constraint.foreach.foreach_project_onto_tangent_),
+        ("_retract", lawn.constraint.reference.retract_all_, lawn.constraint.foreach.foreach_retract_),
     ):
         monkeypatch.setattr(constraint_compiled, name, constraint_compiled._Compiled(function, fallback))
 

@@ -275,11 +275,7 @@ class AFAN:
     def _attack(
         self, x: Any, kwargs: dict[str, Any], y: Any, criterion: Criterion, h: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.random_start:
-            radius = self.eps if self.eps is not None else self.step_size
-            delta = torch.empty(h.shape, device=h.device, dtype=dtype).uniform_(-radius, radius)
-        else:
-            delta = torch.zeros(h.shape, device=h.device, dtype=dtype)
+        delta = _start(h, dtype, self.random_start, self.eps, self.step_size)
         losses = []
         for _ in range(self.steps):
             delta.requires_grad_(True)
@@ -332,6 +328,14 @@ def _number(value: Any) -> bool:
 
 def _positive(value: Any) -> bool:
     return _number(value) and value > 0
+
+
+def _start(t: torch.Tensor, dtype: torch.dtype, random: bool, eps: float | None, step_size: float) -> torch.Tensor:
+    """The attack's first perturbation of ``t``: uniform in ``±eps`` (``±step_size`` unbounded) or zero."""
+    if not random:
+        return torch.zeros(t.shape, device=t.device, dtype=dtype)
+    radius = eps if eps is not None else step_size
+    return torch.empty(t.shape, device=t.device, dtype=dtype).uniform_(-radius, radius)
 
 
 def _check_attack(model: Any, steps: Any, step_size: Any, eps: Any, random_start: Any, *, off: str) -> None:
@@ -475,11 +479,7 @@ class InputAdversarial:
             raise TypeError(f"x: input-space PGD needs a floating-point input tensor, got {type(x).__name__}")
         dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         x = x.detach()
-        if self.random_start:
-            radius = self.eps if self.eps is not None else self.step_size
-            delta = torch.empty(x.shape, device=x.device, dtype=dtype).uniform_(-radius, radius)
-        else:
-            delta = torch.zeros(x.shape, device=x.device, dtype=dtype)
+        delta = _start(x, dtype, self.random_start, self.eps, self.step_size)
         losses = []
         with self._stats(), torch.enable_grad():
             for _ in range(self.steps):

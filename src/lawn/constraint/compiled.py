@@ -25,16 +25,6 @@ from lawn.constraint.foreach import foreach_project_onto_tangent_, foreach_retra
 from lawn.constraint.reference import Granularity
 
 
-def _project_all(grads: list[torch.Tensor], params: list[torch.Tensor], granularity: Granularity) -> None:
-    for g, w in zip(grads, params):
-        g.copy_(reference.project_onto_tangent(g, w, granularity))
-
-
-def _retract_all(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
-    for w, target in zip(params, targets):
-        w.copy_(reference.retract(w, target, granularity))
-
-
 class _Compiled:
     """One function compiled lazily, with its own budget of signatures and a clean fallback."""
 
@@ -77,8 +67,8 @@ def _budget() -> int:
     return int(getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 8)))
 
 
-_project = _Compiled(_project_all, foreach_project_onto_tangent_)
-_retract = _Compiled(_retract_all, foreach_retract_)
+_project = _Compiled(reference.project_all_, foreach_project_onto_tangent_)
+_retract = _Compiled(reference.retract_all_, foreach_retract_)
 
 
 def compiled_project_onto_tangent_(

@@ -62,19 +62,11 @@ Retract = Callable[[list[torch.Tensor], list[torch.Tensor], Granularity], None]
 
 
 # ----------------------------------------------------------------------------- the unfused projection / retraction
-def reference_project_(grads: list[torch.Tensor], params: list[torch.Tensor], granularity: Granularity) -> None:
-    for g, w in zip(grads, params):
-        g.copy_(reference.project_onto_tangent(g, w, granularity))
-
-
-def reference_retract_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
-    for w, target in zip(params, targets):
-        w.copy_(reference.retract(w, target, granularity))
 
 
 #: name → (projection, retraction), in place on lists of tensors (rows along dim 0)
 UNFUSED: dict[str, tuple[Project, Retract]] = {
-    "reference": (reference_project_, reference_retract_),
+    "reference": (reference.project_all_, reference.retract_all_),
     "foreach": (foreach_project_onto_tangent_, foreach_retract_),
     "compiled": (compiled_project_onto_tangent_, compiled_retract_),
     "kernel": (fused_project_onto_tangent_, fused_retract_),

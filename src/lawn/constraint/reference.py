@@ -92,3 +92,15 @@ def retract(w: torch.Tensor, target: torch.Tensor, granularity: Granularity = "t
     scale = target.to(dtype).reshape(norm.shape) / norm
     scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
     return (w32 * scale).to(w.dtype)
+
+
+def project_all_(grads: list[torch.Tensor], params: list[torch.Tensor], granularity: Granularity) -> None:
+    """:func:`project_onto_tangent` for each pair, in place (the reference path over a list of tensors)."""
+    for g, w in zip(grads, params):
+        g.copy_(project_onto_tangent(g, w, granularity))
+
+
+def retract_all_(params: list[torch.Tensor], targets: list[torch.Tensor], granularity: Granularity) -> None:
+    """:func:`retract` for each weight, in place (the reference path over a list of tensors)."""
+    for w, target in zip(params, targets):
+        w.copy_(retract(w, target, granularity))
