@@ -66,6 +66,32 @@ def test_every_optimizer_and_method_builds_and_steps(optimizer: str, method: str
         assert model.head.weight.norm().item() == pytest.approx(before, rel=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adamp"])
+def test_fused_base_takes_torchs_fused_kernel_where_there_is_one(optimizer: str) -> None:
+    model = MLP((4,), 3, 2)
+    config = RunConfig(dataset="digits", optimizer=optimizer, fused_base=True)
+    opt = build_optimizer(config, model, [], lr=0.05, total_steps=10, example_inputs=torch.randn(2, 4))
+    assert opt.defaults.get("fused", None) is (True if optimizer in ("sgd", "adam", "adamw") else None)
+    assert build_optimizer(config.replace(fused_base=False), model, [], lr=0.05, total_steps=10,
+                           example_inputs=torch.randn(2, 4)).defaults.get("fused") is None  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "method", "rel"), [("sgd", "wd", 1e-5), ("sgd", "lawn_all", 1e-5), ("adam", "plain", 1e-2)]
+)
+def test_a_fused_base_run_agrees_with_the_default_one(optimizer: str, method: str, rel: float) -> None:
+    # SGD: to rounding. Adam: a bias feeding BN has a gradient at the level of rounding noise, which Adam divides
+    # by its own root mean square, so two summation orders step it by up to ±lr; that moves the rest a little
+    decay = 1e-3 if method == "wd" else 0.0
+    config = RunConfig(**TINY, optimizer=optimizer, method=method, weight_decay=decay, free_fraction=0.25)
+    default, fused = train(config), train(config.replace(fused_base=True))
+    assert fused["key"] != default["key"] and fused["config"]["fused_base"] is True
+    for a, b in zip(default["history"][1:], fused["history"][1:], strict=True):  # [0]: before training
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=rel)
+        assert b["constrained_norm"] == pytest.approx(a["constrained_norm"], rel=rel)
+        assert b["logit_norm"] == pytest.approx(a["logit_norm"], rel=rel)
+
+
 def test_lawn_free_steps_follow_free_fraction() -> None:
     config = RunConfig(**TINY, method="lawn", free_fraction=0.25)
     assert methods.free_steps(config, 40) == 10

@@ -60,6 +60,7 @@ LATE_FIELDS = (
     "nested_fraction",
     "eval_width",
     "nested_order_lr_scale",
+    "fused_base",
 )
 NESTED_ARMS = ("none", "narrow", "dropout", "learned")
 
@@ -88,6 +89,7 @@ class RunConfig:
     base_batch_size: int = 128
     weight_decay: float = 0.0
     momentum: float = 0.9
+    fused_base: bool = False  # torch's fused kernel for the base optimizer where it has one (sgd, adam, adamw)
     # schedule
     batch_size: int = 128
     epochs: int = 5

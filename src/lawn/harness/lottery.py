@@ -301,7 +301,12 @@ def _train_arm(
     generator = torch.Generator().manual_seed(config.seed)
     total = len(batch_starts(task.train_size, config.batch_size)) * config.epochs
     optimizer = build_base_optimizer(
-        config.optimizer, model.parameters(), lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
+        config.optimizer,
+        model.parameters(),
+        lr=lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        fused=config.fused_base,
     )
     shape = config if schedule == "same" else config.replace(schedule="constant", warmup_fraction=0.0)
     scheduler = build_scheduler(optimizer, shape, total)

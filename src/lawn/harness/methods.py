@@ -322,6 +322,7 @@ def build_optimizer(
         lr=lr,
         weight_decay=config.weight_decay if method.uses_weight_decay else 0.0,
         momentum=config.momentum,
+        fused=config.fused_base,
     )
     if method.wrap is None:
         return base

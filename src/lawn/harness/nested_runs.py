@@ -223,7 +223,7 @@ def train_nested(config: RunConfig, splits: Splits | None = None) -> list[dict[s
     groups = [{"params": rest}] + (
         [{"params": order, "lr": scaled_lr(config) * config.nested_order_lr_scale}] if order else []
     )
-    optimizer = torch.optim.Adam(groups, lr=scaled_lr(config))
+    optimizer = torch.optim.Adam(groups, lr=scaled_lr(config), fused=config.fused_base or None)
     scheduler = build_scheduler(optimizer, config, total_steps)
 
     def record(epoch: int, loss: float | None, accuracy: float | None, kl: float | None) -> dict[str, Any]:

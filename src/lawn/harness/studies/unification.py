@@ -575,7 +575,12 @@ def _fit_phase(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_base_optimizer(
-        config.optimizer, params, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
+        config.optimizer,
+        params,
+        lr=lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        fused=config.fused_base,
     )
     generator = torch.Generator().manual_seed(seed)
 
