@@ -30,10 +30,13 @@ OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 OPTIMIZER_ORDER = ("sgd", "adam", "adamw", "lamb", "lars")
 TRAJECTORIES = (
     ("test_metric", "test {metric}"),
+    ("train_loss", "training loss"),
     ("logit_norm", "mean ‖logits‖ (test)"),
     ("constrained_norm", "‖final homogeneous weights‖"),
+    ("tangential_step", "tangential step / ‖W‖"),
     ("weight_norm", "‖all weights‖"),
 )
+LOG_SCALED = ("train_loss", "logit_norm", "tangential_step")
 
 
 def unique_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
@@ -308,8 +311,9 @@ def plot_panel(group: list[Selection], title: str, batch_path: Path, norms_path:
                     if switch is not None:
                         ax.axvline(switch, color=colors[m], linestyle=":", linewidth=1, alpha=0.8)
             ax.set_ylabel(label.format(metric=metric))
-            if key == "logit_norm":
+            if key in LOG_SCALED:
                 ax.set_yscale("log")
+            if key == "logit_norm":  # a decade or two: plain numbers read better than powers of ten
                 ax.yaxis.set_major_formatter(ScalarFormatter())
                 ax.yaxis.set_minor_formatter(NullFormatter())
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
