@@ -92,6 +92,22 @@ def test_a_fused_base_run_agrees_with_the_default_one(optimizer: str, method: st
         assert b["logit_norm"] == pytest.approx(a["logit_norm"], rel=rel)
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_wrs_rescales_per_tensor_or_per_output_unit(granularity: str) -> None:
+    model = MLP((6,), 3, 8)
+    inputs = torch.randn(16, 6)
+    config = RunConfig(dataset="digits", optimizer="sgd", method="wrs", granularity=granularity)
+    opt = build_optimizer(config, model, [], lr=0.5, total_steps=10, example_inputs=inputs)
+    for _ in range(3):
+        opt.zero_grad()
+        model(inputs).square().mean().backward()
+        opt.step()
+    feeding = [m.weight for m in model.modules() if isinstance(m, nn.Linear)][:-1]  # the head feeds no BN
+    for w in feeding:
+        norms = w.detach().norm(dim=1) if granularity == "row" else w.detach().norm().reshape(1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
 def test_lawn_free_steps_follow_free_fraction() -> None:
     config = RunConfig(**TINY, method="lawn", free_fraction=0.25)
     assert methods.free_steps(config, 40) == 10

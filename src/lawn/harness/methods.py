@@ -7,10 +7,11 @@ the training loss. To add one, register a :class:`Method`; configs and sweeps pi
 - ``wd``: the base optimizer with ``weight_decay`` (on all parameters).
 - ``wrs``: the base optimizer, **no weight decay on any parameter**, wrapped by ``lawn.WRS`` over
   ``lawn.params_feeding_normalization(model, x)``: after every ``wrs_every``-th step each of those weights
-  is rescaled to ``‖W‖ = 1`` (per tensor). WRS replaces weight decay on these scale-invariant weights;
-  giving the other parameters (BN affine, biases, the last layer) weight decay too would make ``wrs`` two
-  changes away from ``plain`` and give it a grid larger than the other methods'. So ``wrs`` is ``plain``
-  plus the rescaling, as ``lawn`` is ``plain`` plus the constraint.
+  is rescaled to ``‖W‖ = 1`` (per tensor; ``granularity = "row"``: each output unit's ``‖W_i‖ = 1``, the
+  per-filter rescale). WRS replaces weight decay on these scale-invariant weights; giving the other
+  parameters (BN affine, biases, the last layer) weight decay too would make ``wrs`` two changes away from
+  ``plain`` and give it a grid larger than the other methods'. So ``wrs`` is ``plain`` plus the rescaling, as
+  ``lawn`` is ``plain`` plus the constraint.
 - ``ssi``: the base optimizer, no weight decay; the training loss gets
   ``+ ssi_lambda × lawn.scale_shift_invariant_penalty(layers)`` (the ``"geometric"`` form, on weight
   decay's scale: ``Σ_l ‖W_l‖²`` when the layers are balanced, never above it). ``layers`` is the model's
@@ -145,10 +146,12 @@ def _lawn_over(base: Optimizer, setup: Setup, params: NamedParams, free: int | l
 
 
 def _wrs(base: Optimizer, setup: Setup) -> Optimizer:
-    feeding = lawn.params_feeding_normalization(setup.model, setup.example_inputs)
+    row = setup.config.granularity == "row"  # each output unit's weights to unit norm (the per-filter rescale)
+    feeding = lawn.params_feeding_normalization(setup.model, setup.example_inputs, per_channel=row)
     if not feeding:
         raise ValueError(f"method 'wrs': model {setup.config.model!r} has no weight feeding a normalization")
-    return lawn.WRS(base, feeding, every=setup.config.wrs_every)
+    granularity = setup.config.granularity
+    return lawn.WRS(base, feeding, every=setup.config.wrs_every, granularity=granularity)  # type: ignore[arg-type]
 
 
 def ssi_layers(model: nn.Module) -> nn.Module | list[Any]:
