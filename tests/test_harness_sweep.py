@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lawn.harness.config import COMPARE_KEYS, RunConfig, load_mapping
 from lawn.harness.report import write_report
 from lawn.harness.results import read_rows
 from lawn.harness.selection import select
@@ -239,3 +240,28 @@ def test_pre_registered_study_specs_parse(path: Path) -> None:
         assert LotterySpec.load(path).seeds
     else:
         assert SweepSpec.load(path).expand()
+
+
+def _sweep_configs(folder: Path) -> list[RunConfig]:
+    specs = [p for p in sorted(folder.glob("*.toml")) if not set(load_mapping(p)) <= set(COMPARE_KEYS)]
+    return [config for p in specs for config, _ in SweepSpec.load(p).expand()]
+
+
+def _groups(configs: list[RunConfig], arm: dict, by: tuple[str, ...]) -> set[tuple]:
+    picked = [c for c in configs if all(getattr(c, k) == v for k, v in arm.items())]
+    return {tuple(getattr(c, f) for f in by) for c in picked}
+
+
+@pytest.mark.parametrize("folder", ["lawn_v3", "afan_v2"])
+def test_every_declared_comparison_finds_both_arms_in_every_group_of_its_study(folder: str) -> None:
+    """A comparison whose arm matches no run of the committed specs would only show as missing after hours of
+    compute: each pre-registered comparison's a and b pick runs of the study's specs, in the same groups."""
+    from lawn.harness.verdicts import load_comparisons
+
+    path = SRC.parent / "docs" / "sweeps" / folder
+    configs = _sweep_configs(path)
+    compare_files = [p for p in sorted(path.glob("*.toml")) if set(load_mapping(p)) <= set(COMPARE_KEYS)]
+    assert compare_files
+    for comparison in load_comparisons(*compare_files):
+        a, b = _groups(configs, comparison.a, comparison.by), _groups(configs, comparison.b, comparison.by)
+        assert a and a == b, f"{comparison.name}: a's groups {sorted(a)} vs b's {sorted(b)}"
