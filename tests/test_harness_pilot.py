@@ -35,6 +35,23 @@ def test_fresh_seeds_run_only_the_points_the_pilot_chose():
     assert sorted({c.seed for c, _ in runs}) == [1, 2, 3]
 
 
+def test_choices_at_an_end_of_their_grid_are_named():
+    main = SweepSpec.from_dict({**SPEC, "seeds": [1]})
+    edges = PilotSelected(main, pilot_rows({"sgd": 1.0, "adam": 1e-2})).edges
+    for batch in (16, 64):
+        for method in ("plain", "lawn"):
+            assert (
+                f"sgd + {method} at batch {batch}: lr = 1 is the largest value of its grid [0.01, 0.1, 1]"
+                in " ".join(edges)
+            )
+        assert (
+            f"adam + lawn at batch {batch}: free_fraction = 0.3 is the largest value of its grid [0.1, 0.3]: "
+            "optimum not bracketed" in edges
+        )
+    assert not any(line.startswith("adam") and "lr =" in line for line in edges)  # 1e-2: interior
+    assert len(edges) == 2 * (3 + 1)  # per batch: sgd's two lrs and lawn's free_fraction; adam's free_fraction
+
+
 def test_an_unfinished_or_missing_pilot_is_refused():
     main = SweepSpec.from_dict({**SPEC, "seeds": [1]})
     rows = pilot_rows({"sgd": 0.1, "adam": 1e-2})
@@ -72,6 +89,8 @@ def test_lawn_sweep_runs_fresh_seeds_at_the_pilots_choice(tmp_path, capsys):
     assert main(["sweep", str(spec), "--results", str(fresh), "--pilot", str(pilot), "--seeds", "1,2", *quiet]) == 0
     fresh_rows = [json.loads(line) for line in fresh.read_text().splitlines()]
     assert sorted((r["config"]["seed"], r["config"]["lr"]) for r in fresh_rows) == [(1, best), (2, best)]
+    warned = "warning: the pilot's choice for adam + plain at batch 32: lr =" in capsys.readouterr().err
+    assert warned == (best != 1e-2)  # an end of [1e-4, 1e-2, 3e-2] is named before the fresh seeds run
     assert main(["sweep", str(spec), "--results", str(fresh), "--seeds", "one", *quiet]) == 2
     assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
 

@@ -462,6 +462,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from lawn.harness.report import read_reported_rows
 
         spec = PilotSelected(spec, read_reported_rows(args.pilot))
+        for line in spec.edges:  # the verdicts will flag these; a study's bracketing rule extends the grid first
+            print(f"lawn sweep: warning: the pilot's choice for {line}", file=sys.stderr)
     if args.dry_run:
         _print_dry_run(spec, args.results)
         return 0

@@ -6,6 +6,9 @@ setting (the config without seed, device and the tuned axes, as :mod:`lawn.harne
 to the grid point the pilot's rows select there (best mean validation metric over the pilot's seeds). The
 verdicts then pair those fresh seeds (``lawn report RESULTS --pilot PILOT``), so the seeds that chose a
 point never also judge it.
+
+``edges`` names each choice that sits at the smallest or largest value of a numeric axis of its grid: the
+optimum is not bracketed there, and the verdicts will say so; extend that axis first (``lawn sweep`` prints them).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lawn._checks import is_number
 from lawn.harness.config import RunConfig, with_late_defaults
 from lawn.harness.selection import NOT_SETTING, select
 from lawn.harness.sweep import SweepSpec
@@ -35,6 +39,12 @@ class PilotSelected:
             key = _setting_key(config.to_dict(), tuned)
             grid_sizes[key] = grid_sizes.get(key, 0) + (config.seed == spec.seeds[0])
         chosen: list[tuple[RunConfig, list[str]]] = []
+        grids: dict[str, dict[str, list[Any]]] = {}
+        for config, tuned in runs:
+            axes = grids.setdefault(_setting_key(config.to_dict(), tuned), {})
+            for name in tuned:
+                if getattr(config, name) not in axes.setdefault(name, []):
+                    axes[name].append(getattr(config, name))
         for config, tuned in runs:
             key = _setting_key(config.to_dict(), tuned)
             selection = selections.get(key)
@@ -52,6 +62,23 @@ class PilotSelected:
                 chosen.append((config, tuned))
         self.spec = spec
         self.runs = chosen
+        self.edges = sorted(
+            {_edge(c, grids[_setting_key(c.to_dict(), t)], name) for c, t in chosen for name in t} - {""}
+        )
 
     def expand(self) -> list[tuple[RunConfig, list[str]]]:
         return list(self.runs)
+
+
+def _edge(config: RunConfig, grid: dict[str, list[Any]], name: str) -> str:
+    """A line if ``config``'s value of the tuned axis ``name`` is an end of that numeric axis (else "")."""
+    values = grid[name]
+    if len(values) < 2 or not all(is_number(v) for v in values):
+        return ""
+    value = getattr(config, name)
+    end = "smallest" if value == min(values) else "largest" if value == max(values) else ""
+    if not end:
+        return ""
+    where = f"{config.optimizer} + {config.method} at batch {config.batch_size}"
+    grid_text = ", ".join(f"{v:g}" for v in sorted(values))
+    return f"{where}: {name} = {value:g} is the {end} value of its grid [{grid_text}]: optimum not bracketed"
