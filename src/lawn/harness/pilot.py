@@ -35,16 +35,15 @@ class PilotSelected:
         # without the tuned fields: a tuned late field (afan_step_size) comes back in s.setting at its default
         selections = {_setting_key(s.setting, s.tuned): s for s in select(pilot_rows)}
         grid_sizes: dict[str, int] = {}
+        grids: dict[str, dict[str, list[Any]]] = {}  # setting → tuned axis → its values
         for config, tuned in runs:
             key = _setting_key(config.to_dict(), tuned)
             grid_sizes[key] = grid_sizes.get(key, 0) + (config.seed == spec.seeds[0])
-        chosen: list[tuple[RunConfig, list[str]]] = []
-        grids: dict[str, dict[str, list[Any]]] = {}
-        for config, tuned in runs:
-            axes = grids.setdefault(_setting_key(config.to_dict(), tuned), {})
+            axes = grids.setdefault(key, {})
             for name in tuned:
                 if getattr(config, name) not in axes.setdefault(name, []):
                     axes[name].append(getattr(config, name))
+        chosen: list[tuple[RunConfig, list[str]]] = []
         for config, tuned in runs:
             key = _setting_key(config.to_dict(), tuned)
             selection = selections.get(key)
