@@ -4,6 +4,7 @@ narrow nets are evaluated at their own width, specs expand and a pilot's choice 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,51 @@ def test_order_lr_scale_moves_the_keep_probabilities_further(splits) -> None:
         return max(abs(a - b) for p, q in zip(first, last) for a, b in zip(p, q))
 
     assert moved(30.0) > 3 * moved(1.0)
+
+
+def _table_row(arm: str, width: float, seed: int, acc: float, **extra: Any) -> dict:
+    config = {"nested_arm": arm, "nested_fraction": width if arm == "narrow" else 1.0, "eval_width": width}
+    metrics = {"test_metric": acc, "ece": 0.1, "nll": 0.5, "auroc": 0.8}
+    key = f"{arm}-{width}-{seed}"
+    return {"key": key, "config": {**config, "seed": seed, "lr": 0.002}, **metrics, **extra}
+
+
+def test_nested_tables_average_each_arm_and_width_over_seeds_and_compare_mc_and_speed(tmp_path) -> None:
+    from lawn.harness.nested_tables import main, tables
+
+    speed = {"0.5": {"sliced_ms": 2.0, "masked_ms": 5.0}, "1": {"sliced_ms": 4.0, "masked_ms": 4.4}}
+    mc = {"test_metric": 0.7, "ece": 0.2, "nll": 0.6, "auroc": 0.9}
+    rows = [
+        _table_row("narrow", 1.0, 0, 0.80),
+        _table_row("narrow", 1.0, 1, 0.90),
+        _table_row("narrow", 0.5, 0, 0.60),
+        _table_row("learned", 0.5, 0, 0.50),
+        _table_row("learned", 1.0, 0, 0.75, mc=mc, speed=speed),
+        _table_row("learned", 1.0, 1, 0.85, mc=mc, speed={"0.5": {"sliced_ms": 4.0, "masked_ms": 7.0}}),
+    ]
+    text = tables(rows)
+    assert "| plain | 1 | 2 | 0.8500 ± 0.0707 | 0.1000 ± 0.0000 |" in text  # narrow at fraction 1 is plain
+    assert "| narrow | 0.5 | 1 | 0.6000 ± 0.0000 |" in text
+    assert "| learned | 1 | 2 | 0.8000 ± 0.0707 |" in text
+    assert "| learned | deterministic | 2 | 0.8000 ± 0.0707 |" in text
+    assert (
+        "| learned | MC average | 2 | 0.7000 ± 0.0000 | 0.2000 ± 0.0000 | 0.6000 ± 0.0000 | 0.9000 ± 0.0000 |" in text
+    )
+    assert "| 0.5 | 2 | 3.0 | 6.0 | 2.00 |" in text
+    assert "| 1 | 1 | 4.0 | 4.4 | 1.10 |" in text
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(path), "--out", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "t.md").read_text() == text
+
+
+def test_nested_tables_refuse_two_grid_points_of_one_arm_in_one_cell(tmp_path, capsys) -> None:
+    from lawn.harness.nested_tables import main
+
+    other = _table_row("learned", 1.0, 1, 0.7)
+    other["config"]["lr"] = 0.004
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_table_row("learned", 1.0, 0, 0.8)) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(SystemExit):
+        main([str(path)])
+    assert "learned at width 1: rows of different settings (lr)" in capsys.readouterr().err
