@@ -119,3 +119,52 @@ def test_lenet5_reads_fashion_mnist_sized_images_and_every_layer_but_the_first_t
     assert len(skipped) == 1 and "features.0" in skipped[0]  # 1 input channel: no block of 4 fits
     with pytest.raises(ValueError, match="too small"):
         MODELS["lenet5"].build((1, 8, 8), 10, 1)
+
+
+def _frontier_row(arm: str, level: str, seed: int, acc: float, bits: float = 1.0, **extra: float) -> dict:
+    return {
+        "key": f"{arm}-{level}-{seed}",
+        "experiment": "unification",
+        "config": {"seed": seed},
+        "unification": {"arm": arm, "level": level},
+        "test_metric": acc,
+        "bits_ratio": bits,
+        "multiplies_ratio": bits / 2,
+        **extra,
+    }
+
+
+def test_frontier_table_pairs_each_arm_with_the_dense_net_of_its_seed_and_orders_levels_by_storage(tmp_path) -> None:
+    import json
+
+    from lawn.harness.studies.unification_frontier import main, table
+
+    rows = [_frontier_row("dense", "none", s, a) for s, a in ((0, 0.90), (1, 0.88), (2, 0.89))]
+    rows += [
+        _frontier_row("admm", "prune 0.9", s, a, 0.1, acc_at_harden=0.5, residual=0.02)
+        for s, a in ((0, 0.89), (1, 0.88), (2, 0.87))
+    ]
+    rows += [_frontier_row("one_shot", "prune 0.5", s, a, 0.5) for s, a in ((0, 0.90), (1, 0.88), (2, 0.89))]
+    text = table(rows)
+    lines = text.splitlines()
+    assert lines[2].startswith("| none | dense | 3 | 0.8900 ± 0.0100 |  | ")
+    assert lines[3].startswith("| prune 0.5 | one_shot | 3 | 0.8900 ± 0.0100 | +0.00 (+0.00, +0.00) |")
+    # admm − dense per seed: −1, 0, −2 points: mean −1, sd 1, 95 % half-width t(0.975, 2) / √3 = 2.48
+    assert (
+        lines[4] == "| prune 0.9 | admm | 3 | 0.8800 ± 0.0100 | -1.00 (-3.48, +1.48) | 0.5000 | 0.100 | 0.050 | 0.02 |"
+    )
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(path), "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "frontier.md").read_text() == text
+    assert (tmp_path / "f" / "frontier.png").stat().st_size > 0
+
+
+def test_frontier_refuses_rows_of_two_studies_and_rows_without_a_dense_arm() -> None:
+    from lawn.harness.studies.unification_frontier import table
+
+    twice = [_frontier_row("dense", "none", 0, 0.9), _frontier_row("dense", "none", 0, 0.8)]
+    with pytest.raises(ValueError, match="dense at 'none': seed 0 appears twice"):
+        table(twice)
+    with pytest.raises(ValueError, match="no dense rows"):
+        table([_frontier_row("admm", "prune 0.9", 0, 0.9)])
