@@ -15,13 +15,12 @@ These are descriptions; the decisions are the declared comparisons' (``lawn repo
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from lawn.harness.results import read_rows
-from lawn.harness.verdicts import ALPHA, paired_stats, t_quantile
+from lawn.harness.verdicts import paired_stats
 
 ARM_ORDER = ("one_shot", "gradual", "admm")
 
@@ -47,11 +46,9 @@ def _cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[s
 
 
 def _mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (0 with one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, t_quantile(1 - ALPHA / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    """Mean and the half-width of its 95 % t-interval (0 with one value): ``paired_stats`` of the values."""
+    stats = paired_stats(values)
+    return stats["mean"], 0.0 if stats["ci_high"] is None else stats["ci_high"] - stats["mean"]
 
 
 def _levels(cells: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
