@@ -247,6 +247,10 @@ def _sweep_configs(folder: Path) -> list[RunConfig]:
     return [config for p in specs for config, _ in SweepSpec.load(p).expand()]
 
 
+def _without_seed(config: RunConfig) -> str:
+    return json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"}, sort_keys=True)
+
+
 def _groups(configs: list[RunConfig], arm: dict, by: tuple[str, ...]) -> set[tuple]:
     picked = [c for c in configs if all(getattr(c, k) == v for k, v in arm.items())]
     return {tuple(getattr(c, f) for f in by) for c in picked}
@@ -265,3 +269,22 @@ def test_every_declared_comparison_finds_both_arms_in_every_group_of_its_study(f
     for comparison in load_comparisons(*compare_files):
         a, b = _groups(configs, comparison.a, comparison.by), _groups(configs, comparison.b, comparison.by)
         assert a and a == b, f"{comparison.name}: a's groups {sorted(a)} vs b's {sorted(b)}"
+
+
+def test_lawn_v3_tunes_both_arms_of_every_declared_comparison_over_as_many_grid_points() -> None:
+    """The verdicts refuse to decide arms tuned over different numbers of points ("unequal tuning budgets"), so a
+    bracketing amendment that extends one arm's grid must extend every linked arm's: checked on the specs (whose
+    rows all feed each report), per comparison and group, before any row is trained on them."""
+    from lawn.harness.verdicts import load_comparisons
+
+    path = SRC.parent / "docs" / "sweeps" / "lawn_v3"
+    configs = _sweep_configs(path)
+    compare_files = [p for p in sorted(path.glob("*.toml")) if set(load_mapping(p)) <= set(COMPARE_KEYS)]
+    for comparison in load_comparisons(*compare_files):
+        for group in _groups(configs, comparison.a, comparison.by):
+            where = dict(zip(comparison.by, group))
+            sizes = [
+                len({_without_seed(c) for c in configs if all(getattr(c, k) == v for k, v in {**arm, **where}.items())})
+                for arm in (comparison.a, comparison.b)
+            ]
+            assert sizes[0] == sizes[1], f"{comparison.name} at {where}: a has {sizes[0]} grid points, b {sizes[1]}"
