@@ -75,3 +75,67 @@ def test_a_real_build_is_announced_once_and_a_cached_one_is_silent(
     build()  # another process in the same environment: torch loads the cached build, nothing to say
     assert capsys.readouterr().err == ""
     assert builds == [_lazy_kernel.build_name()] * 2
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_instead_of_waited_on_forever(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """torch's lock file outlives a build killed midway, and torch would wait on it for good: lawn, holding its own
+    OS lock (released when a holder dies), knows such a file is stale and removes it before torch looks."""
+    pytest.importorskip("fcntl")  # the OS lock; on Windows torch's lock file alone, as before
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = _lazy_kernel.build_name()
+    directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    (directory / "lock").write_bytes(b"")  # what a build stopped by Ctrl-C leaves
+    seen: list[bool] = []
+
+    def fake_load(name: str, **kwargs: object) -> ModuleType:
+        seen.append((directory / "lock").exists())  # torch's load would wait here while the file exists
+        (directory / f"{name}.so").write_bytes(b"")
+        return ModuleType(name)
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    _lazy_kernel.build_extension.__wrapped__()
+    assert seen == [False]
+    assert f"removing {directory / 'lock'}" in capsys.readouterr().err
+
+
+def test_a_build_in_progress_in_another_process_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """While another live process holds lawn's OS lock (a build in progress), its torch lock file is left alone:
+    lawn waits for that build to end, and then loads what it built."""
+    pytest.importorskip("fcntl")
+    import os
+    import subprocess
+    import textwrap
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = _lazy_kernel.build_name()
+    holder = textwrap.dedent(
+        f"""
+        import fcntl, time
+        from pathlib import Path
+        from torch.utils import cpp_extension
+        d = Path(cpp_extension._get_build_directory({name!r}, verbose=False))
+        h = open(f"{{d}}.flock", "a"); fcntl.flock(h, fcntl.LOCK_EX)
+        (d / "lock").write_bytes(b""); print("held", flush=True); time.sleep(2)
+        (d / "lock").unlink(); (d / {name + ".so"!r}).write_bytes(b"")
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", holder], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "held"
+        directory = tmp_path / name
+        seen: list[tuple[bool, bool]] = []
+
+        def fake_load(name: str, **kwargs: object) -> ModuleType:
+            seen.append(((directory / "lock").exists(), (directory / f"{name}.so").exists()))
+            return ModuleType(name)
+
+        monkeypatch.setattr(cpp_extension, "load", fake_load)
+        _lazy_kernel.build_extension.__wrapped__()
+        assert seen == [(False, True)]  # after the other build: its lock gone, its binary there
+        assert "removing" not in capsys.readouterr().err
+    finally:
+        process.wait(timeout=30)

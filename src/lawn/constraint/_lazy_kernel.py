@@ -3,6 +3,7 @@ build, one warning and ``None`` for good."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -10,9 +11,15 @@ import os
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, torch's own lock file alone
+    fcntl = None  # type: ignore[assignment]
 
 from lawn.constraint._warn import warn_at_caller
 
@@ -63,6 +70,41 @@ def _is_built(name: str) -> bool:
     return any((directory / f"{name}{suffix}").is_file() for suffix in (".so", ".pyd"))
 
 
+@contextlib.contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    """Hold an OS lock on ``<build directory>.flock`` while torch builds or loads ``name``.
+
+    torch's own lock is a file (``<build directory>/lock``) that a build removes when it ends; a build killed
+    midway (Ctrl-C, a job's time limit) leaves it, and every later process then waits for it forever, silently.
+    The OS releases a ``flock`` when its holder dies, and every lawn process takes it before torch's lock, so a
+    torch lock file found while holding it was left by a dead build: lawn says so and removes it.
+    """
+    from torch.utils import cpp_extension
+
+    if fcntl is None:
+        yield
+        return
+    try:
+        directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a torch without the helper: torch's lock alone, as before
+        yield
+        return
+    with open(f"{directory}.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = directory / "lock"
+            if stale.exists():
+                print(
+                    f"lawn: removing {stale}, left by a build of lawn's C++ kernel that was stopped midway",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @functools.cache
 def build_extension() -> ModuleType:
     """Compile (or load from torch's extension cache) ``csrc/kernels.cpp``, which includes both kernels' sources.
@@ -72,17 +114,18 @@ def build_extension() -> ModuleType:
     from torch.utils import cpp_extension
 
     name = build_name()
-    building = not _is_built(name)
-    if building:
-        print("lawn: building lawn's C++ kernel (about a minute, once per machine)...", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    module = cpp_extension.load(
-        name=name,
-        sources=[str(CSRC / "kernels.cpp")],
-        extra_cflags=list(CFLAGS),
-        extra_ldflags=list(LDFLAGS),
-        verbose=False,
-    )
+    with _build_lock(name):
+        building = not _is_built(name)
+        if building:
+            print("lawn: building lawn's C++ kernel (about a minute, once per machine)...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        module = cpp_extension.load(
+            name=name,
+            sources=[str(CSRC / "kernels.cpp")],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            verbose=False,
+        )
     if building:
         print(f"lawn: built lawn's C++ kernel in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return module
