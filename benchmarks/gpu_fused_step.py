@@ -32,7 +32,8 @@ host time per step against GPU time per step, and the operators by host time).
 the same steps run eagerly (reported, not required: the goals do not include it).
 
 (e) Host time (also alone, without a GPU: ``--host-time``): the CPU time of the Triton module's ``adam_`` besides
-its launches, on CPU tensors of each set's weight shapes: tables built, cached, and with new gradient tensors.
+its launches, on CPU tensors of each set's weight shapes: tables built, cached, and with new gradient tensors; and
+the CPU time of ``Paths.plan`` (which path each weight takes, asked every step), timed without a profiler.
 
 Needs a CUDA GPU and ``triton``; without them it says so and exits with status 2. Exit status 1 if a check of
 (b) or (c) failed.
@@ -493,6 +494,45 @@ def host_time(calls: int = 200) -> list[str]:
     return lines
 
 
+def plan_time(calls: int = 2000) -> list[str]:
+    """CPU time of ``Paths.plan`` (which path each constrained weight takes, asked every step) for each set with
+    every >= 2-D weight constrained per row, on CPU tensors with their gradients and Adam state, without a
+    profiler (cProfile's per-call overhead inflates small Python functions several times). The kernel lookup is
+    replaced by a stand-in, so no kernel is built; ``time.process_time``, no GPU needed."""
+    import types
+
+    from lawn.constraint import paths
+
+    lines = []
+    kernels = dict(paths.KERNELS)
+    stand_in = types.SimpleNamespace(get=lambda: types.ModuleType("stand_in"))
+    paths.KERNELS.update({name: stand_in for name in kernels})  # type: ignore[misc]
+    try:
+        for set_name, shapes, _ in parameter_sets(quick=False):
+            ws = [nn.Parameter(torch.randn(shape)) for _, shape in shapes if len(shape) >= 2]
+            named = [(f"w{i}", w) for i, w in enumerate(ws)]
+            opt = lawn.LAWN(torch.optim.AdamW(ws, lr=1e-3, fused=True), named, free_steps=0, granularity="row")
+            for w in ws:
+                w.grad = torch.zeros_like(w)
+                state = dict(exp_avg=torch.zeros_like(w), exp_avg_sq=torch.zeros_like(w), step=torch.zeros(()))
+                opt.state[w].update(state)
+            g = opt._keys.granularity
+            groups = list(zip(opt.param_groups, opt._constrained))
+            started = time.process_time()
+            for _ in range(calls):
+                plans = [opt._paths.plan(group, entries, opt.state, group[g]) for group, entries in groups]
+            per_step = (time.process_time() - started) / calls
+            taken = sum(len(run.entries) for plan in plans for run in plan.fused)
+            lines.append(
+                f"host time of paths.plan, {set_name} ({len(ws)} weights, {taken} taken by the fused step): "
+                f"{per_step * 1e6:.0f} µs per step ({per_step / len(ws) * 1e6:.1f} µs a weight)"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        paths.KERNELS.update(kernels)
+    return lines
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -551,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.host_time:
         host_time()
+        plan_time()
         return 0
     if not torch.cuda.is_available():
         print("gpu_fused_step.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
@@ -573,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [head, "", *sync_lines, *train_lines, *graph_lines]
     if not args.skip_timing:
         table, met = timing(args)
-        lines += ["", *table, "", f"all timing goals met: {'yes' if met else 'no'}", "", *host_time()]
+        lines += ["", *table, "", f"all timing goals met: {'yes' if met else 'no'}", "", *host_time(), *plan_time()]
     if args.profile:
         lines += ["", *where_time_goes()]
     if args.markdown:

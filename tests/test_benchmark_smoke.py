@@ -1,6 +1,7 @@
 """The step-overhead benchmark runs end to end and writes its report (tiny shapes; the numbers mean nothing)."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -47,3 +48,20 @@ def test_gpu_benchmark_refuses_cleanly_without_cuda(capsys):
     spec.loader.exec_module(module)
     assert module.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_times_the_path_plan_on_the_cpu_and_restores_the_kernels():
+    """``--host-time``'s plan timing needs no GPU: every weight of each set is taken by a fused step (its kernel
+    looked up through a stand-in, so nothing is built), and the real kernel table is back afterwards."""
+    from lawn.constraint import paths
+
+    spec = importlib.util.spec_from_file_location("gpu_fused_step", BENCHMARK.with_name("gpu_fused_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kernels = dict(paths.KERNELS)
+    lines = module.plan_time(calls=2)
+    assert kernels == paths.KERNELS
+    assert [line.split(",")[1].split("(")[0].strip() for line in lines] == ["ResNet-18", "ResNet-50", "ViT-B"]
+    for line in lines:
+        weights, taken = re.search(r"\((\d+) weights, (\d+) taken", line).groups()
+        assert int(weights) == int(taken) > 0
