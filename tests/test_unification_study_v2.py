@@ -168,3 +168,45 @@ def test_frontier_refuses_rows_of_two_studies_and_rows_without_a_dense_arm() -> 
         table(twice)
     with pytest.raises(ValueError, match="no dense rows"):
         table([_frontier_row("admm", "prune 0.9", 0, 0.9)])
+
+
+def test_lawn_report_on_unification_rows_writes_the_frontier_and_the_verdicts(tmp_path, capsys) -> None:
+    """``lawn report ROWS --spec SPEC`` on the driver's rows (which keep no per-epoch history): report.md with the
+    frontier table, frontier.png and verdicts.json; rows of another kind mixed in are refused before writing."""
+    import json
+
+    from lawn.harness.cli import main
+
+    rows = []
+    for arm, level, bits, accs in (
+        ("dense", "none", 1.0, (0.90, 0.88, 0.89)),
+        ("admm", "prune 0.9", 0.1, (0.89, 0.88, 0.87)),
+        ("one_shot", "prune 0.9", 0.1, (0.86, 0.85, 0.84)),
+    ):
+        for seed, acc in enumerate(accs):
+            row = _frontier_row(arm, level, seed, acc, bits)
+            row.update(config={"dataset": "d", "model": "lenet300", "optimizer": "adam", "lr": 3e-4, "seed": seed},
+                       tuned=[], val_metric=acc, metric="accuracy")  # fmt: skip
+            rows.append(row)
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[[compare]]\nname = "ADMM vs one-shot"\na = {arm = "admm"}\nb = {arm = "one_shot"}\nby = ["level"]\n'
+        "margin = 0.005\n"
+    )
+    out = tmp_path / "report"
+    assert main(["report", str(results), "--spec", str(spec), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| prune 0.9 | admm | 3 | 0.8800 ± 0.0100 | -1.00 (-3.48, +1.48) |" in report
+    assert "## Verdicts" in report and (out / "frontier.png").stat().st_size > 0
+    (verdict,) = json.loads((out / "verdicts.json").read_text())
+    assert verdict["group"] == {"level": "prune 0.9"} and verdict["n"] == 3
+    assert verdict["mean_diff"] == pytest.approx(0.03)
+
+    sweep_row = {"key": "s", "config": {"seed": 0}, "history": [{"epoch": 1}], "test_metric": 0.9}
+    results.write_text(results.read_text() + json.dumps(sweep_row) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(results), "--out", str(tmp_path / "mixed")]) == 2
+    assert "mix unification rows with other rows" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists()

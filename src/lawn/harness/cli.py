@@ -626,6 +626,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         load_comparisons(*args.spec)  # a bad spec fails before anything is written
     rows = _only(read_reported_rows(args.results), args.only)
     pilot = _only(read_reported_rows(args.pilot), args.only) if args.pilot else []
+    unification = [row for row in rows if row.get("experiment") == "unification"]
+    if unification:
+        from lawn.harness.studies.unification_frontier import write_unification_report
+
+        if len(unification) != len(rows):
+            raise ValueError("report: the files mix unification rows with other rows; report them separately")
+        _show_written(
+            write_unification_report(rows, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot)
+        )
+        return 0
     lottery = [row for row in rows if row.get("experiment") == "lottery"]
     if lottery:
         from lawn.harness.lottery_report import write_lottery_report

@@ -138,6 +138,25 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def write_unification_report(
+    rows: list[dict[str, Any]], out: str | Path, sources: list[str] | None = None, title: str = ""
+) -> list[Path]:
+    """``report.md`` (the frontier table) and ``frontier.png`` in ``out``, for ``lawn report`` on unification rows;
+    their paths, the markdown first. The verdicts section is added after, by ``lawn report --spec``."""
+    text = table(rows)  # refuses rows that are not unification rows before anything is written
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(rows, out / "frontier.png", title)
+    where = f"Results: {', '.join(f'`{s}`' for s in sources)} ({len(rows)} rows).\n\n" if sources else ""
+    report = out / "report.md"
+    report.write_text(
+        "# Unification study report\n\n" + where + "Test accuracy per level and arm; Δ is paired by seed against "
+        "the dense arm (a description: the decisions are the declared comparisons' verdicts below, when the "
+        "spec is given).\n\n" + text + "\n![accuracy against compression](frontier.png)\n"
+    )
+    return [report, out / "frontier.png"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows")
