@@ -55,3 +55,20 @@ def restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def report_with_spec(tmp_path):
+    """``report_with_spec(rows, spec_text, name)``: write ``rows`` (JSONL) and the spec into ``tmp_path``, run
+    ``lawn report ROWS --spec SPEC --out tmp_path/<name>_report``; return (exit status, rows file, out folder)."""
+    import json
+
+    from lawn.harness.cli import main
+
+    def run(rows, spec_text: str, name: str = "rows"):
+        results, spec, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.toml", tmp_path / f"{name}_report"
+        results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        spec.write_text(spec_text)
+        return main(["report", str(results), "--spec", str(spec), "--out", str(out)]), results, out
+
+    return run

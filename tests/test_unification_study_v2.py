@@ -170,7 +170,9 @@ def test_frontier_refuses_rows_of_two_studies_and_rows_without_a_dense_arm() -> 
         table([_frontier_row("admm", "prune 0.9", 0, 0.9)])
 
 
-def test_lawn_report_on_unification_rows_writes_the_frontier_and_the_verdicts(tmp_path, capsys) -> None:
+def test_lawn_report_on_unification_rows_writes_the_frontier_and_the_verdicts(
+    tmp_path, capsys, report_with_spec
+) -> None:
     """``lawn report ROWS --spec SPEC`` on the driver's rows (which keep no per-epoch history): report.md with the
     frontier table, frontier.png and verdicts.json; rows of another kind mixed in are refused before writing."""
     import json
@@ -188,15 +190,9 @@ def test_lawn_report_on_unification_rows_writes_the_frontier_and_the_verdicts(tm
             row.update(config={"dataset": "d", "model": "lenet300", "optimizer": "adam", "lr": 3e-4, "seed": seed},
                        tuned=[], val_metric=acc, metric="accuracy")  # fmt: skip
             rows.append(row)
-    results = tmp_path / "rows.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        '[[compare]]\nname = "ADMM vs one-shot"\na = {arm = "admm"}\nb = {arm = "one_shot"}\nby = ["level"]\n'
-        "margin = 0.005\n"
-    )
-    out = tmp_path / "report"
-    assert main(["report", str(results), "--spec", str(spec), "--out", str(out)]) == 0
+    spec = '[[compare]]\nname = "ADMM vs one-shot"\na = {arm = "admm"}\nb = {arm = "one_shot"}\nby = ["level"]\n'
+    status, results, out = report_with_spec(rows, spec + "margin = 0.005\n")
+    assert status == 0
     report = (out / "report.md").read_text()
     assert "| prune 0.9 | admm | 3 | 0.8800 ± 0.0100 | -1.00 (-3.48, +1.48) |" in report
     assert "## Verdicts" in report and (out / "frontier.png").stat().st_size > 0

@@ -356,22 +356,17 @@ def test_one_seed_lottery_report_shows_n_1_and_no_spread() -> None:
     assert "0.8000 (n = 1)" in text and "± 0.0" not in text and "(1)" not in text
 
 
-def test_lottery_report_with_a_spec_pairs_arms_by_seed(tmp_path: Path) -> None:
-    from lawn.harness.cli import main
-
+def test_lottery_report_with_a_spec_pairs_arms_by_seed(report_with_spec) -> None:
     rows = lottery_rows((0, 1, 2, 3), {"dense": 0.8, "ticket": 0.85, "reinit": 0.7, "finetune": 0.84})
     for r in rows:  # seed noise shared by the arms of a seed; the ticket's lead over re-init varies a little
         if r["lottery"]["arm"] == "reinit":
             r["test_metric"] += 0.002 * (r["config"]["seed"] % 2)
-    results = tmp_path / "lottery.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = tmp_path / "lottery.toml"
-    spec.write_text(
+    spec = (
         'lrs = [0.01]\n[base]\ndataset = "digits"\n\n[[compare]]\nname = "ticket vs re-init"\na = {arm = "ticket"}\n'
         'b = {arm = "reinit"}\nby = ["lr", "sparsity"]\nmargin = 0.01\n'
     )
-    out = tmp_path / "rep"
-    assert main(["report", str(results), "--spec", str(spec), "--out", str(out)]) == 0
+    status, _, out = report_with_spec(rows, spec, "lottery")
+    assert status == 0
     (verdict,) = json.loads((out / "verdicts.json").read_text())
     assert verdict["group"] == {"lr": 0.01, "sparsity": 0.5} and verdict["n"] == 4
     assert verdict["mean_diff"] == pytest.approx(0.149) and verdict["verdict"] == "better"

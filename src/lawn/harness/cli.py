@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import signal
 import sys
@@ -615,6 +616,13 @@ def _show_written(written: list[Path]) -> None:
     print("wrote: " + ", ".join(str(p) for p in written))
 
 
+#: ``row["experiment"]`` of a study driver's rows → the module and function that write their report
+STUDY_REPORTS = {
+    "lottery": ("lawn.harness.lottery_report", "write_lottery_report"),
+    "unification": ("lawn.harness.studies.unification_frontier", "write_unification_report"),
+}
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lawn.harness.report import read_reported_rows, write_report
 
@@ -626,26 +634,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         load_comparisons(*args.spec)  # a bad spec fails before anything is written
     rows = _only(read_reported_rows(args.results), args.only)
     pilot = _only(read_reported_rows(args.pilot), args.only) if args.pilot else []
-    unification = [row for row in rows if row.get("experiment") == "unification"]
-    if unification:
-        from lawn.harness.studies.unification_frontier import write_unification_report
-
-        if len(unification) != len(rows):
-            raise ValueError("report: the files mix unification rows with other rows; report them separately")
-        _show_written(
-            write_unification_report(rows, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot)
-        )
-        return 0
-    lottery = [row for row in rows if row.get("experiment") == "lottery"]
-    if lottery:
-        from lawn.harness.lottery_report import write_lottery_report
-
-        if len(lottery) != len(rows):
-            raise ValueError("report: the files mix lottery rows with sweep rows; report them separately")
-        _show_written(
-            write_lottery_report(lottery, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot)
-        )
-        return 0
+    kinds = {row.get("experiment") for row in rows}
+    for kind, (module, writer) in STUDY_REPORTS.items():
+        if kind in kinds:
+            if len(kinds) > 1:
+                raise ValueError(f"report: the files mix {kind} rows with other rows; report them separately")
+            write = getattr(importlib.import_module(module), writer)
+            _show_written(write(rows, args.out, sources=list(args.results)) + _verdicts(args, rows, pilot))
+            return 0
     from lawn.harness.selection import DEFAULT_TUNED
 
     for row in rows + pilot:  # a split field becomes part of the setting, so each of its values is reported
