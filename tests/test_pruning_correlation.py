@@ -61,3 +61,20 @@ def test_bad_inputs_name_the_culprit():
         lawn.pruning.weight_correlation(a, {"w": torch.randn(3, 4)})
     with pytest.raises(ValueError, match="trained: has no parameter 'w'"):
         lawn.pruning.weight_correlation(a, {"x": torch.randn(3, 3)}, params=["w"])
+
+
+def test_a_tensor_that_global_pruning_emptied_has_no_statistics_and_leaves_global_alone():
+    """One global threshold can remove every weight of a small layer (an IMP chain's later rounds): that layer
+    reports numel 0 and NaN, and ``global`` is the statistics of the other layers' survivors alone."""
+    import math
+
+    g = torch.Generator().manual_seed(2)
+    initial = {"w": torch.randn(40, 30, generator=g), "v": torch.randn(10, 5, generator=g)}
+    trained = {k: t + 0.3 * torch.randn(t.shape, generator=g) for k, t in initial.items()}
+    kept = torch.rand(40, 30, generator=g) < 0.5
+    masks = {"w": kept, "v": torch.zeros(10, 5, dtype=torch.bool)}
+    out = lawn.pruning.weight_correlation(initial, trained, top=0.2, masks=masks)
+    assert out["layers"]["v"]["numel"] == 0
+    assert all(math.isnan(out["layers"]["v"][k]) for k in ("overlap", "chance", "pearson", "spearman", "cosine"))
+    alone = lawn.pruning.weight_correlation({"w": initial["w"]}, {"w": trained["w"]}, top=0.2, masks={"w": kept})
+    assert out["global"] == alone["global"] and out["global"]["numel"] == int(kept.sum())

@@ -17,7 +17,9 @@ Liu et al. (ICML 2021) tie the winning property to this correlation; their exact
 to us, so all four are reported. ``initial`` / ``trained``: models (read as the forward pass sees them) or state
 dicts (masked or not; unpruned names); ``params``: the names (default: the model's default prunable weights, or
 every ≥2-D tensor of a state dict); ``masks``: ``{name: bool mask}`` to compare only the surviving weights of a
-pruned network (a pruned weight is zero in the trained net and would count as a perfectly kept small weight).
+pruned network (a pruned weight is zero in the trained net and would count as a perfectly kept small weight). A
+tensor whose mask keeps no weight (one global threshold can empty a small layer) gets ``numel`` 0 and NaN for the
+rest, and adds nothing to ``"global"``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 def _stats(w0: torch.Tensor, wt: torch.Tensor, top: float) -> dict[str, float]:
     a, b = w0.flatten().double(), wt.flatten().double()
     n = a.numel()
+    if n == 0:
+        return _no_survivors()
     k = max(1, math.ceil(top * n))
     top0 = torch.topk(a.abs(), k, sorted=False).indices
     topt = torch.topk(b.abs(), k, sorted=False).indices
@@ -106,8 +110,6 @@ def weight_correlation(
                 f"masks[{name!r}]: expected a bool tensor of shape {tuple(st[name].shape)}, got "
                 f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
             )
-        if not mask.any():
-            raise ValueError(f"masks[{name!r}]: no weight survives; leave the tensor out of params")
         keep[name] = mask.detach().cpu()
     w0 = {n: s0[n].detach().cpu()[keep[n]] if n in keep else s0[n].detach().cpu() for n in names}
     wt = {n: st[n].detach().cpu()[keep[n]] if n in keep else st[n].detach().cpu() for n in names}
@@ -116,3 +118,9 @@ def weight_correlation(
         "layers": {n: _stats(w0[n], wt[n], top) for n in names},
         "global": _stats(torch.cat([w0[n].flatten() for n in names]), torch.cat([wt[n].flatten() for n in names]), top),
     }
+
+
+def _no_survivors() -> dict[str, float]:
+    """The statistics of a tensor whose mask keeps no weight (global pruning can empty a small layer)."""
+    return {"numel": 0, "overlap": math.nan, "chance": math.nan, "pearson": math.nan, "spearman": math.nan,
+            "cosine": math.nan}  # fmt: skip
