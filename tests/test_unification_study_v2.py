@@ -3,6 +3,8 @@ arm, compression ratios from ``compression_report`` in every row, resumable rows
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_path) -> None:
+def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_path, report_with_spec) -> None:
     spec = study.UnificationSpec.from_dict(SPEC)
     results = tmp_path / "rows.jsonl"
     assert study.run_spec(spec, results) == {"done": 1 + 1 + 3 * 2, "total": 8}
@@ -61,6 +63,12 @@ def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_p
     assert "pre_lr" not in by[("dense", "none")]["unification"]  # recorded only when set (then the row keys change)
     assert study.run_spec(spec, results) == {"done": 0, "total": 8}  # resumed: nothing trains twice
     assert len(read_rows(results)) == 8
+    # the driver's own rows go through `lawn report --spec` (one seed: every verdict says too few seeds)
+    compare = '[[compare]]\nname = "x"\na = {arm = "admm"}\nb = {arm = "one_shot"}\nby = ["level"]\nmargin = 0.01\n'
+    status, _, out = report_with_spec(read_rows(results), compare, "driver")
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert status == 0 and sorted(v["group"]["level"] for v in verdicts) == ["prune 0.9", "unify 0.5 + prune 0.45"]
+    assert all(v["verdict"] == "inconclusive" and v["n"] == 1 for v in verdicts)
 
 
 def test_gradual_projection_reaches_the_level_exactly_after_hardening() -> None:
@@ -175,8 +183,6 @@ def test_lawn_report_on_unification_rows_writes_the_frontier_and_the_verdicts(
 ) -> None:
     """``lawn report ROWS --spec SPEC`` on the driver's rows (which keep no per-epoch history): report.md with the
     frontier table, frontier.png and verdicts.json; rows of another kind mixed in are refused before writing."""
-    import json
-
     from lawn.harness.cli import main
 
     rows = []
