@@ -616,15 +616,8 @@ def _show_written(written: list[Path]) -> None:
     print("wrote: " + ", ".join(str(p) for p in written))
 
 
-#: ``row["experiment"]`` of a study driver's rows → the module and function that write their report
-STUDY_REPORTS = {
-    "lottery": ("lawn.harness.lottery_report", "write_lottery_report"),
-    "unification": ("lawn.harness.studies.unification_frontier", "write_unification_report"),
-}
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from lawn.harness.report import read_reported_rows, write_report
+    from lawn.harness.report import STUDY_REPORTS, read_reported_rows, write_report
 
     if args.pilot and not args.spec:
         raise ValueError("--pilot selects for the comparisons of --spec SPEC; give the spec too")

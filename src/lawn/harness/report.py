@@ -37,8 +37,12 @@ TRAJECTORIES = (
     ("weight_norm", "‖all weights‖"),
 )
 LOG_SCALED = ("train_loss", "logit_norm", "tangential_step")
-#: ``row["experiment"]`` of the study drivers whose rows keep no per-epoch history (lawn lottery, unification)
-NO_HISTORY = ("lottery", "unification")
+#: ``row["experiment"]`` of a study driver's rows (which keep no per-epoch history) → the module and function that
+#: write their report
+STUDY_REPORTS = {
+    "lottery": ("lawn.harness.lottery_report", "write_lottery_report"),
+    "unification": ("lawn.harness.studies.unification_frontier", "write_unification_report"),
+}
 
 
 def unique_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
@@ -75,14 +79,14 @@ def numbered_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 def check_row(row: dict[str, Any], where: str) -> None:
     """A ``ValueError`` naming ``where`` (file:line) for a row ``lawn report`` cannot use: no ``config`` object, or
-    a sweep row without a non-empty ``history`` (the study drivers' rows, :data:`NO_HISTORY`, keep none)."""
+    a sweep row without a non-empty ``history`` (the study drivers' rows, :data:`STUDY_REPORTS`, keep none)."""
     if not isinstance(row.get("config"), dict):
         raise ValueError(
             f"result row {row.get('key', '?')!r} ({where}) has no 'config' object; it is not a row written by "
             "lawn run / lawn sweep / lawn lottery"
         )
     history = row.get("history")
-    if row.get("experiment") not in NO_HISTORY and (not isinstance(history, list) or not history):
+    if row.get("experiment") not in STUDY_REPORTS and (not isinstance(history, list) or not history):
         raise ValueError(
             f"result row {row.get('key', '?')!r} ({where}) has no 'history' (or an empty one); a finished run of "
             "lawn run / lawn sweep records one entry per epoch: rerun it or remove the line"
