@@ -420,13 +420,19 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _print_dry_run(spec: Any, results: str) -> None:
+def _print_dry_run(spec: Any, results: str, device: str, workers: int) -> None:
+    from lawn.harness.cost_estimate import estimate_cost
     from lawn.harness.pilot import PilotSelected
-    from lawn.harness.results import completed_keys
+    from lawn.harness.results import read_rows
 
     runs = spec.expand()
-    done = completed_keys(results)
-    print(f"{len(runs)} runs, {sum(c.key() in done for c, _ in runs)} already in {results}")
+    written = read_rows(results) if Path(results).is_file() else []
+    done = {row["key"] for row in written}
+    pending = [config.to_dict() for config, _ in runs if config.key() not in done]
+    print(f"{len(runs)} runs, {len(runs) - len(pending)} already in {results}")
+    timed = written + (spec.pilot_rows if isinstance(spec, PilotSelected) else [])
+    if pending:
+        print(estimate_cost(pending, timed, device).describe(workers))
     if isinstance(spec, PilotSelected):
         for config, tuned in runs:
             rest = ", ".join(f"{k}={getattr(config, k)}" for k in tuned if k != "lr")
@@ -466,7 +472,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for line in spec.edges:  # the verdicts will flag these; a study's bracketing rule extends the grid first
             print(f"lawn sweep: warning: the pilot's choice for {line}", file=sys.stderr)
     if args.dry_run:
-        _print_dry_run(spec, args.results)
+        device = _runtime(args)
+        _print_dry_run(spec, args.results, device, args.jobs or _local_backend_jobs(device))
         return 0
     log_dir = _log_dir(args)
     backend, device = _sweep_backend(args)
@@ -535,14 +542,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _local_backend_jobs(device: str) -> int:
+    """``--jobs`` when not given, on this machine."""
+    import torch
+
+    from lawn.harness.parallel import default_jobs
+
+    return default_jobs(device, torch.cuda.device_count() if device == "cuda" else 0)
+
+
 def _local_backend(args: argparse.Namespace, device: str) -> tuple[Any, int]:
     """``(backend, jobs)`` for ``--jobs`` on this machine: ``None`` (in this process) for one job, else a pool."""
     import torch
 
-    from lawn.harness.parallel import LocalPool, default_jobs, worker_devices
+    from lawn.harness.parallel import LocalPool, worker_devices
 
     gpus = torch.cuda.device_count() if device == "cuda" else 0
-    jobs = args.jobs if args.jobs is not None else default_jobs(device, gpus)
+    jobs = args.jobs if args.jobs is not None else _local_backend_jobs(device)
     if jobs == 1:
         return None, 1
     return LocalPool(jobs, threads=args.threads, devices=worker_devices(device, jobs, gpus)), jobs

@@ -60,6 +60,7 @@ class PilotSelected:
             if all(getattr(config, name) == selection.chosen[name] for name in tuned):
                 chosen.append((config, tuned))
         self.spec = spec
+        self.pilot_rows = pilot_rows
         self.runs = chosen
         self.edges = sorted(
             {_edge(c, grids[_setting_key(c.to_dict(), t)], name) for c, t in chosen for name in t} - {""}

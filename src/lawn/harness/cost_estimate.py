@@ -1,0 +1,80 @@
+"""What the runs still to do will cost, read from the timings of rows already written.
+
+A study is planned against its compute budget, and guesses go wrong (extreme learning rates were once assumed to
+diverge and stop early; a net left at chance accuracy has a finite loss and trains every epoch). So the estimate
+uses the rows themselves: every pending run belongs to a *cost class*, the fields that set how long a run takes
+(:data:`COST_FIELDS`; tuned values such as ``lr`` are not among them), and costs the median ``timing.seconds`` of
+the written rows of its class that trained on the same kind of device (``timing.device``: a CPU row says nothing
+of a GPU run). A pending run with no such row is counted apart and never guessed. A median is robust to one
+stalled run but not to a cost that depends on the tuned value (a run at chance accuracy may be slower than one
+that learns): read the total as the typical run's cost times the count.
+
+    total = Σ_{pending run r} median{ seconds(row) : row ∈ class(r) }
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+COST_FIELDS = ("dataset", "model", "width", "epochs", "batch_size", "optimizer", "method")
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    seconds: float  # summed over the pending runs that have a class with rows
+    estimated: int  # pending runs whose class has rows
+    unknown: int  # pending runs whose class has none: not in ``seconds``
+    rows_used: int  # written rows with a timing, over every class
+
+    def describe(self, workers: int) -> str:
+        """One line for a dry run: CPU-hours of the estimated runs and wall hours with ``workers`` at once."""
+        if not self.estimated:
+            return (
+                f"cost: none of the {self.unknown} run(s) left has a written row of its kind with a timing "
+                "(same " + ", ".join(COST_FIELDS) + " and kind of device): time one run first"
+            )
+        hours = self.seconds / 3600
+        text = (
+            f"cost of the {self.estimated} run(s) with timed rows of their kind: ≈ {hours:.1f} CPU-hours "
+            f"(≈ {hours / max(1, workers):.1f} h of wall time with {workers} worker(s)), the median seconds of "
+            f"{self.rows_used} written rows on this kind of device with the same {', '.join(COST_FIELDS)}"
+        )
+        if self.unknown:
+            text += f"; {self.unknown} run(s) have no such row and are not estimated"
+        return text
+
+
+def _cost_class(config: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(config.get(field)) for field in COST_FIELDS)
+
+
+def _device_kind(device: object) -> str:
+    return str(device).split(":")[0]
+
+
+def estimate_cost(
+    pending: Iterable[dict[str, Any]], rows: Iterable[dict[str, Any]], device: str = "cpu"
+) -> CostEstimate:
+    """Sum over the ``pending`` configs of their class's median over the ``rows`` (results rows, with ``config`` and
+    ``timing``) that trained on ``device``'s kind (``cuda:1`` counts ``cuda:0`` rows)."""
+    seconds: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    for row in rows:
+        timing = row.get("timing") or {}
+        if _device_kind(timing.get("device")) != _device_kind(device):
+            continue
+        if isinstance(timing.get("seconds"), (int, float)):
+            seconds[_cost_class(row["config"])].append(float(timing["seconds"]))
+    medians = {cls: statistics.median(values) for cls, values in seconds.items()}
+    total, estimated, unknown = 0.0, 0, 0
+    for config in pending:
+        cost = medians.get(_cost_class(config))
+        if cost is None:
+            unknown += 1
+        else:
+            total += cost
+            estimated += 1
+    return CostEstimate(total, estimated, unknown, sum(len(v) for v in seconds.values()))
