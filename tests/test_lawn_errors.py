@@ -144,6 +144,52 @@ def test_bad_checkpoint_is_refused_before_loading(model):
         other.load_state_dict(sd)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("lawn_steps", "3", "lawn_steps='3'"),
+        ("lawn_steps", -1, "lawn_steps=-1"),
+        ("lawn_frozen", None, "lawn_frozen=None"),
+        ("lawn_switch_step", 1.5, "lawn_switch_step=1.5"),
+        ("lawn_retract_every", 0, "retract_every"),
+        ("lawn_project_gradient", "yes", "project_gradient"),
+        ("lawn_target_scale", -1.0, "target_scale"),
+        ("lawn_fixed_target", float("nan"), "target_norm"),
+        ("lawn_auto_check_every", 0, "check_every"),
+        ("target", -1.0, "target norm of 'head.weight' .* is -1.0"),
+        ("target", float("nan"), "target norm of 'head.weight' .* is nan"),
+    ],
+)
+def test_corrupt_checkpoint_values_are_refused_before_loading(model, key, value, match):
+    """A value no run can leave (a counter that is not a count, an option out of range, a negative or NaN target)
+    is refused by load_state_dict, before anything changes; accepted, it failed in the middle of a later step
+    (after the base stepped) or flipped or stopped retracting the weight."""
+    free_steps = "auto" if key.startswith("lawn_auto") else 1
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=free_steps)
+    opt.freeze()
+    train_step(model, opt, *batches(1)[0])
+    sd = copy.deepcopy(opt.state_dict())
+    head_id = [i for i, p in enumerate(model.parameters()) if p is model.head.weight][0]
+    for group in sd["param_groups"]:
+        if key == "target":
+            group["lawn_target_norms"][head_id] = torch.tensor(value)
+        else:
+            group[key] = value
+    other = lawn.LAWN(adam(model), model.tail(), free_steps=free_steps)
+    before = snapshot(model, other)
+    with pytest.raises((TypeError, ValueError), match=match):
+        other.load_state_dict(sd)
+    assert_same_tree(before, snapshot(model, other))
+
+
+def test_a_checkpoint_over_other_parameters_is_named_by_its_count(model):
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=1)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["params"] = sd["param_groups"][0]["params"][:-1]
+    with pytest.raises(ValueError, match="param group 0 of the checkpoint has 7 parameters, this optimizer's has 8"):
+        lawn.LAWN(adam(model), model.tail(), free_steps=1).load_state_dict(sd)
+
+
 @pytest.mark.parametrize(("every", "error"), [(0, ValueError), (1.5, TypeError), (True, TypeError)])
 def test_bad_retract_every_is_named(model, every, error):
     with pytest.raises(error, match="retract_every"):

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from lawn._checks import is_int
-from lawn.constraint.auto_switch import AUTO
+from lawn._checks import is_int, is_number
+from lawn.constraint._dtensor import full
+from lawn.constraint.auto_switch import AUTO, AutoSwitch
 from lawn.constraint.keys import Keys
-from lawn.constraint.options import require
+from lawn.constraint.options import MAX_TARGET, MIN_TARGET, Options, require
 from lawn.constraint.reference import GRANULARITIES, compute_dtype
 from lawn.constraint.targets import expected_shape
 from lawn.constraint.weights import Entry
@@ -47,7 +48,8 @@ def check(
     entries: list[list[Entry]],
     keys: Keys,
 ) -> None:
-    """Refuse a checkpoint whose entries do not fit this constraint; warn about options that differ.
+    """Refuse a checkpoint whose entries do not fit this constraint, or hold values no run leaves (a counter that is
+    not a count, an option out of range, a negative or NaN target); warn about options that differ.
 
     ``saved_groups``: the checkpoint's ``param_groups`` (``None`` if its layout has none: then the base optimizer's
     own ``load_state_dict`` judges it, and the constraint keeps its current entries); ``groups``, ``entries``: the
@@ -60,10 +62,17 @@ def check(
         f"load_state_dict: the checkpoint has {len(saved_groups)} param groups, this optimizer has {len(groups)}",
     )
     differ: dict[str, tuple[Any, Any]] = {}
-    for saved, group, constrained in zip(saved_groups, groups, entries):
+    for i, (saved, group, constrained) in enumerate(zip(saved_groups, groups, entries)):
+        count = saved.get("params")
+        require(
+            not isinstance(count, list) or len(count) == len(group["params"]),
+            f"load_state_dict: param group {i} of the checkpoint has {len(count or [])} parameters, this "
+            f"optimizer's has {len(group['params'])}; load it into an optimizer over the same parameters",
+        )
         for key in keys.options:
             if key in saved and saved[key] != group[key]:
                 differ.setdefault(key, (saved[key], group[key]))
+        _check_scalars(saved, group, keys)
         _check_switch(saved, group, keys)
         _check_targets(saved, group, constrained, keys)
     if differ:
@@ -74,6 +83,32 @@ def check(
             UserWarning,
             stacklevel=3,
         )
+
+
+def _check_scalars(saved: Mapping[str, Any], group: Mapping[str, Any], keys: Keys) -> None:
+    """The counters, the phase and the options the checkpoint leaves are values the constraint can run with (a
+    corrupt one would otherwise fail, or flip weights, in the middle of a later step)."""
+    steps, frozen = saved.get(keys.steps, group[keys.steps]), saved.get(keys.frozen, group[keys.frozen])
+    switch_step = saved.get(keys.switch_step)
+    require(
+        is_int(steps) and steps >= 0, f"load_state_dict: {keys.steps}={steps!r} in the checkpoint; expected an int >= 0"
+    )
+    require(isinstance(frozen, bool), f"load_state_dict: {keys.frozen}={frozen!r} in the checkpoint; expected a bool")
+    require(
+        switch_step is None or (is_int(switch_step) and switch_step >= 0),
+        f"load_state_dict: {keys.switch_step}={switch_step!r} in the checkpoint; expected None or an int >= 0",
+    )
+    option = {key: saved.get(key, group[key]) for key in keys.options}
+    try:
+        Options(
+            granularity=option[keys.granularity],
+            project_gradient=option[keys.project_gradient],
+            target_norm=option[keys.fixed_target],
+            target_scale=option[keys.target_scale],
+            retract_every=option[keys.retract_every],
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"load_state_dict: an option in the checkpoint ({keys.prefix}*) is invalid: {err}") from None
 
 
 def _check_switch(saved: Mapping[str, Any], group: Mapping[str, Any], keys: Keys) -> None:
@@ -88,6 +123,17 @@ def _check_switch(saved: Mapping[str, Any], group: Mapping[str, Any], keys: Keys
         require(
             not missing,
             f"load_state_dict: the checkpoint switches automatically ({keys.free_steps}={AUTO!r}) but has no {missing}",
+        )
+        auto = {key: saved.get(key, group.get(key)) for key in keys.auto}
+        try:
+            AutoSwitch.from_group(auto, keys)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"load_state_dict: the checkpoint's automatic switch: {err}") from None
+        memory = (auto[keys.auto_last_log_norm], auto[keys.auto_peak_growth])
+        require(
+            all(is_number(value) for value in memory),
+            f"load_state_dict: {keys.auto_last_log_norm}, {keys.auto_peak_growth}={memory!r} in the checkpoint; "
+            "expected numbers",
         )
 
 
@@ -127,10 +173,25 @@ def _check_targets(saved: Mapping[str, Any], group: Mapping[str, Any], constrain
             f"load_state_dict: target of '{entry.name}' has shape {tuple(getattr(target, 'shape', ()))}, "
             f"expected {expected} for granularity={granularity!r}",
         )
+        if saved.get(keys.frozen, False):
+            _check_target_values(entry.name, target)
     require(
         not missing or not saved.get(keys.frozen, False),
         f"load_state_dict: the checkpoint is past the switch but has no target norm for {missing}",
     )
+
+
+def _check_target_values(name: str, target: torch.Tensor) -> None:
+    """A recorded target is 0 (a pruned unit) or lies in ``[MIN_TARGET, MAX_TARGET]``, as ``freeze()`` leaves it:
+    a negative one would flip the weight at every retraction, a NaN one would silently stop retracting it."""
+    values = full(target).detach()  # compared in its own dtype, as freeze() compares it
+    bad = ~((values == 0) | ((values >= MIN_TARGET) & (values <= MAX_TARGET)))
+    if bool(bad.any()):
+        where = "" if values.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
+        raise ValueError(
+            f"load_state_dict: target norm of '{name}'{where} in the checkpoint is {float(values[bad].flatten()[0])}; "
+            f"a recorded target is 0 (a pruned unit) or in [{MIN_TARGET:g}, {MAX_TARGET:g}]: the checkpoint is damaged"
+        )
 
 
 def current(groups: list[dict[str, Any]], keys: Keys) -> list[dict[str, Any]]:
