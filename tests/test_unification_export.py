@@ -72,6 +72,26 @@ def test_file_is_plain_tensors_and_compact(tmp_path: Path) -> None:
     assert "3.weight" not in blob["state"] and "0.weight" in blob["state"]
 
 
+def test_an_export_that_fails_midway_leaves_the_earlier_file_and_no_partial_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = _hardened()
+    path = tmp_path / "model.lawnu"
+    export(model, path)
+    good = path.read_bytes()
+
+    def full_disk(obj, zip_file, *args, **kwargs):  # writes part of the archive, then fails as a full disk does
+        zip_file.write_record("archive/data.pkl", b"x" * 64, 64)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.serialization, "_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export(model, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good and [f.name for f in tmp_path.iterdir()] == ["model.lawnu"]
+    assert torch.equal(load(path, _model(seed=1)).eval()(x), model(x))
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 

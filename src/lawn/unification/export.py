@@ -9,8 +9,10 @@ is. The file is ``torch.save`` of plain dicts, strings, ints and tensors and is 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import uuid
 from typing import Any
 
 import torch
@@ -73,7 +75,21 @@ def export(model: nn.Module, path: str | os.PathLike) -> None:
     if not layers:
         raise ValueError("model: nothing hardened to export; call ADMM.harden() or lawn.unification.harden() first")
     state = {k: v.detach().cpu().clone() for k, v in _plain_state(model).items()}
-    torch.save({"format": FORMAT, "version": VERSION, "layers": layers, "state": state}, os.fspath(path))
+    _save_whole({"format": FORMAT, "version": VERSION, "layers": layers, "state": state}, os.fspath(path))
+
+
+def _save_whole(blob: dict[str, Any], path: str) -> None:
+    """``torch.save`` into a new file beside ``path``, then renamed over it: a save that fails midway (a full disk,
+    Ctrl-C) leaves no partial file, and an earlier export at ``path`` as it was."""
+    partial = f"{path}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        with open(partial, "xb") as handle:
+            torch.save(blob, handle)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def _bad(path: str, what: str) -> ValueError:
