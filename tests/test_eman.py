@@ -117,6 +117,28 @@ def test_state_dict_round_trip() -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("damage", ["missing key", "other shape", "no updates"])
+def test_a_checkpoint_that_does_not_fit_changes_nothing(damage: str) -> None:
+    student = _student()
+    eman = EMAN(student, momentum=0.9)
+    _train_student(student)
+    eman.update()
+    state = {"teacher": dict(eman.state_dict()["teacher"]), "updates": 5}
+    state["teacher"]["0.weight"] = state["teacher"]["0.weight"] + 1  # would be copied before the refusal
+    if damage == "missing key":
+        del state["teacher"]["3.bias"]
+    elif damage == "other shape":
+        state["teacher"]["3.bias"] = torch.zeros(4)
+    else:
+        del state["updates"]
+    before = {k: v.clone() for k, v in eman.teacher.state_dict().items()}
+    with pytest.raises(ValueError, match="3.bias" if damage != "no updates" else "updates"):
+        eman.load_state_dict(state)
+    assert eman.updates == 1
+    for key, value in eman.teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_bad_input_is_rejected() -> None:
     with pytest.raises(ValueError, match="momentum"):
         EMAN(_student(), momentum=1.0)

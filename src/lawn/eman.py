@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lawn._checks import is_number
+from lawn._checks import is_int, is_number
 
 Schedule = Literal["constant", "cosine"]
 
@@ -111,8 +112,29 @@ class EMATeacher:
         return {"teacher": self.teacher.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.updates = int(state["updates"])
+        """Load what :meth:`state_dict` returned; checked first, so a checkpoint that does not fit changes nothing
+        (``nn.Module.load_state_dict`` would copy the matching tensors before refusing the rest)."""
+        saved = state.get("teacher") if isinstance(state, Mapping) else None
+        updates = state.get("updates") if isinstance(state, Mapping) else None
+        if not isinstance(saved, Mapping) or not is_int(updates) or updates < 0:
+            raise ValueError(
+                "state: expected {'teacher': a state_dict, 'updates': an int >= 0}, as state_dict() returns"
+            )
+        own = self.teacher.state_dict()
+        missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+        reshaped = [
+            key
+            for key in own.keys() & saved.keys()
+            if isinstance(own[key], torch.Tensor)
+            and (not isinstance(saved[key], torch.Tensor) or saved[key].shape != own[key].shape)
+        ]
+        if missing or unexpected or reshaped:
+            raise ValueError(
+                f"state: the teacher's checkpoint does not fit this teacher (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, other shape {sorted(reshaped)[:5]}); load a checkpoint of the same model"
+            )
+        self.teacher.load_state_dict(saved)
+        self.updates = updates
 
     def _pairs(self, model: nn.Module) -> dict[str, torch.Tensor]:
         pairs = dict(model.named_parameters())
