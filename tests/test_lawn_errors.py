@@ -182,6 +182,39 @@ def test_corrupt_checkpoint_values_are_refused_before_loading(model, key, value,
     assert_same_tree(before, snapshot(model, other))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("lawn_retract_every", 0, "retract_every"),
+        ("lawn_target_scale", -1.0, "target_scale"),
+        ("lawn_granularity", "rows", "granularity"),
+        ("lawn_free_steps", "soon", "free_steps"),
+    ],
+)
+@pytest.mark.parametrize("options", [{}, {"fused": False}, {"foreach": False}], ids=["fused_step", "foreach", "ref"])
+def test_an_option_set_by_hand_in_param_groups_is_checked_before_the_step_moves_anything(
+    model, key, value, match, options
+):
+    """How a resumed run changes an option (load_state_dict's warning says so): set it in every param group. A bad
+    value was used mid-step, after the base had stepped; now the step refuses it first and changes nothing."""
+    opt = lawn.LAWN(adam(model), model.tail(), free_steps=1, **options)
+    train_step(model, opt, *batches(1)[0])  # past the switch: the constrained step reads every option
+    for group in opt.param_groups:
+        group[key] = value
+    x, y = batches(2)[1]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    before = snapshot(model, opt)
+    with pytest.raises((TypeError, ValueError), match=f"param group 0 holds an invalid lawn_\\* option .*{match}"):
+        opt.step()
+    assert_same_tree(before, snapshot(model, opt))
+    for group in opt.param_groups:  # a valid value set by hand is taken
+        group["lawn_retract_every"], group["lawn_target_scale"] = 2, 1.0
+        group["lawn_granularity"], group["lawn_free_steps"] = "tensor", 1
+    opt.step()
+    assert opt.steps == 2
+
+
 def test_a_checkpoint_over_other_parameters_is_named_by_its_count(model):
     opt = lawn.LAWN(adam(model), model.tail(), free_steps=1)
     sd = copy.deepcopy(opt.state_dict())

@@ -21,7 +21,7 @@ from lawn._checks import is_int, is_number
 from lawn.constraint._dtensor import full
 from lawn.constraint.auto_switch import AUTO, AutoSwitch
 from lawn.constraint.keys import Keys
-from lawn.constraint.options import MAX_TARGET, MIN_TARGET, Options, require
+from lawn.constraint.options import MAX_TARGET, MIN_TARGET, group_options, require
 from lawn.constraint.reference import GRANULARITIES, compute_dtype
 from lawn.constraint.targets import expected_shape
 from lawn.constraint.weights import Entry
@@ -98,15 +98,8 @@ def _check_scalars(saved: Mapping[str, Any], group: Mapping[str, Any], keys: Key
         switch_step is None or (is_int(switch_step) and switch_step >= 0),
         f"load_state_dict: {keys.switch_step}={switch_step!r} in the checkpoint; expected None or an int >= 0",
     )
-    option = {key: saved.get(key, group[key]) for key in keys.options}
     try:
-        Options(
-            granularity=option[keys.granularity],
-            project_gradient=option[keys.project_gradient],
-            target_norm=option[keys.fixed_target],
-            target_scale=option[keys.target_scale],
-            retract_every=option[keys.retract_every],
-        )
+        group_options({key: saved.get(key, group[key]) for key in keys.options}, keys)
     except (TypeError, ValueError) as err:
         raise type(err)(f"load_state_dict: an option in the checkpoint ({keys.prefix}*) is invalid: {err}") from None
 

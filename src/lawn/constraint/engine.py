@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 
 from lawn.constraint import checkpoint, fused_step, switch, targets
 from lawn.constraint.keys import INNERMOST, Keys
-from lawn.constraint.options import Options, check_base
+from lawn.constraint.options import Options, check_base, group_options
 from lawn.constraint.paths import Paths
 from lawn.constraint.reference import Granularity
 from lawn.constraint.weights import Entry, entries_per_group
@@ -291,6 +291,7 @@ class NormConstraint(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Project (if constrained), ``base.step()``, retract (if constrained); return the closure's loss."""
+        self._refuse_invalid_options()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -426,6 +427,24 @@ class NormConstraint(Optimizer):
         """``freeze()``; if it raises, every later ``step()`` retries it first and so changes nothing."""
         self._switch_failed = True
         self.freeze()
+
+    def _refuse_invalid_options(self) -> None:
+        """Options set by hand in ``param_groups`` (how a resumed run changes one) are checked before anything moves,
+        as the constructor checks them; again only when a value changed, so a step pays one tuple comparison."""
+        k = self._keys
+        values = tuple(group.get(key) for group in self.param_groups for key in k.options)
+        if values == getattr(self, "_checked_options", None):
+            return
+        for i, group in enumerate(self.param_groups):
+            try:
+                group_options(group, k)
+                switch.from_group(group, k)
+            except (TypeError, ValueError, KeyError) as err:
+                raise type(err)(
+                    f"step: param group {i} holds an invalid {k.prefix}* option ({err}); nothing was changed: set a "
+                    "valid value in every param group"
+                ) from None
+        self._checked_options = values
 
     def _refuse_sparse_gradients(self) -> None:
         for entry in self._entries():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch.optim import Optimizer
 
 from lawn._checks import is_int, is_number
+from lawn.constraint.keys import Keys
 from lawn.constraint.reference import GRANULARITIES, Granularity
 
 #: target norms must lie here: the fp32 sums of squares in the fast paths are then exact in range
@@ -118,4 +120,15 @@ def check_base(base: Any, wrapper: Any) -> None:
         f"base: {type(base).__name__} is already wrapped by {type(wrapper).__name__}; "
         "two wrappers side by side would both step it. To combine two constraints, wrap that wrapper: "
         "LAWN(WRS(base, ...), tail, ...)",
+    )
+
+
+def group_options(group: Mapping[str, Any], keys: Keys) -> Options:
+    """The :class:`Options` a param group's ``<prefix><name>`` entries hold (raises as :class:`Options` does)."""
+    return Options(
+        granularity=group[keys.granularity],
+        project_gradient=group[keys.project_gradient],
+        target_norm=group[keys.fixed_target],
+        target_scale=group[keys.target_scale],
+        retract_every=group[keys.retract_every],
     )
