@@ -255,6 +255,28 @@ def _at_least_one(flag: str, value: int | None) -> None:
         raise ValueError(f"{flag}: must be >= 1, got {value}")
 
 
+def _output_file(flag: str, path: str | None, *, folder_must_exist: bool = False) -> None:
+    """Refuse, before anything trains, an output file ``path`` that cannot be written: a folder, under a file,
+    or (``folder_must_exist``) in a folder that does not exist."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file name, e.g. {target / 'results.jsonl'}")
+    _output_dir(flag, str(target.parent))
+    if folder_must_exist and not target.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {target.parent} does not exist; create it first")
+
+
+def _output_dir(flag: str, path: str) -> None:
+    """Refuse, before anything is written, an output folder ``path`` that is a file or lies under one."""
+    for ancestor in (Path(path), *Path(path).parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{flag} {path}: {ancestor} is a file, not a folder; choose another path")
+            return
+
+
 def _runtime(args: argparse.Namespace) -> str:
     """Apply ``--threads`` and turn ``--device`` into a concrete device name."""
     import torch
@@ -334,6 +356,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     fields.update(parse_assignment(text) for text in args.set)
     fields["device"] = _runtime(args)
     config = run_config(fields)
+    _output_file("--results", args.results)
+    _output_file("--json", args.json, folder_must_exist=True)
     log_dir = _log_dir(args)
     print(_describe(config))
     row = train(config, progress=not args.no_progress)
@@ -460,6 +484,7 @@ def _print_failures(command: str, failures: list[tuple[Any, str]]) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lawn.harness.sweep import SweepFailed, SweepSpec, run_sweep
 
+    _output_file("--results", args.results)
     extra = {"data_dir": args.data_dir} if args.data_dir else None
     spec = _spec(args, SweepSpec, extra)
     if args.seeds:
@@ -506,6 +531,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_lottery(args: argparse.Namespace) -> int:
     from lawn.harness.lottery import LotterySpec, run_lottery
 
+    _output_file("--results", args.results)
     spec = _spec(args, LotterySpec)
     log_dir = _log_dir(args)
     device = _runtime(args)
@@ -637,6 +663,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.pilot and not args.spec:
         raise ValueError("--pilot selects for the comparisons of --spec SPEC; give the spec too")
+    _output_dir("--out", args.out)
     if args.spec:
         from lawn.harness.verdicts import load_comparisons
 
@@ -694,6 +721,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lawn.harness.selection import select
     from lawn.harness.sweep import SweepFailed, run_sweep
 
+    _output_dir("--out", args.out)
     dataset, data_dir, notice = pick_dataset(args.dataset, args.data_dir)
     if notice:
         print(notice)
@@ -768,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_interrupts():
             return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: a path that cannot be read or written
         print(f"lawn {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

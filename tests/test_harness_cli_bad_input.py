@@ -1,0 +1,62 @@
+"""Bad input to the ``lawn`` command: a clear error (exit 2) naming the culprit, before anything trains or is
+written, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lawn.harness.cli import main
+
+TINY_BASE = {"dataset": "digits", "train_limit": 120, "test_limit": 60, "width": 4, "epochs": 1}
+TINY_SPEC = {"base": TINY_BASE, "optimizers": ["adam"], "methods": ["plain"], "batch_sizes": [32], "lrs": [1e-3]}
+QUIET = ["--threads", "1", "--no-progress", "--device", "cpu", "--jobs", "1"]
+
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the commands set torch's threads (conftest.py)
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run ``lawn argv``, check it stopped with exit 2 before training, and return its error line."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "final:" not in captured.out and "done" not in captured.out, captured.out
+    assert captured.err.startswith(f"lawn {argv[0]}: error:"), captured.err
+    return captured.err
+
+
+def _spec(tmp_path: Path, spec: dict | None = None) -> str:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec or TINY_SPEC))
+    return str(path)
+
+
+def test_results_that_is_a_folder_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    err = _error(["sweep", _spec(tmp_path), "--results", str(folder), *QUIET], capsys)
+    assert "--results" in err and "is a folder" in err
+    err = _error(["run", "--dataset", "digits", "--epochs", "1", "--results", str(folder), *QUIET[:-2]], capsys)
+    assert "--results" in err and "is a folder" in err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["results", "spec.json"]
+
+
+def test_run_json_in_a_missing_folder_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "nowhere" / "row.json"
+    err = _error(["run", "--dataset", "digits", "--epochs", "1", "--json", str(target), *QUIET[:-2]], capsys)
+    assert "--json" in err and "does not exist" in err
+
+
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = tmp_path / "r.jsonl"
+    rows.write_text("")
+    out = tmp_path / "out"
+    out.write_text("mine\n")
+    err = _error(["report", str(rows), "--out", str(out)], capsys)
+    assert "--out" in err and "is a file" in err
+    err = _error(["report", str(rows), "--out", str(out / "sub")], capsys)
+    assert "--out" in err and "is a file" in err
+    err = _error(["demo", "--dataset", "digits", "--out", str(out), *QUIET], capsys)
+    assert "--out" in err and "is a file" in err
+    assert out.read_text() == "mine\n"
