@@ -60,3 +60,24 @@ def test_out_that_is_a_file_is_refused_and_kept(tmp_path: Path, capsys: pytest.C
     err = _error(["demo", "--dataset", "digits", "--out", str(out), *QUIET], capsys)
     assert "--out" in err and "is a file" in err
     assert out.read_text() == "mine\n"
+
+
+def test_a_spec_that_is_not_utf8_text_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_bytes(b"\xff\xfe\x00seeds = [0]\n")
+    err = _error(["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), *QUIET], capsys)
+    assert str(spec) in err and "UTF-8" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.toml"]
+
+
+def test_an_unreadable_spec_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    spec = Path(_spec(tmp_path))
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # as root, chmod 000 would not stop the read
+    err = _error(["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), *QUIET], capsys)
+    assert err.startswith(f"lawn sweep: error: {spec}: cannot read") and "Permission denied" in err

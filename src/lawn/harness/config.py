@@ -200,7 +200,10 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
             import tomllib
         except ModuleNotFoundError as err:  # Python 3.10
             raise ValueError(f"{path}: reading TOML needs Python >= 3.11; use JSON instead") from err
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it as a UTF-8 text file ({err})") from err
     try:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except ValueError as err:
