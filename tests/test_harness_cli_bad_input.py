@@ -81,3 +81,12 @@ def test_an_unreadable_spec_is_named(
     monkeypatch.setattr(Path, "read_text", refuse)  # as root, chmod 000 would not stop the read
     err = _error(["sweep", str(spec), "--results", str(tmp_path / "r.jsonl"), *QUIET], capsys)
     assert err.startswith(f"lawn sweep: error: {spec}: cannot read") and "Permission denied" in err
+
+
+@pytest.mark.parametrize("seeds", ["", " ", ","])
+def test_empty_seeds_are_refused_not_replaced_by_the_specs(
+    seeds: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    err = _error(["sweep", _spec(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--seeds", seeds, *QUIET], capsys)
+    assert "--seeds: expected comma-separated integers" in err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -487,7 +487,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _output_file("--results", args.results)
     extra = {"data_dir": args.data_dir} if args.data_dir else None
     spec = _spec(args, SweepSpec, extra)
-    if args.seeds:
+    if args.seeds is not None:  # an empty --seeds (an unset shell variable) is an error, not the spec's seeds
         spec = dataclasses.replace(spec, seeds=_seed_list(args.seeds))
     if args.pilot:
         from lawn.harness.pilot import PilotSelected
