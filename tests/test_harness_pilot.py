@@ -109,3 +109,20 @@ def test_fresh_seeds_follow_a_pilot_that_tuned_a_late_field() -> None:
     ]
     runs = PilotSelected(SweepSpec.from_dict({**spec, "seeds": [0, 1]}), pilot).expand()
     assert [(c.seed, c.afan_step_size) for c, _ in runs] == [(0, 0.01), (1, 0.01)]
+
+
+def test_a_pilot_over_other_values_of_the_same_size_is_refused():
+    """A pilot with as many points as the grid, but at other values, chose over another grid: refused, never a
+    silent choice outside the grid (no runs) or one the pilot never compared with the grid's other points."""
+    other = {**SPEC, "lrs": {"sgd": [0.01, 0.1, 1.0], "adam": [1e-3, 1e-2, 3e-1]}}  # adam: 3e-1 for 1e-1
+    main = SweepSpec.from_dict({**other, "seeds": [1]})
+    for best in (1e-2, 1e-1):  # a choice inside the grid, and one outside it
+        with pytest.raises(ValueError, match=r"covered 2 of the grid's 3 points \(none at lr=0\.3\)"):
+            PilotSelected(main, pilot_rows({"sgd": 0.1, "adam": best}))
+
+
+def test_a_pilot_over_a_larger_grid_is_refused_with_the_points_it_adds():
+    smaller = {**SPEC, "lrs": {"sgd": [0.01, 0.1, 1.0], "adam": [1e-3, 1e-2]}}
+    main = SweepSpec.from_dict({**smaller, "seeds": [1]})
+    with pytest.raises(ValueError, match=r"outside this spec's grid \(lr=0\.1\)"):
+        PilotSelected(main, pilot_rows({"sgd": 0.1, "adam": 1e-2}))

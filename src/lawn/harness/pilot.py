@@ -18,13 +18,25 @@ from typing import Any
 
 from lawn._checks import is_number
 from lawn.harness.config import RunConfig, with_late_defaults
-from lawn.harness.selection import NOT_SETTING, select
+from lawn.harness.selection import DEFAULT_TUNED, NOT_SETTING, select
 from lawn.harness.sweep import SweepSpec
 
 
 def _setting_key(config: dict[str, Any], tuned: list[str]) -> str:
     config = with_late_defaults(json.loads(json.dumps(config)))  # a row's JSON form: tuples as lists
     return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTING and k not in tuned}, sort_keys=True)
+
+
+def _point_key(config: dict[str, Any], tuned: list[str]) -> str:
+    """The grid point of ``config``: its tuned fields, in a row's JSON form (as :func:`select` keys them)."""
+    config = with_late_defaults(json.loads(json.dumps(config)))
+    return json.dumps({k: config.get(k) for k in tuned}, sort_keys=True)
+
+
+def _points_text(points: set[str]) -> str:
+    """A few grid points as ``lr=0.01, wd=0`` lists, for an error message."""
+    shown = [", ".join(f"{k}={v}" for k, v in json.loads(p).items()) for p in sorted(points)[:3]]
+    return "; ".join(shown) + (f"; … ({len(points)} in all)" if len(points) > 3 else "")
 
 
 class PilotSelected:
@@ -34,11 +46,15 @@ class PilotSelected:
         runs = spec.expand()
         # without the tuned fields: a tuned late field (afan_step_size) comes back in s.setting at its default
         selections = {_setting_key(s.setting, s.tuned): s for s in select(pilot_rows)}
-        grid_sizes: dict[str, int] = {}
+        pilot_points: dict[str, set[str]] = {}  # setting → the grid points the pilot ran
+        for row in pilot_rows:
+            tuned = list(row.get("tuned") or DEFAULT_TUNED)
+            pilot_points.setdefault(_setting_key(row["config"], tuned), set()).add(_point_key(row["config"], tuned))
+        grid_points: dict[str, set[str]] = {}  # setting → the spec's grid points
         grids: dict[str, dict[str, list[Any]]] = {}  # setting → tuned axis → its values
         for config, tuned in runs:
             key = _setting_key(config.to_dict(), tuned)
-            grid_sizes[key] = grid_sizes.get(key, 0) + (config.seed == spec.seeds[0])
+            grid_points.setdefault(key, set()).add(_point_key(config.to_dict(), tuned))
             axes = grids.setdefault(key, {})
             for name in tuned:
                 if getattr(config, name) not in axes.setdefault(name, []):
@@ -52,10 +68,18 @@ class PilotSelected:
                     f"pilot: no pilot row for the setting of {config.optimizer} + {config.method} at batch "
                     f"{config.batch_size} (and its other fields): run the pilot spec over the same grid first"
                 )
-            if selection.grid_size != grid_sizes[key]:
+            where = f"pilot: {config.optimizer} + {config.method} at batch {config.batch_size}"
+            missing = grid_points[key] - pilot_points[key]
+            if missing:
                 raise ValueError(
-                    f"pilot: {config.optimizer} + {config.method} at batch {config.batch_size}: the pilot covered "
-                    f"{selection.grid_size} of the grid's {grid_sizes[key]} points; finish the pilot first"
+                    f"{where}: the pilot covered {len(grid_points[key]) - len(missing)} of the grid's "
+                    f"{len(grid_points[key])} points (none at {_points_text(missing)}); finish the pilot first"
+                )
+            extra = pilot_points[key] - grid_points[key]
+            if extra:
+                raise ValueError(
+                    f"{where}: the pilot also ran points outside this spec's grid ({_points_text(extra)}), so its "
+                    "choice was made over another grid; give the spec the pilot ran (or pilot rows of this grid)"
                 )
             if all(getattr(config, name) == selection.chosen[name] for name in tuned):
                 chosen.append((config, tuned))
