@@ -90,3 +90,19 @@ def test_empty_seeds_are_refused_not_replaced_by_the_specs(
     err = _error(["sweep", _spec(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--seeds", seeds, *QUIET], capsys)
     assert "--seeds: expected comma-separated integers" in err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "missing"), [("fashion_mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1")]
+)
+def test_a_sweep_over_a_data_dir_without_its_files_stops_before_training(
+    dataset: str, missing: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not one failed run per grid point (exit 1): one error naming the directory and the file, exit 2."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    spec = _spec(tmp_path, {**TINY_SPEC, "base": {**TINY_BASE, "dataset": dataset, "model": "mlp"}})
+    results = tmp_path / "r.jsonl"
+    err = _error(["sweep", spec, "--results", str(results), "--data-dir", str(empty), *QUIET], capsys)
+    assert str(empty) in err and missing in err
+    assert not results.exists() and not Path(f"{results}.lock").exists()

@@ -501,6 +501,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_dry_run(spec, args.results, device, args.jobs or _local_backend_jobs(device))
         return 0
     log_dir = _log_dir(args)
+    if args.ray is None:  # local runs read the files here; a Ray cluster's nodes may hold data this one lacks
+        from lawn.harness.datasets import check_files
+
+        for config in {(c.dataset, c.data_dir): c for c, _ in spec.expand()}.values():
+            check_files(config)
     backend, device = _sweep_backend(args)
     _events_of_present_rows(log_dir, args.results, {config.key() for config, _ in spec.expand()})
     on_event = _log_event if args.no_progress else None

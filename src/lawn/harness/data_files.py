@@ -77,8 +77,8 @@ def find_idx(directory: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{directory}: missing {stem} (or {stem}.gz)")
 
 
-def load_idx_dir(directory: str | Path) -> dict[str, np.ndarray]:
-    """The four standard IDX files of an MNIST-style directory: ``train_images`` (N×28×28 uint8) etc."""
+def check_idx_dir(directory: str | Path) -> None:
+    """Raise ``FileNotFoundError`` naming the directory or IDX file that is missing (reads nothing)."""
     directory = Path(directory)
     if not directory.is_dir():
         hint = (
@@ -87,6 +87,14 @@ def load_idx_dir(directory: str | Path) -> dict[str, np.ndarray]:
             else ""
         )
         raise FileNotFoundError(f"data directory not found: {directory}{hint}")
+    for stem in IDX_NAMES.values():
+        find_idx(directory, stem)
+
+
+def load_idx_dir(directory: str | Path) -> dict[str, np.ndarray]:
+    """The four standard IDX files of an MNIST-style directory: ``train_images`` (N×28×28 uint8) etc."""
+    directory = Path(directory)
+    check_idx_dir(directory)
     arrays = {key: read_idx(find_idx(directory, stem)) for key, stem in IDX_NAMES.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -144,14 +152,20 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10_dir(directory: str | Path) -> dict[str, np.ndarray]:
-    """``cifar-10-batches-py``: the five training batches and the test batch."""
+def check_cifar10_dir(directory: str | Path) -> None:
+    """Raise ``FileNotFoundError`` naming the directory or CIFAR-10 batch files that are missing (reads nothing)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"data directory not found: {directory} (expected cifar-10-batches-py)")
     missing = [n for n in (*CIFAR10_TRAIN, CIFAR10_TEST) if not (directory / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory}: missing CIFAR-10 batch file(s) {missing}")
+
+
+def load_cifar10_dir(directory: str | Path) -> dict[str, np.ndarray]:
+    """``cifar-10-batches-py``: the five training batches and the test batch."""
+    directory = Path(directory)
+    check_cifar10_dir(directory)
     train = [read_cifar_batch(directory / n) for n in CIFAR10_TRAIN]
     test_images, test_labels = read_cifar_batch(directory / CIFAR10_TEST)
     return {

@@ -54,6 +54,7 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
     reads_files: bool = False
     default_dir: str | None = None
+    check_files: Callable[[str], None] | None = None  # raises FileNotFoundError naming what is missing in a dir
 
 
 # ---------------------------------------------------------------------- shared splitting / normalising
@@ -165,9 +166,19 @@ DATASETS: dict[str, DatasetSpec] = {
             _load_idx,
             reads_files=True,
             default_dir=data_files.FASHION_MNIST_DIR,
+            check_files=data_files.check_idx_dir,
         ),
-        DatasetSpec("mnist", "classification", "resnet", _load_idx, reads_files=True),
-        DatasetSpec("cifar10", "classification", "resnet", _load_cifar10, reads_files=True),
+        DatasetSpec(
+            "mnist", "classification", "resnet", _load_idx, reads_files=True, check_files=data_files.check_idx_dir
+        ),
+        DatasetSpec(
+            "cifar10",
+            "classification",
+            "resnet",
+            _load_cifar10,
+            reads_files=True,
+            check_files=data_files.check_cifar10_dir,
+        ),
         DatasetSpec("mnist1d", "classification", "cnn1d", _load_mnist1d, {"num_samples": 5000, "seed": 42}),
         DatasetSpec("digits", "classification", "mlp", _load_digits),
         DatasetSpec(
@@ -200,6 +211,13 @@ def check_config(config: RunConfig) -> None:
         raise ValueError(f"data_dir: dataset {spec.name!r} is generated, it reads no files")
     if spec.task == "ranking" and (config.train_limit is not None or config.test_limit is not None):
         raise ValueError("train_limit/test_limit: not supported for the ranking task (use data_options)")
+
+
+def check_files(config: RunConfig) -> None:
+    """Raise ``FileNotFoundError`` naming what is missing when ``config``'s data files are not there (reads none)."""
+    spec = DATASETS[config.dataset]
+    if spec.check_files is not None:
+        spec.check_files(_directory(config))
 
 
 def data_key(config: RunConfig) -> str:
