@@ -106,3 +106,12 @@ def test_a_sweep_over_a_data_dir_without_its_files_stops_before_training(
     err = _error(["sweep", spec, "--results", str(results), "--data-dir", str(empty), *QUIET], capsys)
     assert str(empty) in err and missing in err
     assert not results.exists() and not Path(f"{results}.lock").exists()
+
+
+def test_a_seed_torch_cannot_take_is_named_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    huge = str(2**64)
+    err = _error(["run", "--dataset", "digits", "--epochs", "1", "--seed", huge, *QUIET[:-2]], capsys)
+    assert "seed/data_seed: must be >= 0 and < 2**64" in err and huge in err
+    results = tmp_path / "r.jsonl"
+    err = _error(["sweep", _spec(tmp_path), "--results", str(results), "--seeds", huge, *QUIET], capsys)
+    assert "seed/data_seed" in err and not results.exists()

@@ -357,7 +357,10 @@ def _validate(c: RunConfig) -> None:
     )
     for name in ("nested_fraction", "eval_width"):
         _check(0.0 < getattr(c, name) <= 1.0, f"{name}: a fraction of the units in (0, 1], got {getattr(c, name)}")
-    _check(c.seed >= 0 and c.data_seed >= 0, f"seed/data_seed: must be >= 0, got {c.seed}/{c.data_seed}")
+    _check(
+        0 <= c.seed < 2**64 and 0 <= c.data_seed < 2**64,  # torch's generators take 64-bit seeds
+        f"seed/data_seed: must be >= 0 and < 2**64, got {c.seed}/{c.data_seed}",
+    )
     _check(
         c.device == "cpu" or c.device == "cuda" or c.device.startswith("cuda:") or c.device == "mps",
         f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}",
