@@ -115,3 +115,13 @@ def test_a_seed_torch_cannot_take_is_named_before_training(tmp_path: Path, capsy
     results = tmp_path / "r.jsonl"
     err = _error(["sweep", _spec(tmp_path), "--results", str(results), "--seeds", huge, *QUIET], capsys)
     assert "seed/data_seed" in err and not results.exists()
+
+
+def test_a_compare_arm_with_a_wrongly_typed_value_names_the_arm(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = tmp_path / "r.jsonl"
+    rows.write_text("")
+    compare = [{"name": "x", "a": {"method": "lawn"}, "b": {"method": 3}, "margin": 0.01}]
+    spec = _spec(tmp_path, {**TINY_SPEC, "compare": compare})
+    err = _error(["report", str(rows), "--spec", spec, "--out", str(tmp_path / "rep")], capsys)
+    assert "compare[0] ('x').b.method: expected a string, got 3" in err
+    assert not (tmp_path / "rep").exists()

@@ -441,7 +441,10 @@ def _arm(value: Any, where: str, known: set[str]) -> dict[str, Any]:
     for name, v in value.items():
         if name not in known:
             raise ValueError(f"{where}: {unknown_field_message([name], known)}")
-        arm[name] = coerce_field(name, v) if name in _hints() else v
+        try:
+            arm[name] = coerce_field(name, v) if name in _hints() else v
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{where}.{err}") from err
     return arm
 
 
