@@ -107,6 +107,14 @@ def test_a_sweep_over_a_data_dir_without_its_files_stops_before_training(
     assert str(empty) in err and missing in err
     assert not results.exists() and not Path(f"{results}.lock").exists()
 
+    from lawn.harness.sweep import SweepSpec  # a finished sweep reads no data: it is not refused for the files
+
+    data = json.loads(Path(spec).read_text())
+    finished = SweepSpec.from_dict({**data, "base": {**data["base"], "data_dir": str(empty)}})
+    results.write_text("".join(json.dumps({"key": config.key()}) + "\n" for config, _ in finished.expand()))
+    assert main(["sweep", spec, "--results", str(results), "--data-dir", str(empty), *QUIET]) == 0
+    assert "0 run(s) done now, 3 already" in capsys.readouterr().out
+
 
 def test_a_seed_torch_cannot_take_is_named_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     huge = str(2**64)

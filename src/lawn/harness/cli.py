@@ -503,8 +503,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     log_dir = _log_dir(args)
     if args.ray is None:  # local runs read the files here; a Ray cluster's nodes may hold data this one lacks
         from lawn.harness.datasets import check_files
+        from lawn.harness.results import completed_keys
 
-        for config in {(c.dataset, c.data_dir): c for c, _ in spec.expand()}.values():
+        done = completed_keys(args.results)  # a finished sweep needs no data
+        for config in {(c.dataset, c.data_dir): c for c, _ in spec.expand() if c.key() not in done}.values():
             check_files(config)
     backend, device = _sweep_backend(args)
     _events_of_present_rows(log_dir, args.results, {config.key() for config, _ in spec.expand()})
