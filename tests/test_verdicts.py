@@ -415,6 +415,25 @@ def test_the_committed_specs_declare_valid_comparisons() -> None:
         (LotterySpec if "sparsities" in data else SweepSpec).from_dict(data)
 
 
+def test_an_arm_that_matches_no_row_is_warned_about_with_the_values_the_rows_hold() -> None:
+    """A typo in one arm (``method = "lwan"``) left a verdict that read like an outcome ("a has no runs"): the
+    verdict stays, and a warning names the value and what the rows hold."""
+    rows = arm("lawn", [0.92, 0.93]) + arm("plain", [0.9, 0.91])
+    typo = Comparison("typo", {"method": "lwan"}, {"method": "plain"}, ("optimizer",), 0.005)
+    with pytest.warns(
+        UserWarning,
+        match=r"'typo': arm a = \{'method': 'lwan'\} matches no row: method='lwan' "
+        r'\(the rows hold "lawn", "plain"\)',
+    ):
+        (result,) = compare([typo], rows)
+    assert result["verdict"] == "inconclusive" and "a has no runs in this group" in result["notes"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare([LAWN_VS_PLAIN], rows)  # arms that match rows: no warning
+
+
 def test_a_comparison_that_matches_no_row_is_refused() -> None:
     rows = arm("plain", [0.9, 0.91])
     ghost = Comparison("ghost", {"method": "lawn"}, {"method": "wrs"}, (), 0.005)

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -307,6 +308,19 @@ def _arm_rows(rows: list[dict[str, Any]], arm: dict[str, Any], group: dict[str, 
     return [r for r in rows if _matches(r, wanted)]
 
 
+def _unmatched_arm(label: str, arm: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Why an arm matches no row: each of its values that no row holds, with the values the rows do hold (a typo
+    in a spec would otherwise read as a verdict, "inconclusive: a has no runs")."""
+    unseen = []
+    for name, value in arm.items():
+        seen = {json.dumps(field_value(row, name), sort_keys=True, default=str) for row in rows}
+        if not any(_same(field_value(row, name), value) for row in rows):
+            listed = ", ".join(sorted(seen)[:8]) + (" …" if len(seen) > 8 else "")
+            unseen.append(f"{name}={value!r} (the rows hold {listed})")
+    why = "; ".join(unseen) if unseen else "no row holds all of its values at once"
+    return f"arm {label} = {arm} matches no row: {why}"
+
+
 # ---------------------------------------------------------------------- the verdicts of a report
 def compare(
     comparisons: tuple[Comparison, ...] | list[Comparison],
@@ -316,6 +330,13 @@ def compare(
     """One verdict object per comparison and group (see the module docstring), Holm-adjusted over all of them."""
     results = []
     for comparison in comparisons:
+        unmatched = [
+            _unmatched_arm(label, arm, rows)
+            for label, arm in (("a", comparison.a), ("b", comparison.b))
+            if not any(_matches(row, arm) for row in rows)
+        ]
+        if len(unmatched) == 1:  # the other arm's rows still give verdicts, which would read as outcomes
+            warnings.warn(f"compare {comparison.name!r}: {unmatched[0]}", UserWarning, stacklevel=2)
         before = len(results)
         for group in _groups(comparison, rows):
             a_rows = _arm_rows(rows, comparison.a, group)
@@ -325,7 +346,7 @@ def compare(
         if len(results) == before:
             raise ValueError(
                 f"compare {comparison.name!r}: no row matches a = {comparison.a} or b = {comparison.b}; check the "
-                "field values against the rows (or the RESULTS files)"
+                "field values against the rows (or the RESULTS files): " + "; ".join(unmatched)
             )
     tested = [r for r in results if r["p"] is not None]
     adjusted, ranks = holm([r["p"] for r in tested])
