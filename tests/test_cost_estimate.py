@@ -24,6 +24,7 @@ def test_each_run_left_costs_the_median_of_its_kind_and_runs_of_no_known_kind_ar
     rows += [_row(4.0, batch_size=1024), _row(6.0, batch_size=1024)]  # median 5
     rows += [_row(999.0, device="cuda:0"), _row(999.0, method="lawn", device="cuda:0")]  # another kind of device
     rows += [{"config": rows[0]["config"], "timing": {}}]  # no timing: ignored
+    rows += [_row(50.0, method="wrs")]  # a kind no run left has: not among the rows used
     pending = [
         r["config"] for r in (_row(0, lr=7.0), _row(0, lr=8.0), _row(0, batch_size=1024), _row(0, method="lawn"))
     ]

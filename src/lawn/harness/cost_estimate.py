@@ -28,7 +28,7 @@ class CostEstimate:
     seconds: float  # summed over the pending runs that have a class with rows
     estimated: int  # pending runs whose class has rows
     unknown: int  # pending runs whose class has none: not in ``seconds``
-    rows_used: int  # written rows with a timing, over every class
+    rows_used: int  # the timed rows of the classes that priced a pending run
 
     def describe(self, workers: int) -> str:
         """One line for a dry run: CPU-hours of the estimated runs and wall hours with ``workers`` at once."""
@@ -69,12 +69,13 @@ def estimate_cost(
         if isinstance(timing.get("seconds"), (int, float)):
             seconds[_cost_class(row["config"])].append(float(timing["seconds"]))
     medians = {cls: statistics.median(values) for cls, values in seconds.items()}
-    total, estimated, unknown = 0.0, 0, 0
+    total, estimated, unknown, used = 0.0, 0, 0, set()
     for config in pending:
-        cost = medians.get(_cost_class(config))
-        if cost is None:
+        cls = _cost_class(config)
+        if cls not in medians:
             unknown += 1
         else:
-            total += cost
+            total += medians[cls]
             estimated += 1
-    return CostEstimate(total, estimated, unknown, sum(len(v) for v in seconds.values()))
+            used.add(cls)
+    return CostEstimate(total, estimated, unknown, sum(len(seconds[cls]) for cls in used))
