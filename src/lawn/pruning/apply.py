@@ -25,14 +25,31 @@ from lawn.pruning._names import _MASK_KEY, canonical_names, effective_tensors, s
 
 
 class WeightMask(nn.Module):
-    """The parametrization ``W ↦ W ⊙ mask`` (``mask`` a bool buffer, saved with the model)."""
+    """The parametrization ``W ↦ W ⊙ mask`` (``mask`` a bool buffer, saved with the model).
+
+    The mask in the weight's dtype is converted once and reused until the buffer changes (a new tensor, or an
+    in-place change, which bumps its version): the product is the same, without a conversion every forward pass.
+    """
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().clone().to(torch.bool))
+        self._as_dtype: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (buffer, its version, converted)
+
+    def mask_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """``mask`` in ``dtype`` (ones and zeros), cached per buffer version; never cached while compiling or
+        under ``inference_mode`` (an inference tensor cannot be saved for a later backward)."""
+        mask = self.mask
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+            return mask.to(dtype)
+        cached = self._as_dtype
+        if cached is None or cached[0] is not mask or cached[1] != mask._version or cached[2].dtype != dtype:
+            cached = (mask, mask._version, mask.to(dtype))
+            self._as_dtype = cached
+        return cached[2]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask.to(weight.dtype)
+        return weight * self.mask_as(weight.dtype)
 
 
 def _mask_module(module: nn.Module, tensor: str) -> WeightMask | None:
