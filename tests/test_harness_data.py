@@ -159,3 +159,16 @@ def test_bad_data_options_are_named(tmp_path: Path) -> None:
         checked(RunConfig(dataset="mnist1d", data_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="needs a directory"):
         load_data(RunConfig(dataset="mnist"))
+
+
+def test_shuffled_batches_are_the_seeded_permutation_in_order() -> None:
+    from lawn.harness.tasks import shuffled_batches
+
+    inputs, targets = torch.randn(11, 2, 3), torch.arange(11)
+    batches = list(shuffled_batches(inputs, targets, 4, torch.Generator().manual_seed(5)))
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(5))
+    assert [len(t) for _, t in batches] == [4, 4, 3]
+    for (x, t), idx in zip(batches, order.split(4)):
+        assert torch.equal(t, targets[idx]) and torch.equal(x, inputs[idx])  # the rows advanced indexing gives
+        assert x.is_contiguous()
+    assert torch.equal(torch.cat([t for _, t in batches]), order)
