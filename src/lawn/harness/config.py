@@ -61,6 +61,7 @@ LATE_FIELDS = (
     "eval_width",
     "nested_order_lr_scale",
     "fused_base",
+    "eval_every",
 )
 NESTED_ARMS = ("none", "narrow", "dropout", "learned")
 
@@ -130,6 +131,10 @@ class RunConfig:
     eval_noise_std: float = 0.0
     # extra evaluation: test accuracy on images blurred by a Gaussian of std eval_blur_sigma pixels (0: off)
     eval_blur_sigma: float = 0.0
+    # validation and test metrics every eval_every-th epoch, before training and after the last epoch (or the
+    # epoch a run stops); the epochs between keep their training loss and norms, their metrics are None.
+    # Training is the same whatever its value: it only saves evaluation time.
+    eval_every: int = 1
     # nested networks (lawn.harness.nested_runs; "none": not a nested run): the arm, the per-stick drop rate
     # (fixed-rate nested dropout; the learned ordering's prior), the weight of KL(q(z) || p(z)) in the loss, the
     # trained fraction of the units (narrow nets) and the fraction of the units at which the row is evaluated
@@ -296,7 +301,15 @@ def _validate(c: RunConfig) -> None:
     methods and normalizations are checked against their registries by :func:`lawn.harness.checked.checked`."""
     for name, hint in _hints().items():
         _coerce(name, hint, getattr(c, name))
-    for name in ("width", "epochs", "batch_size", "base_batch_size", "negatives_per_positive", "wrs_every"):
+    for name in (
+        "width",
+        "epochs",
+        "batch_size",
+        "base_batch_size",
+        "negatives_per_positive",
+        "wrs_every",
+        "eval_every",
+    ):
         _check(getattr(c, name) >= 1, f"{name}: must be >= 1, got {getattr(c, name)}")
     for name in ("train_limit", "test_limit"):
         value = getattr(c, name)

@@ -264,11 +264,18 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
     is_lawn = isinstance(optimizer, lawn.LAWN)
 
     def record(
-        epoch: int, train_loss: float | None, train_acc: float | None, tangential: float | None = None
+        epoch: int,
+        train_loss: float | None,
+        train_acc: float | None,
+        tangential: float | None = None,
+        evaluate: bool = True,
     ) -> dict[str, Any]:
-        model.eval()
-        val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
-        model.train()
+        if evaluate:
+            model.eval()
+            val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
+            model.train()
+        else:  # an epoch between evaluations (``eval_every``): its metrics are not measured
+            val = test = {"loss": None, "metric": None, "logit_norm": None}
         row = {
             "epoch": epoch,
             "step": epoch * run.steps_per_epoch,
@@ -311,11 +318,15 @@ def train(config: RunConfig, *, data: Any = None, progress: bool = False) -> dic
 
     def end_epoch(end: EpochEnd) -> bool:
         tangential = _finite(float(sums["tangential"]) / max(1, end.steps)) if constrained else None
-        history.append(record(end.epoch, end.mean_loss, float(sums["correct"]) / max(1, end.examples), tangential))
-        bar.set_postfix(epoch=end.epoch, loss=f"{end.mean_loss:.3g}", val=f"{history[-1]['val_metric']:.3f}")
+        stop = not math.isfinite(end.mean_loss)
+        due = stop or end.epoch == config.epochs or end.epoch % config.eval_every == 0
+        accuracy = float(sums["correct"]) / max(1, end.examples)
+        history.append(record(end.epoch, end.mean_loss, accuracy, tangential, evaluate=due))
+        val = history[-1]["val_metric"]
+        bar.set_postfix(epoch=end.epoch, loss=f"{end.mean_loss:.3g}", val="–" if val is None else f"{val:.3f}")
         sums["correct"].zero_()
         sums["tangential"].zero_()
-        return not math.isfinite(end.mean_loss)
+        return stop
 
     history = [record(0, None, None)]
     bar = tqdm(total=run.total_steps, desc=_label(config), disable=not progress, leave=False, dynamic_ncols=True)
