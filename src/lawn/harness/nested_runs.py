@@ -57,7 +57,7 @@ from lawn.harness.datasets import load_data
 from lawn.harness.results import append_row, read_rows
 from lawn.harness.schedule import build_scheduler, scaled_lr
 from lawn.harness.tasks import batch_starts
-from lawn.harness.train import EpochEnd, StepLoss, fit
+from lawn.harness.train import EpochEnd, StepLoss, fit, in_memory_format
 from lawn.nested import (
     NestedConv2d,
     NestedLinear,
@@ -214,7 +214,7 @@ def train_nested(config: RunConfig, splits: Splits | None = None) -> list[dict[s
     s = nested_data(config) if splits is None else splits
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_cnn(config, tuple(s.x_train.shape[1:]), s.classes)
+    model = in_memory_format(build_cnn(config, tuple(s.x_train.shape[1:]), s.classes), config)
     nested = config.nested_arm != "narrow"
     starts = batch_starts(len(s.y_train), config.batch_size)
     total_steps = len(starts) * config.epochs

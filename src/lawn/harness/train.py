@@ -218,9 +218,17 @@ class Built:
 
 
 def fresh_model(config: RunConfig, data: Any, device: torch.device) -> torch.nn.Module:
-    """The config's model drawn under its seed by the model's own initializer, in the config's normalization."""
+    """The config's model drawn under its seed by the model's own initializer, in the config's normalization
+    and memory format."""
     _seed_everything(config.seed, device)
-    return convert(build_model(config.model, data, config.width), config, data).to(device)
+    return in_memory_format(convert(build_model(config.model, data, config.width), config, data).to(device), config)
+
+
+def in_memory_format(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
+    """``model`` with its 4-D tensors in ``config.memory_format`` (the same values; only their layout changes)."""
+    if config.memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def build(config: RunConfig, *, data: Any = None) -> Built:
