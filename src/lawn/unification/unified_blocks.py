@@ -45,7 +45,7 @@ class UnifiedBlocks(nn.Module):
 
     def forward(self, dense: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
         """One gather: row ``r`` of the blocks is row ``source_rows[r]`` of ``[dense; max(a, 0)·s; 0]`` (the same
-        weight and gradients as :meth:`reference_forward`, in about a quarter less time a training step)."""
+        weight and gradients as :meth:`reference_forward`, in less time: ``benchmarks/harness_step.py``)."""
         values = torch.cat(
             [
                 dense.view(-1, self.size),
