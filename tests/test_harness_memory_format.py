@@ -40,12 +40,22 @@ def test_training_is_the_same_up_to_float_rounding(case: dict) -> None:
         assert hb["test_loss"] == pytest.approx(ha["test_loss"], rel=1e-3)
 
 
-def test_a_nested_run_honours_it_too() -> None:
+def test_a_nested_run_honours_it_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lawn.harness.nested_runs as runs
+
+    sliced: list[torch.nn.Module] = []
+    real_slice = runs.slice_model
+    monkeypatch.setattr(runs, "slice_model", lambda *a, **k: sliced.append(real_slice(*a, **k)) or sliced[-1])
     fields = {"dataset": "digits", "width": 4, "epochs": 2, "batch_size": 64, "lr": 0.003, "nested_arm": "dropout"}
     splits = nested_data(RunConfig.from_dict(fields))
     a = train_nested(RunConfig.from_dict(fields), splits)
+    sliced.clear()
     b = train_nested(RunConfig.from_dict({**fields, "memory_format": "channels_last"}), splits)
     assert [r["config"]["memory_format"] for r in b] == ["channels_last"] * len(b)
+    assert set(b[-1]["speed"]["0.5"]) == {"sliced_ms", "masked_ms"}
+    # the speed comparison's sliced copies share the run's layout: only their widths differ from the masked model
+    convs = [p for m in sliced for p in m.parameters() if p.dim() == 4]
+    assert sliced and convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     for ra, rb in zip(a, b):
         assert rb["test_metric"] == pytest.approx(ra["test_metric"], abs=0.02)
     assert b[-1]["history"][-1]["train_loss"] == pytest.approx(a[-1]["history"][-1]["train_loss"], rel=1e-4)

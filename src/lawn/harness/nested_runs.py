@@ -185,8 +185,9 @@ def _recalibration(s: Splits, seed: int) -> list[torch.Tensor]:
     return list(s.x_train[order].split(256))
 
 
-def _speed(model: nn.Module, x: torch.Tensor, reps: int = 10) -> dict[str, dict[str, float]]:
-    """Median wall ms of one eval forward of ``x`` through the sliced and the masked model at every width."""
+def _speed(model: nn.Module, x: torch.Tensor, config: RunConfig, reps: int = 10) -> dict[str, dict[str, float]]:
+    """Median wall ms of one eval forward of ``x`` through the sliced and the masked model at every width (the
+    sliced copy in the run's memory format, so the two differ only in their widths)."""
 
     def timed(m: nn.Module) -> float:
         m.eval()
@@ -202,7 +203,7 @@ def _speed(model: nn.Module, x: torch.Tensor, reps: int = 10) -> dict[str, dict[
     out = {}
     for fraction in EVAL_WIDTHS:
         set_width(model, ordering_width(fraction))
-        sliced = slice_model(model, ordering_width(fraction), example_input=x)
+        sliced = in_memory_format(slice_model(model, ordering_width(fraction), example_input=x), config)
         out[f"{fraction:g}"] = {"sliced_ms": timed(sliced), "masked_ms": timed(model)}
     return out
 
@@ -281,7 +282,7 @@ def train_nested(config: RunConfig, splits: Splits | None = None) -> list[dict[s
             set_width(model, None)
             recalibrate_batchnorm(model, _recalibration(s, config.seed))
             row["mc"] = {k: v for k, v in _metrics(model, s, mc=True).items()}
-            row["speed"] = _speed(model, s.x_test[:256])
+            row["speed"] = _speed(model, s.x_test[:256], config)
         rows.append(row)
     for row in rows:
         row["timing"] = {**row["timing"], "seconds": round(time.perf_counter() - started, 3)}
