@@ -56,3 +56,24 @@ def test_sweep_dry_run_prints_the_cost_of_the_runs_left_from_the_rows_written(
     assert f"cost of the 2 run(s) with timed rows of their kind: ≈ {2 * seconds / 3600:.1f} CPU-hours" in out
     assert "with 2 worker(s)" in out and "no such row" not in out
     assert results.read_text().count("\n") == 1  # a dry run trains nothing
+
+
+def test_a_fresh_seed_of_a_configuration_with_rows_costs_those_rows_not_its_kind() -> None:
+    rows = [_row(10.0, lr=1e-3, seed=0), _row(12.0, lr=1e-3, seed=9), _row(600.0, lr=1e-1, seed=0)]  # kind: 12
+    pending = [_row(0, lr=1e-1, seed=1)["config"], _row(0, lr=1e-3, seed=2)["config"], _row(0, lr=5.0)["config"]]
+    estimate = estimate_cost(pending, rows)
+    # lr 0.1 at seed 1 costs its own pilot row (600), lr 1e-3 the median of its two (11), lr 5 the kind's (12)
+    assert (estimate.seconds, estimate.estimated, estimate.same_config, estimate.unknown) == (623.0, 3, 2, 0)
+    assert "(2 of them by rows of their own configuration at another seed)" in estimate.describe(1)
+    on_gpu = estimate_cost(pending, rows, device="cuda")  # rows of another kind of device price nothing
+    assert (on_gpu.estimated, on_gpu.same_config, on_gpu.unknown) == (0, 0, 3)
+
+
+def test_a_row_written_before_a_late_field_existed_still_prices_its_fresh_seeds() -> None:
+    from lawn.harness.config import RunConfig
+
+    config = RunConfig.from_dict({"dataset": "digits", "width": 4, "epochs": 1, "lr": 0.3})
+    old = {k: v for k, v in config.to_dict().items() if k not in ("eval_every", "memory_format")}  # an older row
+    pending = [config.replace(seed=4).to_dict()]
+    estimate = estimate_cost(pending, [{"config": old, "timing": {"seconds": 77.0, "device": "cpu"}}])
+    assert (estimate.seconds, estimate.same_config) == (77.0, 1)
