@@ -16,14 +16,13 @@ but ``seed`` matches written rows (a fresh seed of a pilot's configuration) cost
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lawn.harness.config import with_late_defaults
+from lawn.harness.pilot import setting_key
 
 COST_FIELDS = ("dataset", "model", "width", "epochs", "batch_size", "optimizer", "method")
 
@@ -60,12 +59,6 @@ def _cost_class(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(config.get(field)) for field in COST_FIELDS)
 
 
-def _run_but_seed(config: dict[str, Any]) -> str:
-    """The run's identity without its seed (rows written before a late field existed read as its default)."""
-    fields = with_late_defaults(config)
-    return json.dumps({k: v for k, v in fields.items() if k not in ("seed", "device")}, sort_keys=True, default=str)
-
-
 def _device_kind(device: object) -> str:
     return str(device).split(":")[0]
 
@@ -84,11 +77,11 @@ def estimate_cost(
             continue
         if isinstance(timing.get("seconds"), (int, float)):
             seconds[_cost_class(row["config"])].append(float(timing["seconds"]))
-            by_run[_run_but_seed(row["config"])].append(float(timing["seconds"]))
+            by_run[setting_key(row["config"], [])].append(float(timing["seconds"]))
     medians = {cls: statistics.median(values) for cls, values in seconds.items()}
     total, estimated, unknown, same, used = 0.0, 0, 0, 0, set()
     for config in pending:
-        cls, own = _cost_class(config), by_run.get(_run_but_seed(config))
+        cls, own = _cost_class(config), by_run.get(setting_key(config, []))
         if own:
             total += statistics.median(own)
             same += 1

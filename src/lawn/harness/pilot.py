@@ -22,7 +22,8 @@ from lawn.harness.selection import DEFAULT_TUNED, NOT_SETTING, select
 from lawn.harness.sweep import SweepSpec
 
 
-def _setting_key(config: dict[str, Any], tuned: list[str]) -> str:
+def setting_key(config: dict[str, Any], tuned: list[str]) -> str:
+    """``config`` without its seed, device and ``tuned`` fields, in a row's JSON form (late fields at defaults)."""
     config = with_late_defaults(json.loads(json.dumps(config)))  # a row's JSON form: tuples as lists
     return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTING and k not in tuned}, sort_keys=True)
 
@@ -45,15 +46,15 @@ class PilotSelected:
     def __init__(self, spec: SweepSpec, pilot_rows: list[dict[str, Any]]) -> None:
         runs = spec.expand()
         # without the tuned fields: a tuned late field (afan_step_size) comes back in s.setting at its default
-        selections = {_setting_key(s.setting, s.tuned): s for s in select(pilot_rows)}
+        selections = {setting_key(s.setting, s.tuned): s for s in select(pilot_rows)}
         pilot_points: dict[str, set[str]] = {}  # setting → the grid points the pilot ran
         for row in pilot_rows:
             tuned = list(row.get("tuned") or DEFAULT_TUNED)
-            pilot_points.setdefault(_setting_key(row["config"], tuned), set()).add(_point_key(row["config"], tuned))
+            pilot_points.setdefault(setting_key(row["config"], tuned), set()).add(_point_key(row["config"], tuned))
         grid_points: dict[str, set[str]] = {}  # setting → the spec's grid points
         grids: dict[str, dict[str, list[Any]]] = {}  # setting → tuned axis → its values
         for config, tuned in runs:
-            key = _setting_key(config.to_dict(), tuned)
+            key = setting_key(config.to_dict(), tuned)
             grid_points.setdefault(key, set()).add(_point_key(config.to_dict(), tuned))
             axes = grids.setdefault(key, {})
             for name in tuned:
@@ -61,7 +62,7 @@ class PilotSelected:
                     axes[name].append(getattr(config, name))
         chosen: list[tuple[RunConfig, list[str]]] = []
         for config, tuned in runs:
-            key = _setting_key(config.to_dict(), tuned)
+            key = setting_key(config.to_dict(), tuned)
             selection = selections.get(key)
             if selection is None:
                 raise ValueError(
@@ -87,7 +88,7 @@ class PilotSelected:
         self.pilot_rows = pilot_rows
         self.runs = chosen
         self.edges = sorted(
-            {_edge(c, grids[_setting_key(c.to_dict(), t)], name) for c, t in chosen for name in t} - {""}
+            {_edge(c, grids[setting_key(c.to_dict(), t)], name) for c, t in chosen for name in t} - {""}
         )
 
     def expand(self) -> list[tuple[RunConfig, list[str]]]:
