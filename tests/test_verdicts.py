@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -532,10 +533,25 @@ STUDIES = {  # verdicts.json → (results files, specs, pilot files, --only): th
         {},
     ),
 }
-QUICK = ("afan", "ranking", "lottery/lenet_report", "lawn_paper_mnist1d_nonorm")
+N2 = f"{D}/nested_v2"
+for _metric in ("accuracy", "ece", "nll", "auroc"):
+    STUDIES[f"nested_v2/{_metric}"] = (
+        [f"{N2}/rows.jsonl"],
+        [f"{S}/nested_v2/compare_{_metric}.toml"],
+        [f"{N2}/pilot.jsonl"],
+        {},
+    )
+VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
+    "nested_v2/ece": ("ece", True),
+    "nested_v2/nll": ("nll", True),
+    "nested_v2/auroc": ("auroc", False),
+}
+PREREGISTERED = ("nested_v2", "afan_v2", "lottery_v2", "unification_v2", "lawn_v3")  # specs committed before rows
+QUICK = ("afan", "ranking", "lottery/lenet_report", "lawn_paper_mnist1d_nonorm", "nested_v2/nll")
 
 
 def _recompute(study: str) -> None:
+    from lawn.harness.metric_view import view
     from lawn.harness.report import read_reported_rows
     from lawn.harness.verdicts import load_comparisons
 
@@ -545,7 +561,10 @@ def _recompute(study: str) -> None:
         rows = read_reported_rows([str(ROOT / p) for p in paths])
         return [r for r in rows if all(r["config"].get(k) == v for k, v in only.items())]
 
-    fresh = compare(load_comparisons(*(ROOT / s for s in specs)), read(results), read(pilot) if pilot else None)
+    judged = read(results)
+    if study in VIEWS:
+        judged = view(judged, *VIEWS[study])
+    fresh = compare(load_comparisons(*(ROOT / s for s in specs)), judged, read(pilot) if pilot else None)
     committed = json.loads((ROOT / D / study / "verdicts.json").read_text())
     assert json.loads(json.dumps(fresh)) == committed, f"{study}: verdicts.json is not what lawn report computes"
 
@@ -574,27 +593,43 @@ def test_every_study_section_of_the_results_links_its_verdicts_or_says_why_not()
     for section in studies:
         title = section.split("\n", 1)[0]
         assert "verdicts.json" in section, f"docs/results.md, section {title!r}: no verdicts.json link (or why not)"
-        assert "No verdicts.json" in section or "post-hoc" in section, title
+        if "**Pre-registered**" in section:  # its verdicts come only from studies whose specs preceded their rows
+            linked = re.findall(r"verdicts: docs/results/([^/]+)/", section)
+            assert linked and all(folder in PREREGISTERED for folder in linked), title
+        else:
+            assert "No verdicts.json" in section or "post-hoc" in section, title
+
+
+def _verdict_counts(preregistered: bool) -> list[int]:
+    """[comparisons, better, worse, level, inconclusive, of them not bracketed] over the committed verdicts.json
+    files of the pre-registered studies, or of the others (post-hoc)."""
+    paths = [
+        p
+        for p in (ROOT / D).glob("**/verdicts.json")
+        if (p.relative_to(ROOT / D).parts[0] in PREREGISTERED) == preregistered
+    ]
+    results = [r for p in paths for r in json.loads(p.read_text())]
+    counts = [sum(r["verdict"] == v for r in results) for v in ("better", "worse", "level", "inconclusive")]
+    bracket = sum(r["verdict"] == "inconclusive" and any("not bracketed" in n for n in r["notes"]) for r in results)
+    return [len(results), *counts, bracket]
 
 
 def test_the_counts_in_the_results_intro_match_the_verdicts() -> None:
-    import re
 
     text = " ".join((ROOT / "docs" / "results.md").read_text().split())
     found = re.search(
-        r"Of the (\d+) comparisons, (\d+) are `better` .*?, (\d+) `worse` .*?, none `level`, and (\d+) `inconclusive`: "
-        r"(\d+) because an optimum was not bracketed",
+        r"Of the (\d+) post-hoc comparisons, (\d+) are `better` .*?, (\d+) `worse` .*?, none `level`, and (\d+) "
+        r"`inconclusive`: (\d+) because an optimum was not bracketed",
         text,
     )
     assert found, "docs/results.md: the intro's count sentence changed; update this test with it"
-    results = [r for p in (ROOT / D).glob("**/verdicts.json") for r in json.loads(p.read_text())]
-    counts = {v: sum(r["verdict"] == v for r in results) for v in ("better", "worse", "level", "inconclusive")}
-    bracket = sum(r["verdict"] == "inconclusive" and any("not bracketed" in n for n in r["notes"]) for r in results)
-    assert [int(g) for g in found.groups()] == [
-        len(results),
-        counts["better"],
-        counts["worse"],
-        counts["inconclusive"],
-        bracket,
-    ]
-    assert counts["level"] == 0
+    total, better, worse, level, inconclusive, bracket = _verdict_counts(preregistered=False)
+    assert [int(g) for g in found.groups()] == [total, better, worse, inconclusive, bracket]
+    assert level == 0
+    found = re.search(
+        r"Of the (\d+) pre-registered comparisons, (\d+) are `better` .*?, (\d+) `worse` .*?, (\d+) `level` .*? and "
+        r"(\d+) `inconclusive`: (\d+) because an optimum was not bracketed",
+        text,
+    )
+    assert found, "docs/results.md: the pre-registered count sentence changed; update this test with it"
+    assert [int(g) for g in found.groups()] == _verdict_counts(preregistered=True)
