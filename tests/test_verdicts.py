@@ -615,7 +615,6 @@ def _verdict_counts(preregistered: bool) -> list[int]:
 
 
 def test_the_counts_in_the_results_intro_match_the_verdicts() -> None:
-
     text = " ".join((ROOT / "docs" / "results.md").read_text().split())
     found = re.search(
         r"Of the (\d+) post-hoc comparisons, (\d+) are `better` .*?, (\d+) `worse` .*?, none `level`, and (\d+) "
