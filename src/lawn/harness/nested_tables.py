@@ -22,6 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from lawn.harness.grouping import group_one_setting
 from lawn.harness.results import read_rows
 
 METRICS = (("test_metric", "test acc."), ("ece", "ECE"), ("nll", "NLL"), ("auroc", "OOD AUROC"))
@@ -40,20 +41,12 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _by_arm_and_width(rows: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    setting: dict[tuple[str, float], dict[str, Any]] = {}
-    for row in rows:
-        config = row["config"]
-        cell = (arm_name(config), float(config["eval_width"]))
-        rest = {k: v for k, v in config.items() if k not in _RUN_FIELDS}
-        if setting.setdefault(cell, rest) != rest:
-            differing = sorted(k for k in rest.keys() | setting[cell].keys() if rest.get(k) != setting[cell].get(k))
-            raise ValueError(
-                f"{cell[0]} at width {cell[1]:g}: rows of different settings ({', '.join(differing)}); "
-                "pass only the rows at the chosen grid point (the fresh seeds' file)"
-            )
-        groups.setdefault(cell, []).append(row)
-    return groups
+    return group_one_setting(
+        rows,
+        lambda config: (arm_name(config), float(config["eval_width"])),
+        _RUN_FIELDS,
+        lambda cell: f"{cell[0]} at width {cell[1]:g}",
+    )
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> str:
