@@ -402,6 +402,25 @@ def test_a_verdict_block_that_disagrees_with_its_json_is_reported_and_regenerate
     assert "- lawn vs plain: 1 better, 0 worse, 0 level, 0 inconclusive of 1 group\n" in doc.read_text()
 
 
+def test_the_sync_command_names_a_missing_verdicts_file_and_writes_no_doc(tmp_path, monkeypatch, capsys) -> None:
+    from lawn.harness.verdicts import main
+
+    monkeypatch.chdir(tmp_path)
+    stale = "x\n<!-- verdict-summary: v.json -->\n- old\n<!-- /verdict-summary -->\n"
+    (tmp_path / "a.md").write_text(stale)
+    (tmp_path / "b.md").write_text("<!-- verdicts: gone/verdicts.json -->\n<!-- /verdicts -->\n")
+    plain = [0.90, 0.91, 0.92, 0.905, 0.915]
+    (tmp_path / "v.json").write_text(json.dumps(compare([LAWN_VS_PLAIN], arm("lawn", plain) + arm("plain", plain))))
+    with pytest.raises(SystemExit):
+        main(["a.md", "b.md"])
+    assert "b.md names gone/verdicts.json, which does not exist" in capsys.readouterr().err
+    assert (tmp_path / "a.md").read_text() == stale  # checked before anything was written
+    with pytest.raises(SystemExit):
+        main(["missing.md"])
+    assert "missing.md: no such file" in capsys.readouterr().err
+    assert main(["a.md"]) == 0 and "- lawn vs plain: 0 better" in (tmp_path / "a.md").read_text()
+
+
 def test_the_committed_specs_declare_valid_comparisons() -> None:
     from lawn.harness.config import load_mapping
     from lawn.harness.lottery import LotterySpec

@@ -646,8 +646,26 @@ def sync_docs(doc: str | Path, root: str | Path, write: bool = False) -> list[st
     return stale
 
 
-if __name__ == "__main__":  # python -m lawn.harness.verdicts README.md docs/results.md: regenerate the blocks
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lawn.harness.verdicts README.md docs/results.md``: regenerate the verdict blocks of each doc.
 
-    for name in sys.argv[1:]:
+    Every doc is checked before any is written, so a block naming a missing ``verdicts.json`` changes nothing.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the <!-- verdicts: … --> blocks of markdown files.")
+    parser.add_argument("docs", nargs="+", help="markdown files whose blocks name verdicts.json paths from here")
+    args = parser.parse_args(argv)
+    for name in args.docs:
+        if not Path(name).is_file():
+            parser.error(f"{name}: no such file")
+        missing = [s for _, s, _ in BLOCK.findall(Path(name).read_text()) if not Path(s).is_file()]
+        if missing:
+            parser.error(f"{name} names {missing[0]}, which does not exist: run its `lawn report --spec` first")
+    for name in args.docs:
         print(name, "updated:" if sync_docs(name, ".", write=True) else "up to date", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
