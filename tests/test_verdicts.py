@@ -560,13 +560,32 @@ for _metric in ("accuracy", "ece", "nll", "auroc"):
         [f"{N2}/pilot.jsonl"],
         {},
     )
+A2 = f"{D}/afan_v2"
+for _regime, _pilot in (("subset", [f"{A2}/pilot.jsonl"]), ("full", [])):
+    for _view in ("clean", "noisy_test_metric", "blurred_test_metric"):
+        STUDIES[f"afan_v2/{_regime}_{_view}"] = (
+            [f"{A2}/{_regime}.jsonl"],
+            [f"{S}/afan_v2/compare_{_regime}.toml"],
+            _pilot,
+            {},
+        )
 VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
     "nested_v2/ece": ("ece", True),
     "nested_v2/nll": ("nll", True),
     "nested_v2/auroc": ("auroc", False),
+    **{
+        f"afan_v2/{r}_{m}": (m, False) for r in ("subset", "full") for m in ("noisy_test_metric", "blurred_test_metric")
+    },
 }
 PREREGISTERED = ("nested_v2", "afan_v2", "lottery_v2", "unification_v2", "lawn_v3")  # specs committed before rows
-QUICK = ("afan", "ranking", "lottery/lenet_report", "lawn_paper_mnist1d_nonorm", "nested_v2/nll")
+QUICK = (
+    "afan",
+    "ranking",
+    "lottery/lenet_report",
+    "lawn_paper_mnist1d_nonorm",
+    "nested_v2/nll",
+    "afan_v2/subset_clean",
+)
 
 
 def _recompute(study: str) -> None:
