@@ -20,7 +20,7 @@ def _row(method: str, seed: int, clean: float, **config: Any) -> dict[str, Any]:
         "noisy_test_metric": clean - 0.1,
         "blurred_test_metric": clean - 0.2,
         "history": [{"train_accuracy": 0.5}, {"train_accuracy": 0.99 + 0.005 * seed}],
-        "timing": {"seconds": 100.0 + 10 * seed},
+        "timing": {"seconds": 100.0 + 10 * seed, "step_seconds": 0.05 if method == "plain" else 0.2},
     }
 
 
@@ -36,7 +36,8 @@ def test_the_table_averages_each_arm_over_seeds_and_the_cli_writes_table_and_plo
     rows = [_row("plain", 0, 0.80), _row("plain", 1, 0.90), _row("afan", 0, 0.85, afan_bn="update")]
     text = table(rows)
     assert "| plain, 40 epochs | lr 0.05 | 2 | 0.8500 ± 0.0707 | 0.7500 ± 0.0707 | 0.6500 ± 0.0707 |" in text
-    assert "0.9925 ± 0.0035 | 105 |" in text  # final (not first) train accuracy; mean wall seconds
+    assert "0.9925 ± 0.0035 | 105 | 0.050 (1.00×) |" in text  # final (not first) train accuracy; wall seconds
+    assert text.rstrip().endswith("| 0.200 (4.00×) |")  # per step, against plain's
     assert "| A-FAN, BN updated (as released) | lr 0.05, step 0.00075 | 1 | 0.8500 ± 0.0000 |" in text
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -4,9 +4,10 @@
 
 ``ROWS`` are harness rows at the chosen grid points (the fresh seeds' file). One line per arm, mean ± sample std
 over seeds of the clean test accuracy, the accuracy under Gaussian noise (``noisy_test_metric``) and under blur
-(``blurred_test_metric``), the final training accuracy (the last history entry), and the run's wall seconds
-(``timing.seconds``, which reflect how busy the machine was, not only the method). The plot has one panel per
-test metric: a dot per seed, a bar at the mean.
+(``blurred_test_metric``), the final training accuracy (the last history entry), the run's wall seconds
+(``timing.seconds``) and wall seconds per training step (``timing.step_seconds``, evaluation excluded) with its
+ratio to the shortest plain arm's; wall times reflect how busy the machine was, not only the method. The plot has
+one panel per test metric: a dot per seed, a bar at the mean.
 
 An arm is a method and its variant (``afan_bn``, ``afan_direction``, plain's ``epochs``); rows of one arm that
 differ in anything but the seed (two grid points of one arm) are refused: the table would average different
@@ -62,18 +63,29 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {std:.4f}"
 
 
+def _step_seconds(group: list[dict[str, Any]]) -> float:
+    return statistics.fmean(float(r["timing"]["step_seconds"]) for r in group)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per arm: clean, noisy and blurred test accuracy, final train accuracy, seconds."""
+    """Mean ± std over seeds per arm: clean, noisy and blurred test accuracy, final train accuracy; wall times."""
     if not rows:
         raise ValueError("no rows: pass the A-FAN study's fresh rows (lawn sweep --results)")
+    groups = by_arm(rows)
+    plain = [g for g in groups.values() if g[0]["config"]["method"] == "plain"]
+    base = _step_seconds(min(plain, key=lambda g: g[0]["config"]["epochs"])) if plain else None
     lines = [
-        "| arm | setting | seeds | " + " | ".join(label for _, label in METRICS) + " | final train acc. | wall s/run |",
-        "|---|---|---|" + "---|" * (len(METRICS) + 2),
+        "| arm | setting | seeds | "
+        + " | ".join(label for _, label in METRICS)
+        + " | final train acc. | wall s/run | wall s/step (× plain) |",
+        "|---|---|---|" + "---|" * (len(METRICS) + 3),
     ]
-    for arm, group in by_arm(rows).items():
+    for arm, group in groups.items():
         cells = [_mean_std([float(r[key]) for r in group]) for key, _ in METRICS]
         cells.append(_mean_std([float(r["history"][-1]["train_accuracy"]) for r in group]))
         cells.append(f"{statistics.fmean(float(r['timing']['seconds']) for r in group):.0f}")
+        step = _step_seconds(group)
+        cells.append(f"{step:.3f}" + (f" ({step / base:.2f}×)" if base else ""))
         setting = _setting(group[0]["config"])
         lines.append(f"| {arm} | {setting} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
