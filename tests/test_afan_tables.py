@@ -30,6 +30,23 @@ def test_arm_names_tell_the_study_s_arms_apart() -> None:
     assert arm_name({"method": "afan", "afan_bn": "freeze", "afan_direction": "adversarial"}) == "A-FAN, BN frozen"
     assert arm_name({"method": "afan", "afan_bn": "update", "afan_direction": "random"}) == "random-direction noise"
     assert arm_name({"method": "input_adv"}) == "input-space PGD"
+    position = {"method": "afan", "afan_bn": "freeze", "afan_direction": "adversarial", "afan_normalize": "position"}
+    assert arm_name(position) == "A-FAN, BN frozen, position normalization"
+
+
+def test_numbers_a_row_lacks_show_as_a_dash_not_a_crash(tmp_path) -> None:
+    bare = _row("plain", 0, 0.8)
+    for key in ("noisy_test_metric", "blurred_test_metric", "history", "timing"):
+        del bare[key]
+    diverged = {**_row("plain", 1, 0.8), "test_metric": None}
+    text = table([bare, diverged])
+    assert "| plain, 40 epochs | lr 0.05 | 2 | 0.8000 ± 0.0000 | 0.7000 ± 0.0000 | 0.6000 ± 0.0000 |" in text
+    only_clean = _row("plain", 0, 0.8)
+    del only_clean["noisy_test_metric"], only_clean["blurred_test_metric"]
+    assert "| 0.8000 ± 0.0000 | – | – | 0.9900 ± 0.0000 | 100 | 0.050 (1.00×) |" in table([only_clean])
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(only_clean) + "\n")
+    assert main([str(path), "--plot", str(tmp_path / "a.png")]) == 0  # one panel, clean accuracy only
 
 
 def test_the_table_averages_each_arm_over_seeds_and_the_cli_writes_table_and_plot(tmp_path) -> None:

@@ -41,7 +41,9 @@ def arm_name(config: dict[str, Any]) -> str:
     if method == "afan" and config.get("afan_direction") == "random":
         return "random-direction noise"
     if method == "afan":
-        return "A-FAN, BN updated (as released)" if config.get("afan_bn") == "update" else "A-FAN, BN frozen"
+        name = "A-FAN, BN updated (as released)" if config.get("afan_bn") == "update" else "A-FAN, BN frozen"
+        normalize = config.get("afan_normalize", "none")
+        return name if normalize == "none" else f"{name}, {normalize} normalization"
     return method
 
 
@@ -58,13 +60,24 @@ def by_arm(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return group_one_setting(rows, arm_name, ("seed",), str)
 
 
+def _values(group: list[dict[str, Any]], key: str) -> list[float]:
+    """The group's numbers for ``key`` (a row field, or the last history entry's ``train_accuracy``), if any."""
+    if key == "train_accuracy":
+        return [float(r["history"][-1][key]) for r in group if r.get("history") and key in r["history"][-1]]
+    return [float(r[key]) for r in group if r.get(key) is not None]
+
+
 def _mean_std(values: list[float]) -> str:
+    """``mean ± std``, or ``–`` when no row of the arm has the number (a study without noise, a diverged run)."""
+    if not values:
+        return "–"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.4f} ± {std:.4f}"
 
 
-def _step_seconds(group: list[dict[str, Any]]) -> float:
-    return statistics.fmean(float(r["timing"]["step_seconds"]) for r in group)
+def _step_seconds(group: list[dict[str, Any]]) -> float | None:
+    steps = [float(r["timing"]["step_seconds"]) for r in group if r.get("timing", {}).get("step_seconds")]
+    return statistics.fmean(steps) if steps else None
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -81,11 +94,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|" + "---|" * (len(METRICS) + 3),
     ]
     for arm, group in groups.items():
-        cells = [_mean_std([float(r[key]) for r in group]) for key, _ in METRICS]
-        cells.append(_mean_std([float(r["history"][-1]["train_accuracy"]) for r in group]))
-        cells.append(f"{statistics.fmean(float(r['timing']['seconds']) for r in group):.0f}")
+        cells = [_mean_std(_values(group, key)) for key, _ in METRICS]
+        cells.append(_mean_std(_values(group, "train_accuracy")))
+        seconds = [float(r["timing"]["seconds"]) for r in group if r.get("timing", {}).get("seconds") is not None]
+        cells.append(f"{statistics.fmean(seconds):.0f}" if seconds else "–")
         step = _step_seconds(group)
-        cells.append(f"{step:.3f}" + (f" ({step / base:.2f}×)" if base else ""))
+        cells.append("–" if step is None else f"{step:.3f}" + (f" ({step / base:.2f}×)" if base else ""))
         setting = _setting(group[0]["config"])
         lines.append(f"| {arm} | {setting} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -99,14 +113,18 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = by_arm(rows)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 4.2), sharey=False)
-    for ax, (key, label) in zip(axes, METRICS):
+    metrics = [(key, label) for key, label in METRICS if _values(rows, key)]
+    if not metrics:
+        raise ValueError("no test accuracy in the rows to plot")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
         for i, group in enumerate(groups.values()):
-            values = [float(r[key]) for r in group]
+            values = _values(group, key)
+            if not values:
+                continue
             ax.bar(i, statistics.fmean(values), color="0.85", width=0.7)
             ax.scatter([i + 0.12 * (j - (len(values) - 1) / 2) for j in range(len(values))], values, s=12, zorder=3)
-        low = min(float(r[key]) for r in rows)
-        high = max(float(r[key]) for r in rows)
+        low, high = min(_values(rows, key)), max(_values(rows, key))
         ax.set_ylim(low - 0.2 * (high - low + 1e-3), high + 0.2 * (high - low + 1e-3))
         ax.set_xticks(range(len(groups)), list(groups), rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
@@ -125,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = read_rows(args.rows)
         text = table(rows)
+        if args.plot:
+            plot(rows, args.plot)
     except ValueError as error:
         parser.error(str(error))
     if args.out:
         Path(args.out).write_text(text)
-    if args.plot:
-        plot(rows, args.plot)
     print(text, end="")
     return 0
 
