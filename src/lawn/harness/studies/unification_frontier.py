@@ -106,10 +106,12 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     cells = _cells(rows)
     levels = _levels(cells)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    xs_all = {k: [r[k] for cell in cells.values() for r in cell.values()] for k in ("bits_ratio", "multiplies_ratio")}
     dense_mean, dense_half = _mean_interval([r["test_metric"] for r in cells[("dense", "none")].values()])
     for ax, key, label in (
         (axes[0], "bits_ratio", "storage (× dense fp32), log"),
@@ -128,6 +130,11 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
                 label=arm, alpha=0.85, linestyle="none",
             )  # fmt: skip
         ax.set_xscale("log")
+        ticks = [t for t in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if min(xs_all[key]) / 1.2 <= t <= max(xs_all[key]) * 1.2]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))  # plain decimals: log minor labels overlap at this width
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (mean, 95 % CI over seeds)")
