@@ -71,6 +71,54 @@ def test_every_arm_and_level_writes_a_row_with_its_compression_and_resumes(tmp_p
     assert all(v["verdict"] == "inconclusive" and v["n"] == 1 for v in verdicts)
 
 
+def _drop_last_rows(path, keep: int) -> list[dict]:
+    """Keep the first ``keep`` rows of a results file (a driver stopped mid-seed); returns the dropped rows."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:keep]))
+    return [json.loads(line) for line in lines[keep:]]
+
+
+def test_a_seed_resumed_without_its_saved_net_goes_on_only_if_retraining_gives_the_same_net(tmp_path) -> None:
+    spec = study.UnificationSpec.from_dict(SPEC)
+    results = tmp_path / "rows.jsonl"
+    study.run_spec(spec, results)
+    rows = read_rows(results)
+    (digest,) = {r["pretrained_digest"] for r in rows}  # every row names the one net its seed started from
+    states = tmp_path / "rows.jsonl.states"
+    (saved,) = states.glob("*.pt")
+    # stopped mid-seed and the saved net lost; on one machine re-training gives the same net, so the seed goes on
+    dropped = _drop_last_rows(results, 5)
+    saved.unlink()
+    assert study.run_spec(spec, results) == {"done": 3, "total": 8}
+    again = read_rows(results)
+    assert {r["pretrained_digest"] for r in again} == {digest}
+    assert [r["test_metric"] for r in again[5:]] == [r["test_metric"] for r in dropped]
+
+    # another machine's re-training (here: a perturbed net in the saved file) is refused, and nothing is written
+    _drop_last_rows(results, 5)
+    state = torch.load(saved, weights_only=True)
+    name = next(k for k in state if k.endswith("weight"))
+    state[name] = torch.randn(state[name].shape, generator=torch.Generator().manual_seed(1))
+    torch.save(state, saved)
+    before = results.read_bytes()
+    with pytest.raises(study.PretrainedMismatch, match=r"seed 0: its 5 written row\(s\) came from another"):
+        study.run_spec(spec, results)
+    assert results.read_bytes() == before
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC))
+    assert study.main(["--spec", str(spec_file), "--results", str(results)]) == 2  # the CLI: a clear error, exit 2
+    assert results.read_bytes() == before
+
+    # rows written before the digest existed are checked through the seed's pretrained row
+    for row in rows[:5]:
+        row.pop("pretrained_digest")
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    with pytest.raises(study.PretrainedMismatch, match=r"(val|test) [0-9.]+ in the rows, [0-9.]+ now"):
+        study.run_spec(spec, results)
+    saved.unlink()  # without the saved net the driver re-trains it here and gets the rows' net: the seed goes on
+    assert study.run_spec(spec, results) == {"done": 3, "total": 8}
+
+
 def test_gradual_projection_reaches_the_level_exactly_after_hardening() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -311,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.results is None:
             parser.error("--spec needs --results FILE")
         torch.set_num_threads(1)
-        print(json.dumps(run_spec(spec, args.results)))
+        try:
+            print(json.dumps(run_spec(spec, args.results)))
+        except PretrainedMismatch as error:  # the message names the seed and what to do
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 0
     if args.report_only:
         rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
@@ -552,6 +557,52 @@ class UnificationSpec:
         return rows
 
 
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the model's state (names, dtypes, shapes and bytes), 16 hex digits: which net a row came from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class PretrainedMismatch(RuntimeError):
+    """A seed's written rows came from another pre-trained net than the one the driver holds now."""
+
+
+def check_same_pretrained(rows: list[dict[str, Any]], pre: nn.Module, task: Any, seed: int, states: Path) -> None:
+    """Refuse to add rows to a seed whose written rows came from another pre-trained net.
+
+    Pre-training is not bit-reproducible across CPUs (oneDNN/MKL pick kernels by instruction set), so a seed whose
+    saved state (``states``) is gone and is trained again may get a different net; mixing the two would break the
+    pairing of that seed's arms. Rows carry ``pretrained_digest`` (:func:`state_digest`); rows written before it
+    existed are checked through the seed's ``pretrained`` row (its validation and test metrics on ``task``, exactly).
+    """
+    digests = {r["pretrained_digest"] for r in rows if "pretrained_digest" in r}
+    mine = state_digest(pre)
+    if digests and digests != {mine}:
+        found = f"digest {mine}, rows have {', '.join(sorted(digests))}"
+    else:
+        old = [r for r in rows if "pretrained_digest" not in r and r["unification"]["arm"] == "pretrained"]
+        now = {split: _metric(task, pre, split) for split in ("val", "test")} if old else {}
+        mismatch = [
+            (split, r[f"{split}_metric"], now[split])
+            for r in old
+            for split in now
+            if now[split] != r[f"{split}_metric"]
+        ]
+        if not mismatch:
+            return
+        found = "; ".join(f"{split} {was:.4f} in the rows, {got:.4f} now" for split, was, got in mismatch)
+    raise PretrainedMismatch(
+        f"seed {seed}: its {len(rows)} written row(s) came from another pre-trained net than the one in hand "
+        f"({found}); its saved state {states} is missing or changed and re-training it on this machine gave another "
+        f"net. Restore {states}, or delete the seed's rows from the results file (their 'config.seed' is {seed}) "
+        "to re-run the whole seed from one net. Nothing was written."
+    )
+
+
 def unification_row_key(config: RunConfig, fields: dict[str, Any]) -> str:
     text = json.dumps({"run": config.key(), "unification": fields}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -675,7 +726,7 @@ def run_spec(spec: UnificationSpec, results: str | Path, device: str = "cpu") ->
     """Every missing row of ``spec`` into ``results`` (JSONL, resumable by key). Each seed is claimed in the results
     file's lock file before it trains, so processes started on one file split the seeds (the driver's ``--jobs``)."""
     from lawn.harness.datasets import load_data
-    from lawn.harness.results import ResultsFile
+    from lawn.harness.results import ResultsFile, read_rows
     from lawn.harness.tasks import make_task
     from lawn.harness.train import fresh_model, resolve_device
 
@@ -703,8 +754,13 @@ def run_spec(spec: UnificationSpec, results: str | Path, device: str = "cpu") ->
                 else:
                     pre_lr = spec.lr if spec.pre_lr is None else spec.pre_lr
                     _fit_phase(pre, task, config, spec.pre_epochs, pre_lr, seed, scheduled=True)
+                written = [r for r in read_rows(results) if r.get("key") in set(keys)] if results.exists() else []
+                if written:
+                    check_same_pretrained(written, pre, task, seed, states)
+                if not states.is_file():
                     states.parent.mkdir(parents=True, exist_ok=True)
                     torch.save(pre.state_dict(), states)
+                digest = state_digest(pre)
                 for fields, key in zip(planned, keys, strict=True):
                     if key in book.written():
                         continue
@@ -728,6 +784,7 @@ def run_spec(spec: UnificationSpec, results: str | Path, device: str = "cpu") ->
                             "diverged": False,
                             "unification": fields,
                             **measured,
+                            "pretrained_digest": digest,
                             "versions": {"lawn": lawn.__version__, "torch": torch.__version__},
                             "timing": {"seconds": round(time.perf_counter() - started, 3), "device": str(dev)},
                         }
