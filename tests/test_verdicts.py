@@ -569,6 +569,9 @@ for _regime, _pilot in (("subset", [f"{A2}/pilot.jsonl"]), ("full", [])):
             _pilot,
             {},
         )
+U2 = f"{D}/unification_v2"
+for _net in ("lenet300",):  # the study driver's rows, one report per net (docs/results/unification_v2/DESIGN.md)
+    STUDIES[f"unification_v2/{_net}"] = ([f"{U2}/{_net}.jsonl"], [f"{S}/unification_v2/{_net}.toml"], [], {})
 VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
     "nested_v2/ece": ("ece", True),
     "nested_v2/nll": ("nll", True),
@@ -585,6 +588,7 @@ QUICK = (
     "lawn_paper_mnist1d_nonorm",
     "nested_v2/nll",
     "afan_v2/subset_clean",
+    "unification_v2/lenet300",
 )
 
 
