@@ -11,6 +11,7 @@ import torch
 from lawn import unification as U
 from lawn.harness.models import MODELS
 from lawn.harness.results import read_rows
+from lawn.harness.same_run import ResumeMismatch
 from lawn.harness.studies import unification as study
 
 SPEC = {
@@ -101,7 +102,7 @@ def test_a_seed_resumed_without_its_saved_net_goes_on_only_if_retraining_gives_t
     state[name] = torch.randn(state[name].shape, generator=torch.Generator().manual_seed(1))
     torch.save(state, saved)
     before = results.read_bytes()
-    with pytest.raises(study.PretrainedMismatch, match=r"seed 0: its 5 written row\(s\) came from another"):
+    with pytest.raises(ResumeMismatch, match=r"seed 0: its 5 written row\(s\) came from another"):
         study.run_spec(spec, results)
     assert results.read_bytes() == before
     spec_file = tmp_path / "spec.json"
@@ -113,7 +114,7 @@ def test_a_seed_resumed_without_its_saved_net_goes_on_only_if_retraining_gives_t
     for row in rows[:5]:
         row.pop("pretrained_digest")
     results.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
-    with pytest.raises(study.PretrainedMismatch, match=r"(val|test) [0-9.]+ in the rows, [0-9.]+ now"):
+    with pytest.raises(ResumeMismatch, match=r"(val|test) [0-9.]+ in the rows, [0-9.]+ now"):
         study.run_spec(spec, results)
     saved.unlink()  # without the saved net the driver re-trains it here and gets the rows' net: the seed goes on
     assert study.run_spec(spec, results) == {"done": 3, "total": 8}

@@ -32,7 +32,11 @@ over the pruned weights. Optional IMP (``imp_lrs``, ``imp_rounds``, ``imp_rate``
 ``imp_reinit`` and ``imp_random_mask``, trained ``E`` epochs once per round on the ``imp_ticket`` chain's mask
 (only at ``imp_control_rounds`` when given). ``arms = []`` runs only the dense row and IMP.
 Every arm uses the same batch order (the run's seed). Rows are appended to a JSONL file like a sweep's and skipped
-on resume by key.
+on resume by key. A resumed chain trains its written rounds again (each round's mask comes from its trained
+weights), and a lost states file means the dense net is trained again: every row records ``weights_digest``
+(:func:`lawn.harness.same_run.state_digest` of the net it trained), and a net trained again that differs from its
+row (CPU training is not bit-reproducible across machines) stops the study with
+:class:`~lawn.harness.same_run.ResumeMismatch` rather than mix two nets in one (lr, seed).
 
 The whole spec is checked before anything trains (every problem reported at once, data sets loaded to count the
 dense run's steps). Each (learning rate, seed) is claimed in the results file's lock file before it trains, as a
@@ -62,7 +66,8 @@ from lawn.harness.checked import run_config
 from lawn.harness.config import COMPARE_KEYS, LOTTERY_FIELDS, RunConfig, load_mapping, parse_comparisons
 from lawn.harness.datasets import load_data
 from lawn.harness.optimizers import build_base_optimizer
-from lawn.harness.results import ResultsFile
+from lawn.harness.results import ResultsFile, read_rows
+from lawn.harness.same_run import ResumeMismatch, state_digest
 from lawn.harness.schedule import build_scheduler
 from lawn.harness.tasks import batch_starts, make_task
 from lawn.harness.train import EpochEnd, Step, fit, fresh_model, resolve_device
@@ -562,17 +567,24 @@ def _run_point(
 
     dense_key = point.dense_key
     states_path = results.with_name(results.name + ".states") / f"{dense_key}.pt"
+    keys = point.keys
+    before = {r["key"]: r for r in read_rows(results) if r.get("key") in keys} if results.exists() else {}
+    where = f"lr {lr:g}, seed {config.seed}"
     model = fresh_model(config, data, dev)
     params = spec.prunable(model)
     late = spec.late_rewind_steps or None
     if states_path.is_file() and dense_key in done_keys:
         states = torch.load(states_path, map_location=dev, weights_only=True)
+        _check_same(
+            before.get(dense_key), state_digest(states["trained"]), None, f"{where}: the dense net", states_path
+        )
     else:
         theta0 = copy.deepcopy(model.state_dict())
         fitted = _train_arm(model, task, config, lr, snapshot_step=spec.rewind_steps, late_step=late)
         states = {"initial": theta0, "rewind": fitted["snapshot"], "trained": copy.deepcopy(model.state_dict())}
         if late is not None:
             states["late"] = fitted["late_snapshot"]
+        _check_same(before.get(dense_key), state_digest(model), fitted, f"{where}: the dense net", states_path)
         states_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(states, states_path)
         top = spec.correlation_top
@@ -582,7 +594,7 @@ def _run_point(
         }
         if late is not None:
             correlation["late"] = pruning.weight_correlation(states["late"], states["trained"], top, params)
-        emit(wanted[0], fitted, correlation=correlation)
+        emit(wanted[0], fitted, correlation=correlation, weights_digest=state_digest(model))
     trained_model = fresh_model(config, data, dev)
     trained_model.load_state_dict(states["trained"])
 
@@ -601,6 +613,7 @@ def _run_point(
             "arm_lr": arm_lr,
             "arm_schedule": schedule,
             "correlation": {"start": correlation},
+            "weights_digest": state_digest(model),
         }
         return fitted, extra
 
@@ -627,8 +640,39 @@ def _run_point(
             start_arm(model, arm, pruning.magnitude_masks(trained_model, s, spec.scope, params), 0)
         fitted, extra = train(model, arm)
         emit(lottery, fitted, **extra)
-    _run_imp(spec, config, imp_rows, todo, trained_model, states, params, train, start_arm, emit)
+
+    def replayed(lottery: dict[str, Any], fitted: dict[str, Any], extra: dict[str, Any]) -> None:
+        """A written chain round trained again (the next round's mask comes from it): it must be the same net."""
+        what = f"{where}: {lottery['arm']} round {lottery['round']}"
+        _check_same(before.get(row_key(config, lottery)), extra["weights_digest"], fitted, what, states_path)
+
+    _run_imp(spec, config, imp_rows, todo, trained_model, states, params, train, start_arm, emit, replayed)
     return written
+
+
+def _check_same(
+    row: dict[str, Any] | None, digest: str, fitted: dict[str, Any] | None, what: str, states_path: Path
+) -> None:
+    """Raise :class:`ResumeMismatch` if ``row`` (a written row, or None) came from another net than the one whose
+    ``state_digest`` is ``digest`` (rows without a digest: their validation and test metrics against ``fitted``)."""
+    if row is None:
+        return
+    if "weights_digest" in row:
+        if row["weights_digest"] == digest:
+            return
+        found = f"digest {digest}, the row has {row['weights_digest']}"
+    else:
+        if fitted is None or all(row[f"{s}_metric"] == fitted[f"{s}_metric"] for s in ("val", "test")):
+            return
+        found = "; ".join(
+            f"{s} {row[f'{s}_metric']:.4f} in the row, {fitted[f'{s}_metric']:.4f} now" for s in ("val", "test")
+        )
+    raise ResumeMismatch(
+        f"{what} was trained again on resume and is not the net its written row came from ({found}): training on "
+        f"this machine does not reproduce the one that wrote it (or {states_path} changed). Restore the saved "
+        "states of that machine, or delete this (lr, seed)'s rows from the results file to re-run it whole; the "
+        "rows written before this point stay valid."
+    )
 
 
 def _run_imp(
@@ -642,6 +686,7 @@ def _run_imp(
     train: Any,
     start_arm: Any,
     emit: Any,
+    replayed: Any,
 ) -> None:
     """The IMP rows: one chain per chain arm (round 0 is the dense run; each round prunes ``imp_rate`` of the
     survivors of the trained net, resets by the arm and trains ``E`` epochs), then the controls, each trained once
@@ -667,9 +712,12 @@ def _run_imp(
                 return
             if arm == "imp_ticket":
                 ticket_masks[r] = record["masks"]
-            if record["result"] is not None and row_key(config, mine[r - 1]) in todo:
+            if record["result"] is not None:
                 fitted, extra = record["result"]
-                emit(mine[r - 1], fitted, **extra)
+                if row_key(config, mine[r - 1]) in todo:
+                    emit(mine[r - 1], fitted, **extra)
+                else:
+                    replayed(mine[r - 1], fitted, extra)
 
         initial = states["late"] if arm == "imp_late_ticket" else states["rewind"]
         pruning.iterative_magnitude_pruning(

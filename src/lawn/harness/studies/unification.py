@@ -46,6 +46,7 @@ import lawn
 from lawn import unification as U
 from lawn._checks import is_int, is_number
 from lawn.harness.config import COMPARE_KEYS, UNIFICATION_FIELDS, RunConfig, parse_comparisons
+from lawn.harness.same_run import ResumeMismatch, state_digest
 from lawn.harness.tasks import batch_starts
 from lawn.harness.train import StepLoss, fit
 
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         try:
             print(json.dumps(run_spec(spec, args.results)))
-        except PretrainedMismatch as error:  # the message names the seed and what to do
+        except ResumeMismatch as error:  # the message names the seed and what to do
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
@@ -557,27 +558,13 @@ class UnificationSpec:
         return rows
 
 
-def state_digest(model: nn.Module) -> str:
-    """sha256 over the model's state (names, dtypes, shapes and bytes), 16 hex digits: which net a row came from."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class PretrainedMismatch(RuntimeError):
-    """A seed's written rows came from another pre-trained net than the one the driver holds now."""
-
-
 def check_same_pretrained(rows: list[dict[str, Any]], pre: nn.Module, task: Any, seed: int, states: Path) -> None:
     """Refuse to add rows to a seed whose written rows came from another pre-trained net.
 
-    Pre-training is not bit-reproducible across CPUs (oneDNN/MKL pick kernels by instruction set), so a seed whose
-    saved state (``states``) is gone and is trained again may get a different net; mixing the two would break the
-    pairing of that seed's arms. Rows carry ``pretrained_digest`` (:func:`state_digest`); rows written before it
-    existed are checked through the seed's ``pretrained`` row (its validation and test metrics on ``task``, exactly).
+    A seed whose saved state (``states``) is gone is trained again, and on another CPU that may give another net
+    (:mod:`lawn.harness.same_run`); mixing the two would break the pairing of that seed's arms. Rows carry
+    ``pretrained_digest``; rows written before it existed are checked through the seed's ``pretrained`` row (its
+    validation and test metrics on ``task``, exactly).
     """
     digests = {r["pretrained_digest"] for r in rows if "pretrained_digest" in r}
     mine = state_digest(pre)
@@ -595,7 +582,7 @@ def check_same_pretrained(rows: list[dict[str, Any]], pre: nn.Module, task: Any,
         if not mismatch:
             return
         found = "; ".join(f"{split} {was:.4f} in the rows, {got:.4f} now" for split, was, got in mismatch)
-    raise PretrainedMismatch(
+    raise ResumeMismatch(
         f"seed {seed}: its {len(rows)} written row(s) came from another pre-trained net than the one in hand "
         f"({found}); its saved state {states} is missing or changed and re-training it on this machine gave another "
         f"net. Restore {states}, or delete the seed's rows from the results file (their 'config.seed' is {seed}) "
