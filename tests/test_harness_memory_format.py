@@ -12,7 +12,9 @@ from lawn.harness.train import build, train
 
 torch.set_num_threads(1)
 
-TINY = {"dataset": "digits", "model": "resnet", "train_limit": 300, "test_limit": 100, "width": 4, "epochs": 3}
+# width 8: at width 4 the ResNet's first shortcut is a 4-channel 1x1 stride-2 conv, whose channels_last weight
+# gradient corrupts the heap in torch 2.13's oneDNN on some AVX2 CPUs (docs/harness.md, memory_format)
+TINY = {"dataset": "digits", "model": "resnet", "train_limit": 300, "test_limit": 100, "width": 8, "epochs": 3}
 CASES = [
     {"method": "plain", "optimizer": "sgd", "lr": 0.05, "fused_base": True},
     # every conv weight constrained, one norm per output channel: the LAWN step must respect the layout
