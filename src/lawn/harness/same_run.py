@@ -20,8 +20,8 @@ class ResumeMismatch(ValueError):
 
 
 def state_digest(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and bytes, 16 hex digits (equal iff the states are equal,
-    bit for bit)."""
+    """sha256 over a state dict's names, dtypes, shapes and bytes, 16 hex digits: equal for states equal bit for
+    bit, and different for different ones but with probability 2^-64."""
     tensors = state.state_dict() if isinstance(state, nn.Module) else state
     digest = hashlib.sha256()
     for name, tensor in tensors.items():

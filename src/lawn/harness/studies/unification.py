@@ -586,7 +586,7 @@ def check_same_pretrained(rows: list[dict[str, Any]], pre: nn.Module, task: Any,
         f"seed {seed}: its {len(rows)} written row(s) came from another pre-trained net than the one in hand "
         f"({found}); its saved state {states} is missing or changed and re-training it on this machine gave another "
         f"net. Restore {states}, or delete the seed's rows from the results file (their 'config.seed' is {seed}) "
-        "to re-run the whole seed from one net. Nothing was written."
+        "to re-run the whole seed from one net. No row of this seed was written."
     )
 
 
