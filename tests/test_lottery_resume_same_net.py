@@ -94,3 +94,24 @@ def test_a_lost_dense_states_file_is_trained_again_and_must_give_the_rows_net(tm
     _keep(results, [{**old, "test_metric": old["test_metric"] + 0.5}, rows[1]])
     with pytest.raises(ResumeMismatch, match=r"test [0-9.]+ in the row, [0-9.]+ now"):
         run_lottery(spec, results)
+
+
+def test_max_points_stops_on_a_point_boundary_and_the_rerun_finishes_the_rest(tmp_path, capsys) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**SPEC, "seeds": [0, 1], "imp_rounds": 1}))
+    results = tmp_path / "rows.jsonl"
+    args = ["lottery", str(spec_file), "--results", str(results), "--no-progress"]
+    assert main([*args, "--max-points", "0"]) == 2 and not results.exists()  # refused before anything trains
+    assert "--max-points 0" in capsys.readouterr().err
+
+    assert main([*args, "--max-points", "1"]) == 0
+    assert "2 left: rerun the same command to go on" in capsys.readouterr().out
+    first = read_rows(results)
+    assert {r["config"]["seed"] for r in first} == {0} and len(first) == 2  # one whole point: dense + round 1
+    assert main([*args, "--max-points", "1"]) == 0
+    rows = read_rows(results)
+    assert rows[:2] == first and {r["config"]["seed"] for r in rows[2:]} == {1} and len(rows) == 4
+    capsys.readouterr()
+    assert main(args) == 0  # nothing left
+    out = capsys.readouterr().out
+    assert "0 row(s) done now, 4 already in" in out and "left" not in out

@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lottery.add_argument("spec", help="lottery spec file (.json or .toml); see docs/sweeps/study_lottery.toml")
     lottery.add_argument("--results", required=True, help="JSONL file the rows are appended to")
+    lottery.add_argument(
+        "--max-points",
+        type=int,
+        metavar="N",
+        help="stop after training N (learning rate, seed) points here, so a sitting ends on a point boundary "
+        "(default: every point); rerun the same command to go on",
+    )
     _add_overrides(lottery)
     _add_log_dir(lottery)
     _add_runtime(lottery)
@@ -542,10 +549,13 @@ def cmd_lottery(args: argparse.Namespace) -> int:
     spec = _spec(args, LotterySpec)
     log_dir = _log_dir(args)
     device = _runtime(args)
-    counts = run_lottery(spec, args.results, device=device, progress=not args.no_progress)
+    if args.max_points is not None and args.max_points < 1:
+        raise ValueError(f"--max-points {args.max_points}: give a positive number of (learning rate, seed) points")
+    counts = run_lottery(spec, args.results, device=device, progress=not args.no_progress, max_points=args.max_points)
+    left = counts["total"] - counts["done"] - counts["skipped"]
     print(
         f"lottery: {counts['done']} row(s) done now, {counts['skipped']} already in {args.results}, "
-        f"{counts['total']} in the study"
+        f"{counts['total']} in the study" + (f"; {left} left: rerun the same command to go on" if left else "")
     )
     if log_dir is not None and Path(args.results).is_file():
         from lawn.harness.results import read_rows

@@ -484,9 +484,14 @@ def run_lottery(
     device: str = "cpu",
     progress: bool = False,
     poll_s: float = 1.0,
+    max_points: int | None = None,
 ) -> dict[str, int]:
     """Run every missing row of ``spec`` (see the module doc); returns counts ``done`` (rows written here),
-    ``skipped`` (rows already there, or written by another study on the same file) and ``total``.
+    ``skipped`` (rows already there, or written by another study on the same file), ``total`` and ``points``
+    (the (learning rate, seed) points this process trained rows for).
+
+    ``max_points`` stops after that many points were trained here, so a sitting ends on a point boundary (a
+    point's chains cannot resume on another machine mid-way, see :mod:`lawn.harness.same_run`).
 
     The spec is checked in full first (:meth:`LotterySpec.check` and the data-dependent checks), before any
     training. Each (learning rate, seed) is claimed in ``results``'s lock file before it trains; points that
@@ -494,6 +499,8 @@ def run_lottery(
     writing their rows.
     """
     spec.check()
+    if max_points is not None and max_points < 1:
+        raise ValueError(f"max_points={max_points}: give a positive number of (learning rate, seed) points, or None")
     results = Path(results)
     dev = resolve_device(device)
     points = _plan(spec, dev)
@@ -501,7 +508,7 @@ def run_lottery(
     _raise_all(data_problems(spec, [p.config for p in points], dev, cache))
     book = ResultsFile(results)
     total = sum(len(p.keys) for p in points)
-    done = 0
+    done = trained = 0
     pending = deque(p for p in points if p.keys - book.written())
     elsewhere: list[_Point] = []
     bar = tqdm(
@@ -509,7 +516,7 @@ def run_lottery(
     )
     try:
         book.open()
-        while pending or elsewhere:
+        while (pending or elsewhere) and (max_points is None or trained < max_points):
             if not pending:
                 time.sleep(poll_s)  # only points another process holds are left
                 written = book.written()
@@ -532,13 +539,20 @@ def run_lottery(
                 if todo:
                     data = _data(point.config, cache)
                     done += _run_point(spec, point, data, dev, todo, book, present)
+                    trained += 1
             finally:
                 book.release(point.dense_key)
             bar.update(1)
     finally:
         book.close()
         bar.close()
-    return {"done": done, "skipped": total - done, "total": total}
+    return {"done": done, "skipped": total - done - _missing(points, book), "total": total, "points": trained}
+
+
+def _missing(points: list[_Point], book: ResultsFile) -> int:
+    """Rows of ``points`` not in ``book`` yet (left for a later run when ``max_points`` stopped this one)."""
+    written = book.written()
+    return sum(len(p.keys - written) for p in points)
 
 
 def _run_point(
