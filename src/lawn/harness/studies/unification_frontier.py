@@ -111,7 +111,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     cells = _cells(rows)
     levels = _levels(cells)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    xs_all = {k: [r[k] for cell in cells.values() for r in cell.values()] for k in ("bits_ratio", "multiplies_ratio")}
+    shown = [r for (arm, _), cell in cells.items() if arm in ARM_ORDER for r in cell.values()]
+    xs_all = {k: [r[k] for r in shown] for k in ("bits_ratio", "multiplies_ratio")}  # the plotted points' range
     dense_mean, dense_half = _mean_interval([r["test_metric"] for r in cells[("dense", "none")].values()])
     for ax, key, label in (
         (axes[0], "bits_ratio", "storage (× dense fp32), log"),
@@ -130,7 +131,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
                 label=arm, alpha=0.85, linestyle="none",
             )  # fmt: skip
         ax.set_xscale("log")
-        ticks = [t for t in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if min(xs_all[key]) / 1.2 <= t <= max(xs_all[key]) * 1.2]
+        lo, hi = min(xs_all[key]) / 1.2, max(xs_all[key]) * 1.2
+        ticks = [t for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0) if lo <= t <= hi]
         ax.xaxis.set_major_locator(FixedLocator(ticks))  # plain decimals: log minor labels overlap at this width
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
         ax.xaxis.set_minor_locator(NullLocator())
