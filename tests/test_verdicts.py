@@ -570,7 +570,8 @@ for _regime, _pilot in (("subset", [f"{A2}/pilot.jsonl"]), ("full", [])):
             {},
         )
 U2 = f"{D}/unification_v2"
-for _net in ("lenet300",):  # the study driver's rows, one report per net (docs/results/unification_v2/DESIGN.md)
+# the study driver's rows, one report per net (docs/results/unification_v2/DESIGN.md)
+for _net in ("lenet300", "lenet5"):
     STUDIES[f"unification_v2/{_net}"] = ([f"{U2}/{_net}.jsonl"], [f"{S}/unification_v2/{_net}.toml"], [], {})
 VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
     "nested_v2/ece": ("ece", True),
