@@ -5,7 +5,8 @@ seeds), paired differences for the three claims (ticket − dense, ticket − re
 mean and std over seeds of the per-seed difference), the initial/trained weight correlation by learning rate,
 IMP rows if any, and the wall time of each arm. Plots: ``accuracy_vs_sparsity*.png`` (one panel per learning
 rate, one line per arm, dense as a dashed line; each arm its own marker and a small sideways offset, so arms
-that tie stay visible) and ``correlation_vs_lr*.png``.
+that tie stay visible) and ``correlation_vs_lr*.png``; with IMP arms also the curves of
+:mod:`lawn.harness.lottery_curves` (``curves*.md``, ``accuracy_vs_remaining*.png``, ``correlation_vs_remaining*.png``).
 """
 
 from __future__ import annotations
@@ -337,4 +338,20 @@ def write_lottery_report(rows: list[dict[str, Any]], out: str | Path, sources: l
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text(markdown(rows, sources))
-    return [path, *plot(rows, out)]
+    return [path, *plot(rows, out), *_imp_curves(rows, out)]
+
+
+def _imp_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Per panel with IMP rows: ``curves*.md`` and the plots of :mod:`lawn.harness.lottery_curves`."""
+    from lawn.harness import lottery_curves
+
+    panels = _panels(rows)
+    written: list[Path] = []
+    for number, (title, group) in enumerate(panels.items(), start=1):
+        if not any(r["lottery"]["arm"] in lottery_curves.IMP_ARMS for r in group):
+            continue
+        suffix = "" if len(panels) == 1 else f"_{number}"
+        path = out / f"curves{suffix}.md"
+        path.write_text(lottery_curves.markdown(group))
+        written += [path, *lottery_curves.plot(group, out, title, suffix)]
+    return written
