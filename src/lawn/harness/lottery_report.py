@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lawn.harness.lottery_arm_style import ARM_COLORS, ARM_LABELS
+
 ARM_ORDER = (
     "dense",
     "dense_extra",
@@ -34,41 +36,6 @@ ARM_ORDER = (
     "imp_lr_rewind",
     "imp_finetune_dense",
 )
-ARM_LABELS = {
-    "dense": "dense (E epochs)",
-    "dense_extra": "dense + E more (2E)",
-    "ticket": "winning ticket (θ₀ rewind)",
-    "reinit": "random re-init",
-    "finetune": "prune & fine-tune",
-    "imp_ticket": "IMP ticket",
-    "imp_finetune": "IMP prune & fine-tune",
-    "late_ticket": "late ticket (θ_k rewind)",
-    "random_mask": "random mask (θ₀)",
-    "lr_rewind": "learning-rate rewinding",
-    "finetune_dense": "prune & fine-tune at lr",
-    "imp_late_ticket": "IMP late ticket",
-    "imp_reinit": "IMP random re-init",
-    "imp_random_mask": "IMP random mask",
-    "imp_lr_rewind": "IMP learning-rate rewinding",
-    "imp_finetune_dense": "IMP prune & fine-tune at lr",
-}
-ARM_COLORS = {
-    "dense_extra": "tab:gray",
-    "ticket": "tab:green",
-    "reinit": "tab:red",
-    "finetune": "tab:blue",
-    "imp_ticket": "tab:olive",
-    "imp_finetune": "tab:cyan",
-    "late_ticket": "tab:purple",
-    "random_mask": "tab:orange",
-    "lr_rewind": "tab:brown",
-    "finetune_dense": "tab:pink",
-    "imp_late_ticket": "darkgreen",
-    "imp_reinit": "darkred",
-    "imp_random_mask": "darkorange",
-    "imp_lr_rewind": "saddlebrown",
-    "imp_finetune_dense": "navy",
-}
 ARM_MARKERS = {"ticket": "o", "reinit": "s", "finetune": "^", "imp_ticket": "D", "imp_finetune": "v"}
 DODGE = 0.6  # percentage points between neighbouring arms' markers at one sparsity: ties stay visible
 CORRELATIONS = ("overlap", "pearson", "spearman", "cosine")
