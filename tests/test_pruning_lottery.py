@@ -227,6 +227,6 @@ def test_a_point_held_by_another_process_is_waited_for_and_taken_over_if_left_wi
     assert holder.stdout.readline().strip() == "held"
     counts = run_lottery(spec, results, poll_s=0.1)
     assert holder.wait(timeout=60) == 0
-    assert counts == {"done": 4, "skipped": 0, "total": 4}
+    assert counts == {"done": 4, "skipped": 0, "total": 4, "points": 2}  # its own point and the taken-over one
     rows = [(r["config"]["seed"], r["lottery"]["arm"]) for r in read_rows(results)]
     assert rows == [(1, "dense"), (1, "ticket"), (0, "dense"), (0, "ticket")]  # seed 0 once its holder let go

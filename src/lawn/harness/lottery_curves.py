@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lawn.harness.lottery_report import ARM_COLORS, ARM_LABELS
+from lawn.harness.lottery_arm_style import ARM_COLORS, ARM_LABELS
 from lawn.harness.verdicts import paired_stats
 
 IMP_ARMS = (
