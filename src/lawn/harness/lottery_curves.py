@@ -86,7 +86,8 @@ def curves(
         y = _test(row) if value == "test" else _start_correlation(row, correlation)
         cells[(float(config["lr"]), arm, 1.0 - float(lot["sparsity"]))][int(config["seed"])] = y
     out: dict[float, dict[str, list[Point]]] = defaultdict(dict)
-    for lr, arm in sorted({(lr, arm) for lr, arm, _ in cells}):
+    order = {arm: i for i, arm in enumerate(("dense", *IMP_ARMS))}
+    for lr, arm in sorted({(lr, arm) for lr, arm, _ in cells}, key=lambda k: (k[0], order[k[1]])):
         fractions = sorted((f for (r, a, f) in cells if r == lr and a == arm), reverse=True)
         out[lr][arm] = [
             Point(f, *_band(list(cells[(lr, arm, f)].values())), len(cells[(lr, arm, f)])) for f in fractions
