@@ -1,5 +1,7 @@
 """The engine's math at the edges: rows, non-finite values, extreme scales, writes through `.data`."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -74,8 +76,26 @@ def test_target_scale_is_bounded_and_norms_do_not_overflow_or_underflow():
     assert lawn.norms(huge).item() == pytest.approx(1e220 * 128**0.5, rel=1e-12)
     with torch.no_grad():
         w.mul_(1e18)
-    with pytest.raises(ValueError, match="outside \\[1e-12, 1e\\+12\\]"):
+    with pytest.raises(lawn.NormDiverged, match="above 1e\\+12 .* training diverged"):  # the weight's own norm
         lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=0)
+
+
+def test_a_target_out_of_range_by_choice_is_a_plain_error_and_a_grown_norm_a_divergence():
+    w = nn.Parameter(torch.full((4, 8), 1e9))  # norm ≈ 5.7e9: finite and in range
+    with pytest.raises(ValueError, match="outside \\[1e-12, 1e\\+12\\]") as chosen:
+        lawn.LAWN(torch.optim.SGD([w], lr=0.1), [w], free_steps=0, target_scale=1e4)
+    assert not isinstance(chosen.value, lawn.NormDiverged)  # the user's target_scale, not a blow-up
+    for value, row in ((1e12, None), (math.inf, None), (math.nan, 2)):
+        grown = nn.Parameter(torch.ones(4, 8))
+        with torch.no_grad():
+            grown[2 if row is not None else slice(None)] = value
+        granularity = "row" if row is not None else "tensor"
+        with pytest.raises(lawn.NormDiverged, match="row 2" if row is not None else "freeze: 'w'"):
+            lawn.LAWN(torch.optim.SGD([grown], lr=0.1), [("w", grown)], free_steps=0, granularity=granularity)
+    zero = nn.Parameter(torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="has norm 0") as refused:
+        lawn.LAWN(torch.optim.SGD([zero], lr=0.1), [zero], free_steps=0)
+    assert not isinstance(refused.value, lawn.NormDiverged)
 
 
 @pytest.mark.parametrize("fused", [False, True])

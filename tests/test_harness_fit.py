@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import lawn
 import lawn.harness
 from lawn.harness.train import EpochEnd, Step, StepLoss, fit
 
@@ -100,6 +101,18 @@ def test_fit_ends_a_run_whose_weights_blew_up_and_raises_a_refusal_of_finite_wei
     model, batches = _problem()
     with pytest.raises(ValueError, match="refused"):  # finite weights: a real error, not a divergence
         fit(model, _Refusing(model.parameters(), finite=True), 3, lambda: batches, loss)
+
+
+def test_fit_ends_a_run_whose_norm_grew_too_large_to_freeze() -> None:
+    model, batches = _problem()
+    with torch.no_grad():
+        model.weight.fill_(1e12)  # finite weights, but a norm LAWN refuses as a blow-up (NormDiverged)
+    optimizer = lawn.LAWN(torch.optim.SGD(model.parameters(), lr=0.1), [("weight", model.weight)], free_steps=1)
+    loss = lambda inputs, targets, step: nn.functional.cross_entropy(model(inputs), targets)
+    ends: list[EpochEnd] = []
+    fitted = fit(model, optimizer, 3, lambda: batches, loss, end_epoch=ends.append)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert (fitted.epochs_run, fitted.stopped) == (1, True) and ends[0].blew_up and math.isnan(ends[0].mean_loss)
 
 
 def _calls(path: Path, attribute: str) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lawn import nested, pruning, unification
 from lawn.afan import AFAN
-from lawn.constraint import NormConstraint, norms, project_onto_tangent, retract
+from lawn.constraint import NormConstraint, NormDiverged, norms, project_onto_tangent, retract
 from lawn.constraint.auto_switch import AutoSwitch
 from lawn.discovery import (
     HomogeneityReport,
@@ -37,6 +37,7 @@ __all__ = [
     "LAWN",
     "LAWNSchedule",
     "NormConstraint",
+    "NormDiverged",
     "ResidualBranch",
     "WRS",
     "all_layer_weights",

@@ -16,6 +16,7 @@ from lawn.constraint.reference import (
     project_onto_tangent,
     retract,
 )
+from lawn.constraint.targets import NormDiverged
 from lawn.constraint.weights import NamedWeight, output_dim, set_output_dim
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Granularity",
     "NamedWeight",
     "NormConstraint",
+    "NormDiverged",
     "compute_dtype",
     "norms",
     "output_dim",

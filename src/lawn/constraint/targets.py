@@ -6,6 +6,8 @@ At the switch each constrained weight gets its target, one per tensor (0-d) or o
 it, unless it is zero *and* pruned by its mask (:mod:`lawn.constraint.weights`): then its target is 0 and it
 stays zero. Targets must lie in ``[MIN_TARGET, MAX_TARGET]``, where the fp32 sums of the fast paths stay exact.
 Every check looks at the global values on every rank (``full``), so that all ranks raise or none does.
+A weight whose own norm is not finite or above ``MAX_TARGET`` raises :class:`NormDiverged` (a ``ValueError``):
+training has blown up before the switch, and a training loop may record that rather than stop.
 """
 
 from __future__ import annotations
@@ -19,16 +21,30 @@ from lawn.constraint.reference import Granularity, compute_dtype
 from lawn.constraint.weights import Entry
 
 
+class NormDiverged(ValueError):
+    """``freeze()`` refused a weight whose own norm is not finite or above ``MAX_TARGET``: the run diverged."""
+
+
 def new_target(entry: Entry, granularity: Granularity, fixed_target: float | None, target_scale: float) -> torch.Tensor:
     """The target ``freeze()`` records for ``entry``, or a ``ValueError`` naming it (and the row) if its norm is zero
-    (and it is not pruned there) or not finite, or if the target leaves ``[MIN_TARGET, MAX_TARGET]``."""
+    (and it is not pruned there) or not finite, or if the target leaves ``[MIN_TARGET, MAX_TARGET]``; a
+    :class:`NormDiverged` when the weight's own norm is not finite or above ``MAX_TARGET``."""
     p = entry.tensor
     rows = entry.rows(p) if granularity == "row" else p
     current = reference.norms(rows, granularity)
     global_norms = full(current)
     pruned = entry.pruned(granularity)
     skipped = torch.zeros_like(global_norms, dtype=torch.bool) if pruned is None else pruned & (global_norms == 0)
-    _refuse(entry.name, ~(torch.isfinite(global_norms) & (global_norms > 0)) & ~skipped, "has norm", global_norms)
+    _refuse(entry.name, ~torch.isfinite(global_norms), "has norm", global_norms, NormDiverged)
+    _refuse(entry.name, (global_norms == 0) & ~skipped, "has norm", global_norms)
+    grown = global_norms > MAX_TARGET
+    if bool(grown.any()):
+        where = "" if global_norms.dim() == 0 else f" (row {int(grown.nonzero()[0, 0])})"
+        raise NormDiverged(
+            f"freeze: '{entry.name}'{where} has norm {float(global_norms[grown].flatten()[0]):.3g}, above "
+            f"{MAX_TARGET:g} where its fp32 norms stay exact: training diverged before the switch; lower the "
+            "learning rate or switch earlier"
+        )
     target = (current if fixed_target is None else torch.full_like(current, float(fixed_target))) * target_scale
     if pruned is not None:
         target = torch.where(skipped, torch.zeros_like(target), target)
@@ -44,7 +60,9 @@ def new_target(entry: Entry, granularity: Granularity, fixed_target: float | Non
     return target
 
 
-def _refuse(name: str, bad: torch.Tensor, what: str, values: torch.Tensor) -> None:
+def _refuse(
+    name: str, bad: torch.Tensor, what: str, values: torch.Tensor, error: type[ValueError] = ValueError
+) -> None:
     if bool(bad.any()):
         where = "" if values.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
         value = values[bad].flatten()[0]
@@ -54,9 +72,7 @@ def _refuse(name: str, bad: torch.Tensor, what: str, values: torch.Tensor) -> No
             if value == 0
             else ""
         )
-        raise ValueError(
-            f"freeze: '{name}'{where} {what} {value}; a zero or non-finite norm cannot be kept fixed{hint}"
-        )
+        raise error(f"freeze: '{name}'{where} {what} {value}; a zero or non-finite norm cannot be kept fixed{hint}")
 
 
 def placeholders(group: dict, entries: list[Entry], granularity: Granularity) -> list[torch.Tensor | None]:

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lawn
+from lawn.constraint import NormDiverged
 from lawn.harness.checked import checked
 from lawn.harness.config import RunConfig
 from lawn.harness.corruptions import blurred_accuracy
@@ -148,8 +149,9 @@ def fit(
     Each step: ``loss(inputs, targets, steps_done)`` (a tensor, or a :class:`StepLoss` when the trained loss
     is not the logged one), ``zero_grad``, ``backward``, ``before_step()``, ``optimizer.step()``,
     ``scheduler.step()``, ``after_step(Step)``. After each epoch ``end_epoch(EpochEnd)`` returns whether to
-    stop. A ``ValueError`` from ``optimizer.step()`` (LAWN refusing to freeze non-finite norms) ends the
-    epoch and the fit when the weights are no longer finite, and is raised otherwise.
+    stop. A :class:`~lawn.constraint.NormDiverged` from ``optimizer.step()`` (LAWN refusing to freeze a norm
+    that is not finite or too large), or any ``ValueError`` once the weights are no longer finite, ends the epoch
+    and the fit as a blow-up; any other ``ValueError`` is raised.
     """
     model.train()
     steps = 0
@@ -168,8 +170,9 @@ def fit(
             before = None if before_step is None else before_step()
             try:
                 optimizer.step()
-            except ValueError:  # LAWN refuses to freeze non-finite norms: the run has already diverged
-                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            except ValueError as refused:  # LAWN refuses to freeze a norm that blew up: the run has diverged
+                diverged = isinstance(refused, NormDiverged)
+                if not diverged and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
                     raise
                 blew_up = True
                 break
