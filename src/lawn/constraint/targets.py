@@ -35,44 +35,35 @@ def new_target(entry: Entry, granularity: Granularity, fixed_target: float | Non
     global_norms = full(current)
     pruned = entry.pruned(granularity)
     skipped = torch.zeros_like(global_norms, dtype=torch.bool) if pruned is None else pruned & (global_norms == 0)
-    _refuse(entry.name, ~torch.isfinite(global_norms), "has norm", global_norms, NormDiverged)
-    _refuse(entry.name, (global_norms == 0) & ~skipped, "has norm", global_norms)
-    grown = global_norms > MAX_TARGET
-    if bool(grown.any()):
-        where = "" if global_norms.dim() == 0 else f" (row {int(grown.nonzero()[0, 0])})"
-        raise NormDiverged(
-            f"freeze: '{entry.name}'{where} has norm {float(global_norms[grown].flatten()[0]):.3g}, above "
-            f"{MAX_TARGET:g} where its fp32 norms stay exact: training diverged before the switch; lower the "
-            "learning rate or switch earlier"
-        )
+    zero_or_not_finite = "; a zero or non-finite norm cannot be kept fixed"
+    _refuse(entry.name, ~torch.isfinite(global_norms), global_norms, "has norm {}" + zero_or_not_finite, NormDiverged)
+    _refuse(entry.name, (global_norms == 0) & ~skipped, global_norms, "has norm {}" + zero_or_not_finite + _PRUNED)
+    exact = f"[{MIN_TARGET:g}, {MAX_TARGET:g}] where its fp32 norms stay exact"
+    grown = f"has norm {{:.3g}}, outside {exact}: training diverged before the switch; lower the learning rate or "
+    _refuse(entry.name, global_norms > MAX_TARGET, global_norms, grown + "switch earlier", NormDiverged)
     target = (current if fixed_target is None else torch.full_like(current, float(fixed_target))) * target_scale
     if pruned is not None:
         target = torch.where(skipped, torch.zeros_like(target), target)
     global_target = full(target)
     out_of_range = ((global_target < MIN_TARGET) | (global_target > MAX_TARGET)) & ~skipped
-    if bool(out_of_range.any()):
-        where = "" if global_target.dim() == 0 else f" (row {int(out_of_range.nonzero()[0, 0])})"
-        raise ValueError(
-            f"freeze: '{entry.name}'{where} would get target norm {float(global_target[out_of_range].flatten()[0]):.3g}"
-            f", outside [{MIN_TARGET:g}, {MAX_TARGET:g}] where its fp32 norms stay exact; rescale the weight or "
-            "choose target_scale / target_norm accordingly"
-        )
+    chosen = f"would get target norm {{:.3g}}, outside {exact}; rescale the weight or choose target_scale / target_norm"
+    _refuse(entry.name, out_of_range, global_target, chosen + " accordingly")
     return target
 
 
+_PRUNED = (
+    " (a unit pruned on purpose is skipped when its mask comes with the weight, as lawn.all_layer_weights and "
+    "discovery hand it over, or in a lawn.constraint.NamedWeight(..., mask=...))"
+)
+
+
 def _refuse(
-    name: str, bad: torch.Tensor, what: str, values: torch.Tensor, error: type[ValueError] = ValueError
+    name: str, bad: torch.Tensor, values: torch.Tensor, message: str, error: type[ValueError] = ValueError
 ) -> None:
+    """Raise ``error("freeze: 'name' (row r) " + message.format(value))`` for the first ``bad`` entry, if any."""
     if bool(bad.any()):
         where = "" if values.dim() == 0 else f" (row {int(bad.nonzero()[0, 0])})"
-        value = values[bad].flatten()[0]
-        hint = (
-            " (a unit pruned on purpose is skipped when its mask comes with the weight, as lawn.all_layer_weights "
-            "and discovery hand it over, or in a lawn.constraint.NamedWeight(..., mask=...))"
-            if value == 0
-            else ""
-        )
-        raise error(f"freeze: '{name}'{where} {what} {value}; a zero or non-finite norm cannot be kept fixed{hint}")
+        raise error(f"freeze: '{name}'{where} " + message.format(float(values[bad].flatten()[0])))
 
 
 def placeholders(group: dict, entries: list[Entry], granularity: Granularity) -> list[torch.Tensor | None]:
