@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from lawn.harness.config import Comparison, parse_comparisons
-from lawn.harness.verdicts import compare, holm, markdown, paired_stats, seeds_to_resolve, sync_docs, t_quantile
+from lawn.harness.verdicts import (
+    compare,
+    holm,
+    markdown,
+    mean_and_half_width,
+    paired_stats,
+    seeds_to_resolve,
+    sync_docs,
+    t_quantile,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,6 +183,10 @@ def test_paired_statistics_against_known_values() -> None:
     assert stats["ci_high"] - stats["mean"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
     assert paired_stats([0.01])["p"] is None
     assert paired_stats([0.01, 0.01])["p"] == 0.0 and paired_stats([0.0, 0.0])["p"] == 1.0
+    assert mean_and_half_width([0.01, 0.02, 0.03]) == pytest.approx((0.02, 4.302653 * 0.01 / math.sqrt(3)), rel=1e-6)
+    assert mean_and_half_width([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="no values"):
+        mean_and_half_width([])
 
 
 def test_an_arm_that_matches_two_settings_is_refused_naming_the_field() -> None:

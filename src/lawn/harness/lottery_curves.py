@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lawn.harness.lottery_arm_style import ARM_COLORS, ARM_LABELS
-from lawn.harness.verdicts import paired_stats
+from lawn.harness.verdicts import mean_and_half_width
 
 IMP_ARMS = (
     "imp_ticket",
@@ -43,14 +43,6 @@ class Point:
     mean: float
     half: float
     n: int
-
-
-def _band(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval (0 with one value)."""
-    stats = paired_stats(values)
-    mean = stats["mean"]
-    assert mean is not None
-    return mean, 0.0 if stats["ci_high"] is None else stats["ci_high"] - mean
 
 
 def _test(row: dict[str, Any]) -> float:
@@ -90,7 +82,8 @@ def curves(
     for lr, arm in sorted({(lr, arm) for lr, arm, _ in cells}, key=lambda k: (k[0], order[k[1]])):
         fractions = sorted((f for (r, a, f) in cells if r == lr and a == arm), reverse=True)
         out[lr][arm] = [
-            Point(f, *_band(list(cells[(lr, arm, f)].values())), len(cells[(lr, arm, f)])) for f in fractions
+            Point(f, *mean_and_half_width(list(cells[(lr, arm, f)].values())), len(cells[(lr, arm, f)]))
+            for f in fractions
         ]
     if not out:
         raise ValueError("no dense or imp_* rows: these curves need an IMP lottery study (imp_arms in its spec)")

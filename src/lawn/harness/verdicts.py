@@ -82,6 +82,16 @@ def paired_stats(diffs: list[float]) -> dict[str, float | None]:
     return out
 
 
+def mean_and_half_width(values: list[float]) -> tuple[float, float]:
+    """Mean of ``values`` (at least one) and the half-width of its 95 % t-interval (0 with one value)."""
+    if not values:
+        raise ValueError("mean_and_half_width: no values")
+    stats = paired_stats(values)
+    mean = stats["mean"]
+    assert mean is not None
+    return mean, 0.0 if stats["ci_high"] is None else stats["ci_high"] - mean
+
+
 def holm(pvalues: list[float]) -> tuple[list[float], list[int]]:
     """Holm-adjusted p-values of ``pvalues`` and each one's rank (1 = smallest p).
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lawn.harness.results import read_rows
-from lawn.harness.verdicts import paired_stats
+from lawn.harness.verdicts import mean_and_half_width, paired_stats
 
 ARM_ORDER = ("one_shot", "gradual", "admm")
 
@@ -43,12 +43,6 @@ def _cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[s
     if ("dense", "none") not in cells:
         raise ValueError("no dense rows (arm 'dense', level 'none'): the frontier is relative to them")
     return cells
-
-
-def _mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (0 with one value): ``paired_stats`` of the values."""
-    stats = paired_stats(values)
-    return stats["mean"], 0.0 if stats["ci_high"] is None else stats["ci_high"] - stats["mean"]
 
 
 def _levels(cells: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
@@ -113,7 +107,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     shown = [r for (arm, _), cell in cells.items() if arm in ARM_ORDER for r in cell.values()]
     xs_all = {k: [r[k] for r in shown] for k in ("bits_ratio", "multiplies_ratio")}  # the plotted points' range
-    dense_mean, dense_half = _mean_interval([r["test_metric"] for r in cells[("dense", "none")].values()])
+    dense_mean, dense_half = mean_and_half_width([r["test_metric"] for r in cells[("dense", "none")].values()])
     for ax, key, label in (
         (axes[0], "bits_ratio", "storage (× dense fp32), log"),
         (axes[1], "multiplies_ratio", "multiplications (× dense), log"),
@@ -125,7 +119,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
                 continue
             nudge = 1 + 0.04 * (i - 1)  # arms share a level's x: spread them a little to keep all visible
             xs = [next(iter(cells[(arm, lv)].values()))[key] * nudge for lv in present]
-            stats = [_mean_interval([r["test_metric"] for r in cells[(arm, lv)].values()]) for lv in present]
+            stats = [mean_and_half_width([r["test_metric"] for r in cells[(arm, lv)].values()]) for lv in present]
             ax.errorbar(
                 xs, [m for m, _ in stats], yerr=[h for _, h in stats], fmt="os^"[i], color=f"C{i}", capsize=3,
                 label=arm, alpha=0.85, linestyle="none",
