@@ -92,6 +92,9 @@ def test_a_target_out_of_range_by_choice_is_a_plain_error_and_a_grown_norm_a_div
         granularity = "row" if row is not None else "tensor"
         with pytest.raises(lawn.NormDiverged, match="row 2" if row is not None else "freeze: 'w'"):
             lawn.LAWN(torch.optim.SGD([grown], lr=0.1), [("w", grown)], free_steps=0, granularity=granularity)
+    big = nn.Parameter(torch.full((4, 8), 1e12))  # a fixed target (WRS) rescales any finite norm onto itself
+    lawn.WRS(torch.optim.SGD([big], lr=0.1), [big]).freeze()
+    assert lawn.norms(big.detach()).item() == pytest.approx(1.0, rel=1e-5)
     zero = nn.Parameter(torch.zeros(4, 8))
     with pytest.raises(ValueError, match="has norm 0") as refused:
         lawn.LAWN(torch.optim.SGD([zero], lr=0.1), [zero], free_steps=0)

@@ -6,8 +6,9 @@ At the switch each constrained weight gets its target, one per tensor (0-d) or o
 it, unless it is zero *and* pruned by its mask (:mod:`lawn.constraint.weights`): then its target is 0 and it
 stays zero. Targets must lie in ``[MIN_TARGET, MAX_TARGET]``, where the fp32 sums of the fast paths stay exact.
 Every check looks at the global values on every rank (``full``), so that all ranks raise or none does.
-A weight whose own norm is not finite or above ``MAX_TARGET`` raises :class:`NormDiverged` (a ``ValueError``):
-training has blown up before the switch, and a training loop may record that rather than stop.
+A weight whose own norm is not finite, or above ``MAX_TARGET`` when it is to be kept (no fixed target), raises
+:class:`NormDiverged` (a ``ValueError``): training has blown up before the switch, and a training loop may record
+that rather than stop.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from lawn.constraint.weights import Entry
 
 
 class NormDiverged(ValueError):
-    """``freeze()`` refused a weight whose own norm is not finite or above ``MAX_TARGET``: the run diverged."""
+    """``freeze()`` refused a weight whose own norm is not finite, or above ``MAX_TARGET`` where it would be kept:
+    the run diverged before the switch."""
 
 
 def new_target(entry: Entry, granularity: Granularity, fixed_target: float | None, target_scale: float) -> torch.Tensor:
     """The target ``freeze()`` records for ``entry``, or a ``ValueError`` naming it (and the row) if its norm is zero
     (and it is not pruned there) or not finite, or if the target leaves ``[MIN_TARGET, MAX_TARGET]``; a
-    :class:`NormDiverged` when the weight's own norm is not finite or above ``MAX_TARGET``."""
+    :class:`NormDiverged` when the weight's own norm is not finite, or above ``MAX_TARGET`` and kept as the target."""
     p = entry.tensor
     rows = entry.rows(p) if granularity == "row" else p
     current = reference.norms(rows, granularity)
@@ -40,7 +42,8 @@ def new_target(entry: Entry, granularity: Granularity, fixed_target: float | Non
     _refuse(entry.name, (global_norms == 0) & ~skipped, global_norms, "has norm {}" + zero_or_not_finite + _PRUNED)
     exact = f"[{MIN_TARGET:g}, {MAX_TARGET:g}] where its fp32 norms stay exact"
     grown = f"has norm {{:.3g}}, outside {exact}: training diverged before the switch; lower the learning rate or "
-    _refuse(entry.name, global_norms > MAX_TARGET, global_norms, grown + "switch earlier", NormDiverged)
+    if fixed_target is None:  # a fixed target (WRS) rescales any finite norm onto itself
+        _refuse(entry.name, global_norms > MAX_TARGET, global_norms, grown + "switch earlier", NormDiverged)
     target = (current if fixed_target is None else torch.full_like(current, float(fixed_target))) * target_scale
     if pruned is not None:
         target = torch.where(skipped, torch.zeros_like(target), target)
