@@ -39,6 +39,7 @@ ARM_ORDER = (
 ARM_MARKERS = {"ticket": "o", "reinit": "s", "finetune": "^", "imp_ticket": "D", "imp_finetune": "v"}
 DODGE = 0.6  # percentage points between neighbouring arms' markers at one sparsity: ties stay visible
 CORRELATIONS = ("overlap", "pearson", "spearman", "cosine")
+SNAPSHOT = ("overlap", "pearson")  # of θ_k vs θ_T, beside θ₀ vs θ_T
 
 
 def _ms(values: list[float], digits: int = 4) -> str:
@@ -49,6 +50,19 @@ def _ms(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{mean:.{digits}f} (n = 1)"
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _snapshots(rows: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    """The dense rows' correlations of a snapshot θ_k (k > 0 steps) with θ_T: (row key, k, column label), for
+    the snapshots every dense row recorded. The rewind snapshot at k = 0 is θ₀, already the table's first columns."""
+    dense = [r for r in rows if r["lottery"]["arm"] == "dense"]
+    out = []
+    for key, steps, label in (("rewind", "rewind_steps", "rewind"), ("late", "late_rewind_steps", "late rewind")):
+        ks = {r["lottery"].get(steps, 0) for r in dense}
+        if dense and len(ks) == 1 and min(ks) > 0 and all(key in r["correlation"] for r in dense):
+            k = ks.pop()
+            out.append((key, k, f"θ_{k} vs θ_T, {label}"))
+    return out
 
 
 def _cell(values: list[float]) -> str:
@@ -103,6 +117,51 @@ def _paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> str:
     return _ms([100 * (_metric(a[s]) - _metric(b[s])) for s in seeds], 2) if seeds else "–"
 
 
+def _one_shot_tables(
+    index: dict[tuple[float, str, float], dict[int, dict[str, Any]]],
+    lr: float,
+    sparsities: list[float],
+    variants: list[str],
+) -> list[str]:
+    """Test accuracy of the one-shot arms by sparsity at one learning rate, and their paired differences."""
+    lines = [
+        "| arm | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
+        "|---|" + "---|" * len(sparsities),
+    ]
+    for arm in ("dense", "dense_extra", *[v for v in variants if v.startswith("dense_extra@")]):
+        runs = index.get((lr, arm, 0.0), {})
+        if runs:
+            cell = _cell([_metric(r) for r in runs.values()])
+            lines.append(f"| {_label(arm)} | " + " | ".join([cell] * len(sparsities)) + " |")
+    for arm in ("ticket", "reinit", "finetune", *[v for v in variants if v.startswith("finetune@")]):
+        cells = []
+        for s in sparsities:
+            runs = index.get((lr, arm, s), {})
+            cells.append(_cell([_metric(r) for r in runs.values()]) if runs else "–")
+        lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
+    dense = index.get((lr, "dense", 0.0), {})
+    lines += [
+        "",
+        "| paired difference (points) | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
+        "|---|" + "---|" * len(sparsities),
+    ]
+    pairs = (
+        ("ticket − dense (claim 1)", "ticket", None),
+        ("ticket − random re-init (claim 1)", "ticket", "reinit"),
+        ("fine-tune − ticket (claim 3)", "finetune", "ticket"),
+        ("fine-tune − dense-extra", "finetune", "dense_extra"),
+        *[(f"{_label(v)} − ticket (claim 3)", v, "ticket") for v in variants if v.startswith("finetune@")],
+    )
+    for label, a, b in pairs:
+        cells = []
+        for s in sparsities:
+            other = dense if b is None else index.get((lr, b, 0.0 if b.startswith("dense_extra") else s), {})
+            cells.append(_paired(index.get((lr, a, s), {}), other))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> str:
     lines = ["# Lottery study report", ""]
     if sources:
@@ -128,43 +187,13 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
             "",
         ]
         for lr in lrs:
-            lines += [
-                f"### lr = {lr:g}",
-                "",
-                "| arm | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
-                "|---|" + "---|" * len(sparsities),
-            ]
-            for arm in ("dense", "dense_extra", *[v for v in variants if v.startswith("dense_extra@")]):
-                runs = index.get((lr, arm, 0.0), {})
-                if runs:
-                    cell = _cell([_metric(r) for r in runs.values()])
-                    lines.append(f"| {_label(arm)} | " + " | ".join([cell] * len(sparsities)) + " |")
-            for arm in ("ticket", "reinit", "finetune", *[v for v in variants if v.startswith("finetune@")]):
-                cells = []
-                for s in sparsities:
-                    runs = index.get((lr, arm, s), {})
-                    cells.append(_cell([_metric(r) for r in runs.values()]) if runs else "–")
-                lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
-            dense = index.get((lr, "dense", 0.0), {})
-            lines += [
-                "",
-                "| paired difference (points) | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
-                "|---|" + "---|" * len(sparsities),
-            ]
-            pairs = (
-                ("ticket − dense (claim 1)", "ticket", None),
-                ("ticket − random re-init (claim 1)", "ticket", "reinit"),
-                ("fine-tune − ticket (claim 3)", "finetune", "ticket"),
-                ("fine-tune − dense-extra", "finetune", "dense_extra"),
-                *[(f"{_label(v)} − ticket (claim 3)", v, "ticket") for v in variants if v.startswith("finetune@")],
-            )
-            for label, a, b in pairs:
-                cells = []
-                for s in sparsities:
-                    other = dense if b is None else index.get((lr, b, 0.0 if b.startswith("dense_extra") else s), {})
-                    cells.append(_paired(index.get((lr, a, s), {}), other))
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += [f"### lr = {lr:g}", ""]
+            if sparsities:
+                lines += _one_shot_tables(index, lr, sparsities, variants)
+            else:  # an IMP-only study: its dense net stands alone
+                dense_runs = index.get((lr, "dense", 0.0), {})
+                cell = _cell([_metric(r) for r in dense_runs.values()])
+                lines += ["| arm | test accuracy |", "|---|---|", f"| {_label('dense')} | {cell} |", ""]
             imp = sorted({(k[1], k[2]) for k in index if k[0] == lr and k[1].startswith("imp_")})
             if imp:
                 lines += ["IMP (E epochs per round; round r has trained (r + 1)·E epochs in all):", ""]
@@ -176,19 +205,25 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
                         f"| {_label(arm)} | {100 * s:g} % | {_cell([_metric(r) for r in runs.values()])} | {total} |"
                     )
                 lines.append("")
+        snapshots = _snapshots(group)
         lines += [
             "### Initial / trained weight correlation (pruned layers, global)",
             "",
             f"top-p overlap with p = {lot.get('correlation_top', 0.2)} (chance = p); Pearson and Spearman of |θ₀| vs "
-            "|θ_T|; cosine of θ₀ and θ_T (chance 0).",
+            "|θ_T|; cosine of θ₀ and θ_T (chance 0)"
+            + "".join(f"; overlap and Pearson of {label} (θ_k: the weights after k steps)" for _, _, label in snapshots)
+            + ".",
             "",
-            "| lr | " + " | ".join(CORRELATIONS) + " | overlap (θ_k vs θ_T) |",
-            "|---|" + "---|" * (len(CORRELATIONS) + 1),
+            "| lr | "
+            + " | ".join([*CORRELATIONS, *(f"{m} ({label})" for _, _, label in snapshots for m in SNAPSHOT)])
+            + " |",
+            "|---|" + "---|" * (len(CORRELATIONS) + len(SNAPSHOT) * len(snapshots)),
         ]
         for lr in lrs:
             dense_rows = list(index.get((lr, "dense", 0.0), {}).values())
             cells = [_ms([r["correlation"]["initial"]["global"][k] for r in dense_rows], 3) for k in CORRELATIONS]
-            cells.append(_ms([r["correlation"]["rewind"]["global"]["overlap"] for r in dense_rows], 3))
+            for key, _, _ in snapshots:
+                cells += [_ms([r["correlation"][key]["global"][m] for r in dense_rows], 3) for m in SNAPSHOT]
             lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
         lines += ["", "### Wall time per run (s, one CPU thread on a shared machine)", ""]
         lines += ["| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
