@@ -9,7 +9,7 @@ import math
 import pytest
 
 from lawn.harness.lottery import LotterySpec, run_lottery
-from lawn.harness.lottery_curves import curves, main, markdown, sparsest_matching_ticket
+from lawn.harness.lottery_curves import correlation_reading, curves, main, markdown, sparsest_matching_ticket
 from lawn.harness.report import read_reported_rows
 from tests.test_lottery_resume_same_net import SPEC
 
@@ -73,6 +73,48 @@ def test_the_sparsest_matching_ticket_is_the_largest_round_rated_level_or_better
         _verdict(0.1, 16, "level", arm="imp_reinit"),  # not the ticket
     ]
     assert sparsest_matching_ticket(verdicts) == {0.01: 7, 0.1: None}
+
+
+def _reinit_verdict(lr: float, rnd: int, verdict: str, diff: float) -> dict:
+    return {
+        "name": "ticket vs random re-init",
+        "group": {"lr": lr},
+        "a": {"fields": {"arm": "imp_ticket", "round": rnd}},
+        "b": {"fields": {"arm": "imp_reinit", "round": rnd}},
+        "verdict": verdict,
+        "mean_diff": diff,
+    }
+
+
+def test_liu_reading_needs_higher_correlation_a_better_verdict_and_a_larger_gain_at_the_small_rate() -> None:
+    rows = [
+        _row(lr, s, "imp_ticket", r, 0.9, pearson=p)
+        for lr, p in ((0.01, 0.4), (0.1, 0.1))
+        for r in (3, 7, 10)
+        for s in (0, 1)
+    ]
+    rows += [_row(0.1, s, "imp_ticket", 13, 0.9, pearson=0.6) for s in (0, 1)]  # the large rate more correlated
+    rows += [_row(0.01, s, "imp_ticket", 13, 0.9, pearson=0.4) for s in (0, 1)]
+    verdicts = [
+        _reinit_verdict(0.01, 3, "better", 0.02),
+        _reinit_verdict(0.1, 3, "inconclusive", 0.01),  # supported
+        _reinit_verdict(0.01, 7, "inconclusive", 0.02),
+        _reinit_verdict(0.1, 7, "level", 0.0),  # not decided
+        _reinit_verdict(0.01, 10, "better", 0.02),
+        _reinit_verdict(0.1, 10, "better", 0.03),  # gain larger at 0.1
+        _reinit_verdict(0.01, 13, "better", 0.02),
+        _reinit_verdict(0.1, 13, "level", 0.0),  # correlation lower
+        _verdict(0.01, 3, "level"),  # ticket vs dense: not part of the reading
+    ]
+    readings = correlation_reading(rows, verdicts)
+    assert [r.round for r in readings] == [3, 7, 10, 13]
+    assert [r.supported for r in readings] == [True, False, False, False]
+    assert readings[0].correlation == {0.01: pytest.approx(0.4), 0.1: pytest.approx(0.1)}
+    assert readings[0].remaining == pytest.approx(0.8**3)
+    table = markdown(rows, verdicts)
+    assert "| 3 | 51.2 % | 0.40 | 0.10 | +2.00 points (better) | +1.00 points (inconclusive) | yes |" in table
+    with pytest.raises(ValueError, match="round 16, lr 0.01"):
+        correlation_reading(rows, [_reinit_verdict(0.01, 16, "better", 0.1), _reinit_verdict(0.1, 16, "level", 0.0)])
 
 
 def test_bad_rows_are_named() -> None:

@@ -1,7 +1,7 @@
 """IMP curves of a lottery study (rows of ``lawn lottery`` with ``imp_*`` arms): test accuracy against the
 fraction of the weights remaining, per learning rate and arm, with 95 % bands over seeds; the start-vs-end weight
 correlation of every chain on the same axis; and, from the study's ``verdicts.json``, the sparsest ticket that
-matches dense.
+matches dense and Liu et al.'s reading (:func:`correlation_reading`).
 
 Each point is the mean over the seeds of one (lr, arm, round) with its 95 % t-interval,
 ``mean ± t(0.975, n − 1) · s / √n`` (no band with one seed). The fraction remaining is ``1 − sparsity`` of the
@@ -107,6 +107,61 @@ def sparsest_matching_ticket(verdicts: list[dict[str, Any]], arm: str = "imp_tic
     return out
 
 
+@dataclass(frozen=True)
+class Reading:
+    """Liu et al.'s claim at one round, read from two verdicts beside the rows' correlations (not a paired test
+    of the interaction): per learning rate the ticket's start-vs-end Pearson correlation (mean over seeds), the
+    ticket − random re-init mean difference and its verdict; ``supported`` when the correlation is higher at the
+    small rate, the comparison is ``better`` there, and its mean difference is larger than at the large rate."""
+
+    round: int
+    remaining: float
+    correlation: dict[float, float]
+    difference: dict[float, float]
+    verdict: dict[float, str]
+
+    @property
+    def supported(self) -> bool:
+        small, large = min(self.correlation), max(self.correlation)
+        return (
+            self.correlation[small] > self.correlation[large]
+            and self.verdict[small] == "better"
+            and self.difference[small] > self.difference[large]
+        )
+
+
+def correlation_reading(
+    rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], arm: str = "imp_ticket", control: str = "imp_reinit"
+) -> list[Reading]:
+    """One :class:`Reading` per round where ``arm`` vs ``control`` was declared at exactly two learning rates."""
+    compared: dict[int, dict[float, dict[str, Any]]] = defaultdict(dict)
+    for v in verdicts:
+        a, b = v["a"]["fields"], v["b"]["fields"]
+        if a.get("arm") == arm and b.get("arm") == control and "round" in a:
+            compared[int(a["round"])][float(v["group"]["lr"])] = v
+    readings = []
+    for rnd, by_lr in sorted(compared.items()):
+        if len(by_lr) != 2:
+            continue
+        chain = [r for r in rows if r["lottery"].get("arm") == arm and r["lottery"].get("round") == rnd]
+        correlation = {}
+        for lr in by_lr:
+            values = [_start_correlation(r, "pearson") for r in chain if float(r["config"]["lr"]) == lr]
+            if not values:
+                raise ValueError(f"round {rnd}, lr {lr:g}: verdicts name {arm} rows that the results do not hold")
+            correlation[lr] = sum(values) / len(values)
+        readings.append(
+            Reading(
+                rnd,
+                1.0 - float(chain[0]["lottery"]["sparsity"]),
+                correlation,
+                {lr: float(v["mean_diff"]) for lr, v in by_lr.items()},
+                {lr: str(v["verdict"]) for lr, v in by_lr.items()},
+            )
+        )
+    return readings
+
+
 def markdown(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]] | None = None) -> str:
     """Tables of the curves: per learning rate, test accuracy (mean ± 95 % half-width, in %) of every arm at
     every fraction remaining, then the start-vs-end Pearson correlation of every chain."""
@@ -121,6 +176,28 @@ def markdown(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]] | None =
                 where += f" ({100 * remaining[rnd]:.1f} % of the weights)"
             lines.append(f"- lr {lr:g}: {where}")
         lines.append("")
+        readings = correlation_reading(rows, verdicts)
+        if readings:
+            small, large = min(readings[0].correlation), max(readings[0].correlation)
+            lines += [
+                "Liu et al.'s claim, \"the ticket's advantage over random re-init is larger where the weight "
+                'correlation is higher": read at each round from the two verdicts of ticket vs random re-init beside '
+                "the ticket rows' start-vs-end Pearson correlation (mean over seeds); a reading of two verdicts, not a "
+                f"paired test of the interaction. Supported where the correlation is higher at lr {small:g}, the "
+                f"verdict there is `better`, and its mean difference exceeds the one at lr {large:g}.",
+                "",
+                f"| round | weights remaining | correlation, lr {small:g} | correlation, lr {large:g} | "
+                f"ticket − re-init, lr {small:g} | ticket − re-init, lr {large:g} | supported |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in readings:
+                lines.append(
+                    f"| {r.round} | {100 * r.remaining:.1f} % | {r.correlation[small]:.2f} | "
+                    f"{r.correlation[large]:.2f} | {100 * r.difference[small]:+.2f} points ({r.verdict[small]}) | "
+                    f"{100 * r.difference[large]:+.2f} points ({r.verdict[large]}) | "
+                    f"{'yes' if r.supported else 'no'} |"
+                )
+            lines.append("")
     for value, title, scale in (("test", "test accuracy (%)", 100.0), ("correlation", "start vs end, Pearson", 1.0)):
         for lr, arms in sorted(curves(rows, value).items()):
             fractions = sorted({p.remaining for pts in arms.values() for p in pts}, reverse=True)
