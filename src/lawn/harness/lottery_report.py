@@ -183,7 +183,9 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
             "",
             f"{c['optimizer']} (momentum {c['momentum']}), batch {c['batch_size']}, E = {c['epochs']} epochs, "
             f"{c['schedule']} schedule, train_limit {c['train_limit']}; pruning scope {lot['scope']}, rewind to step "
-            f"{lot['rewind_steps']}, fine-tune / dense-extra lr = {lot['finetune_lr_scale']} × lr.",
+            f"{lot['rewind_steps']}"
+            + (f", late rewind to step {lot['late_rewind_steps']}" if lot.get("late_rewind_steps") else "")
+            + f", fine-tune / dense-extra lr = {lot['finetune_lr_scale']} × lr.",
             "",
         ]
         for lr in lrs:
