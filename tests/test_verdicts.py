@@ -586,6 +586,12 @@ U2 = f"{D}/unification_v2"
 # the study driver's rows, one report per net (docs/results/unification_v2/DESIGN.md)
 for _net in ("lenet300", "lenet5"):
     STUDIES[f"unification_v2/{_net}"] = ([f"{U2}/{_net}.jsonl"], [f"{S}/unification_v2/{_net}.toml"], [], {})
+STUDIES["lottery_v2/lenet300_report"] = (
+    [f"{D}/lottery_v2/lenet300.jsonl"],
+    [f"{S}/lottery_v2/lenet300.toml"],
+    [],
+    {},
+)  # the second lottery study (docs/results/lottery_v2/DESIGN.md)
 VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
     "nested_v2/ece": ("ece", True),
     "nested_v2/nll": ("nll", True),
@@ -603,6 +609,7 @@ QUICK = (
     "nested_v2/nll",
     "afan_v2/subset_clean",
     "unification_v2/lenet300",
+    "lottery_v2/lenet300_report",
 )
 
 
