@@ -63,6 +63,7 @@ def test_an_imp_only_study_shows_its_dense_net_and_no_empty_one_shot_table() -> 
     assert "| dense (E epochs) | 0.9050 ± 0.0071 (2) |" in report
     assert "| IMP ticket | 20 % | 0.8950 ± 0.0071 (2) | 4 |" in report
     assert "rewind to step 0, late rewind to step 7, fine-tune" in report
+    assert "one-shot" not in report  # no one-shot arm ran, so the report does not describe one
 
 
 def test_the_late_snapshot_column_reads_theta_k_not_theta_0() -> None:

@@ -166,9 +166,15 @@ def markdown(rows: list[dict[str, Any]], sources: list[str] | None = None) -> st
     lines = ["# Lottery study report", ""]
     if sources:
         lines += [f"Results: {', '.join(f'`{s}`' for s in sources)} ({len(rows)} rows).", ""]
+    one_shot = any(not r["lottery"]["arm"].startswith("imp_") and r["lottery"]["arm"] != "dense" for r in rows)
     lines += [
-        "Test accuracy, mean ± sample std over seeds (n). Every one-shot arm trains E epochs after the E-epoch dense "
-        "run that gave its mask (2E in all); differences are paired by seed, in accuracy points.",
+        "Test accuracy, mean ± sample std over seeds (n)."
+        + (
+            " Every one-shot arm trains E epochs after the E-epoch dense run that gave its mask (2E in all); "
+            "differences are paired by seed, in accuracy points."
+            if one_shot
+            else " Each IMP round prunes its arm's trained survivors and trains E epochs."
+        ),
         "",
     ]
     for number, (title, group) in enumerate(_panels(rows).items(), start=1):
