@@ -592,6 +592,13 @@ STUDIES["lottery_v2/lenet300_report"] = (
     [],
     {},
 )  # the second lottery study (docs/results/lottery_v2/DESIGN.md)
+for _family in ("claims_1_2", "claim_3_and_peer", "mechanism", "schedule_control", "wrs_seed"):
+    STUDIES[f"lawn_v3/{_family}"] = (  # the third LAWN study (docs/results/lawn_v3/DESIGN.md)
+        [f"{D}/lawn_v3/fresh.jsonl"],
+        [f"{S}/lawn_v3/fmnist_compare_{_family}.toml"],
+        [f"{D}/lawn_v3/pilot.jsonl"],
+        {},
+    )
 VIEWS = {  # study → (metric, lower is better): its rows seen through lawn.harness.metric_view, as DESIGN.md runs it
     "nested_v2/ece": ("ece", True),
     "nested_v2/nll": ("nll", True),
@@ -610,6 +617,7 @@ QUICK = (
     "afan_v2/subset_clean",
     "unification_v2/lenet300",
     "lottery_v2/lenet300_report",
+    "lawn_v3/claims_1_2",
 )
 
 
